@@ -1,0 +1,50 @@
+"""The exception family. Every message says what is wrong and how to fix it, in one line."""
+
+from __future__ import annotations
+
+
+class LeapkitError(Exception):
+    """Base class: bad usage or bad input. The CLI prints the message and exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(LeapkitError):
+    """A recipe, profile or option value is invalid."""
+
+
+class DataError(LeapkitError):
+    """A data folder is missing, empty or unusable."""
+
+
+class ModelError(LeapkitError):
+    """A model name, weights file or model pair cannot be used."""
+
+
+class RunError(LeapkitError):
+    """A run directory is missing, incomplete or would be overwritten."""
+
+
+class ExportError(LeapkitError):
+    """An export cannot be produced for the requested target or precision."""
+
+
+class MissingDependency(LeapkitError):
+    """An optional package is needed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'leapkit[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+
+class CheckFailed(LeapkitError):
+    """A check ran and failed (budget missed, parity failed). The CLI exits 1."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(LeapkitError):
+    """The loss became non-finite; the last good checkpoint is kept."""
+
+    exit_code = 1
