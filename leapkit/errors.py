@@ -48,3 +48,9 @@ class TrainingDiverged(LeapkitError):
     """The loss became non-finite; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class Interrupted(LeapkitError):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint."""
+
+    exit_code = 130

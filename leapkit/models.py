@@ -78,7 +78,7 @@ def load_weights(model: VisionTransformer, path: str | Path, role: str = "model"
 
     Accepts timm checkpoints and the original DINOv2 layout (timm's filter converts it).
     """
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = builtin_weights(str(path).split(":", 1)[1]) if str(path).startswith("builtin:") else Path(path)
@@ -88,7 +88,7 @@ def load_weights(model: VisionTransformer, path: str | Path, role: str = "model"
         raise ModelError(f"{role} weights must be a .safetensors file, got {path.name}; convert it with safetensors.torch.save_file")
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"cannot read {role} weights {path}: {e}; the file is not valid safetensors") from e
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     state = checkpoint_filter_fn(state, model)

@@ -44,31 +44,27 @@ def _root(
 def _register() -> None:
     # Command modules attach themselves to `app` on import.
     from leapkit.cli import distill  # noqa: F401
-    from leapkit.cli import profiles  # noqa: F401
+    from leapkit.cli import bench, profiles  # noqa: F401
+    from leapkit.cli import eval  # noqa: F401
+    from leapkit.cli import flops  # noqa: F401
 
 
 def main() -> None:
-    """Entry point: map leapkit errors to one line and an exit code; tracebacks with LEAPKIT_DEBUG=1."""
+    """Entry point: map leapkit errors to one line and an exit code; tracebacks with LEAPKIT_DEBUG=1.
+
+    Usage errors are reported by click itself (exit 2).
+    """
     _register()
+    debug = os.environ.get("LEAPKIT_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        app()
     except LeapkitError as e:
-        if os.environ.get("LEAPKIT_DEBUG") == "1":
+        if debug:
             raise
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.secho("aborted", fg="red", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors keep their exit code
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if os.environ.get("LEAPKIT_DEBUG") == "1":
+    except Exception as e:
+        if debug:
             raise
         typer.secho(f"error: {type(e).__name__}: {e} (set LEAPKIT_DEBUG=1 for the traceback)", fg="red", err=True)
         sys.exit(1)

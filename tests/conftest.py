@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny teachers, tiny image folders, tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from leapkit.config import resolve_config
+from leapkit.models import create_teacher
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory) -> Path:
+    """Random weights for the demo teacher architecture."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "teacher.safetensors"
+    model = create_teacher("leapkit_demo_teacher", 16, pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def make_images(root: Path, n: int = 24, classes: int = 2, size: int = 20) -> Path:
+    """``n`` small RGB PNGs in ``classes`` class folders: class c is brighter on side c."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = i % classes
+        img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        img[:, c * size // classes : (c + 1) * size // classes] += 150
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"class{c}" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    return make_images(tmp_path / "images")
+
+
+@pytest.fixture
+def tiny_config(teacher_file, image_dir):
+    """The demo architectures at 16 px on a 24-image folder: 3 steps an epoch."""
+    return resolve_config("demo", {
+        "model": {"teacher_weights": str(teacher_file), "img_size": 16},
+        "data": {"source": "folder", "path": str(image_dir), "crop_scale": [0.5, 1.0]},
+        "train": {"epochs": 3, "batch_size": 8, "eval_at_end": False},
+        "curriculum": {"max_epochs_per_block": 1},
+    })
