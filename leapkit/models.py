@@ -27,7 +27,11 @@ DEMO_TEACHER_WEIGHTS = "builtin:demo_teacher"
 
 # Digits are grey strokes on black: normalise around 0.5 rather than with ImageNet statistics.
 _DEMO_CFG = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=0, crop_pct=1.0)
-default_cfgs = generate_default_cfgs({"leapkit_demo_teacher": _DEMO_CFG, "leapkit_demo_student": _DEMO_CFG})
+default_cfgs = generate_default_cfgs({
+    "leapkit_demo_teacher": _DEMO_CFG,
+    "leapkit_demo_student": _DEMO_CFG,
+    "vit_tiny_patch14_leapkit": dict(input_size=(3, 224, 224), num_classes=0),
+})
 
 
 @register_model
@@ -42,6 +46,13 @@ def leapkit_demo_student(pretrained: bool = False, **kwargs) -> VisionTransforme
     """The demo student: 4 blocks, dim 64, 2 heads, 4 px patches on 32 px digits."""
     args = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
     return _create_vision_transformer("leapkit_demo_student", pretrained=False, **{**args, **kwargs})
+
+
+@register_model
+def vit_tiny_patch14_leapkit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-T/14 in the DINOv2 layout (dim 192, depth 12, 3 heads, layer scale): the paper's small student."""
+    args = dict(img_size=224, patch_size=14, embed_dim=192, depth=12, num_heads=3, init_values=1e-5)
+    return _create_vision_transformer("vit_tiny_patch14_leapkit", pretrained=False, **{**args, **kwargs})
 
 
 def builtin_weights(name: str) -> Path:
