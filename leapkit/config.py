@@ -30,6 +30,7 @@ class ModelConfig:
 class DataConfig:
     source: Literal["folder", "digits"] = "folder"
     path: str | None = None  # folder of images, or an ImageFolder root with train/ (and val/)
+    augment: bool = True  # RandomResizedCrop (+ flip); False: resize and centre-crop only
     crop_scale: tuple[float, float] = (0.32, 1.0)
     hflip: float = 0.5
     workers: int = 8

@@ -2,11 +2,14 @@
 
 Reads top to bottom: set up (run dir, models, data, optimizer, curriculum), calibrate, then per
 step: schedule, teacher forward up to the target block, student forward and loss, backward, clip,
-step, curriculum update, log; a checkpoint at every epoch end.
+step, curriculum update, log; a checkpoint at every epoch end. Under torchrun every rank runs the
+same loop on its shard; the per-step score is averaged over ranks so that every rank levels up at
+the same step, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -22,22 +25,16 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from leapkit import __version__, run as rundir
 from leapkit.config import Config, load_config, save_config
 from leapkit.curriculum import METRICS, CurriculumController
-from leapkit.data import Batch, DigitsDataset, ImageFolderDataset, collate, resolve_split, train_transform
+from leapkit.data import DigitsDataset, ImageFolderDataset, collate, eval_transform, resolve_split, train_transform
+from leapkit.distributed import Dist, init_distributed, shutdown
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
-from leapkit.models import (
-    TruncatedTeacher,
-    check_pair,
-    create_student,
-    create_teacher,
-    grid_size,
-    resize_tokens,
-    student_tokens,
-)
+from leapkit.models import TruncatedTeacher, check_pair, create_student, create_teacher, grid_size, resize_tokens, student_tokens
 from leapkit.optim import build_optimizer, lr_at
 
 log = logging.getLogger(__name__)
@@ -90,22 +87,25 @@ class EpochSampler(Sampler[int]):
 
 @dataclass
 class Setup:
-    """Everything the loop needs, built (and validated) before anything is written."""
+    """Everything the loop needs, built and validated before anything is written."""
 
     cfg: Config
     run_dir: Path
     device: torch.device
+    dist: Dist
     teacher: TruncatedTeacher
     model: Distiller
     train_set: Dataset
     resume_state: dict[str, Any] | None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, d: Dist) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and d.enabled:
+        name = f"cuda:{d.local_rank}"
     try:
         return torch.device(name)
     except RuntimeError as e:
@@ -120,17 +120,18 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def data_stats(teacher_name: str, model: nn.Module) -> tuple[tuple, tuple]:
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
+def normalization(model: nn.Module) -> tuple[tuple, tuple]:
+    """Mean and std the teacher was trained with (its timm pretrained config)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
 def build_train_set(cfg: Config, mean, std) -> Dataset:
-    if cfg.data.source == "digits":
-        return DigitsDataset("train", cfg.model.img_size, mean, std, augment=True, crop_scale=cfg.data.crop_scale)
-    root = resolve_split(cfg.data.path, "train")
-    transform = train_transform(cfg.model.img_size, mean, std, cfg.data.crop_scale, cfg.data.hflip)
-    return ImageFolderDataset(root, transform)
+    size, d = cfg.model.img_size, cfg.data
+    if d.source == "digits":
+        return DigitsDataset("train", size, mean, std, augment=d.augment, crop_scale=d.crop_scale)
+    transform = train_transform(size, mean, std, d.crop_scale, d.hflip) if d.augment else eval_transform(size, mean, std)
+    return ImageFolderDataset(resolve_split(d.path, "train"), transform)
 
 
 def resume_dir(out: str | Path | None) -> Path:
@@ -138,10 +139,6 @@ def resume_dir(out: str | Path | None) -> Path:
     if out is None and not rundir.latest_link().exists():
         raise RunError("nothing to resume: runs/latest does not exist; start a run without --resume")
     return rundir.resolve_run(out)
-
-
-def default_run_dir(cfg: Config) -> Path:
-    return rundir.RUNS_DIR / f"{cfg.recipe}-{cfg.curriculum.mode}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite: bool) -> Setup:
@@ -159,38 +156,37 @@ def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite:
     else:
         if cfg is None:
             raise ValueError("a config is needed unless resuming")
-        run_dir = Path(out) if out is not None else default_run_dir(cfg)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(out) if out is not None else rundir.RUNS_DIR / f"{cfg.recipe}-{cfg.curriculum.mode}-{stamp}"
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise RunError(f"{run_dir} already holds files; pass --resume to continue it, --overwrite to replace it, or --out NEW_DIR")
     cfg.validate()
 
-    device = pick_device(cfg.train.device)
+    d = init_distributed(cfg.train.device)
+    run_dir = d.broadcast(run_dir)  # the timestamped name is rank 0's
+    device = pick_device(cfg.train.device, d)
     teacher = create_teacher(cfg.model.teacher, cfg.model.img_size, weights=cfg.model.teacher_weights)
-    torch.manual_seed(cfg.train.seed)  # student and head initialisation
+    torch.manual_seed(cfg.train.seed)  # student and head initialisation, identical on every rank
     student = create_student(cfg.model.student, cfg.model.img_size, drop_path_rate=cfg.model.drop_path)
     check_pair(teacher, student, cfg.model.img_size)
-    mean, std = data_stats(cfg.model.teacher, teacher)
-    train_set = build_train_set(cfg, mean, std)
-    if len(train_set) < cfg.train.batch_size:
-        log.warning("the data holds %d images, fewer than one batch of %d", len(train_set), cfg.train.batch_size)
+    train_set = build_train_set(cfg, *normalization(teacher))
+    if len(train_set) < cfg.train.batch_size * d.world:
+        log.warning("the data holds %d images, fewer than one global batch of %d", len(train_set), cfg.train.batch_size * d.world)
     model = Distiller(student, teacher.embed_dim, grid_size(student), grid_size(teacher))
-    return Setup(cfg, run_dir, device, TruncatedTeacher(teacher), model, train_set, resume_state)
+    return Setup(cfg, run_dir, device, d, TruncatedTeacher(teacher), model, train_set, resume_state)
 
 
-def make_loader(setup: Setup, epoch: int, skip_batches: int = 0) -> DataLoader:
-    cfg = setup.cfg
-    sampler = EpochSampler(len(setup.train_set), cfg.train.seed, epoch, skip=skip_batches * cfg.train.batch_size)
-    workers = cfg.data.workers
+def make_loader(setup: Setup, epoch: int, skip: int = 0) -> DataLoader:
+    cfg, d = setup.cfg, setup.dist
     return DataLoader(
         setup.train_set,
         batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        num_workers=workers,
+        sampler=EpochSampler(len(setup.train_set), cfg.train.seed, epoch, d.rank, d.world, skip=skip),
+        num_workers=cfg.data.workers,
         collate_fn=collate,
         pin_memory=cfg.data.pin_memory and setup.device.type == "cuda",
-        drop_last=len(setup.train_set) >= 2 * cfg.train.batch_size,
-        generator=torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch),  # worker seeds
-        persistent_workers=False,
+        drop_last=len(setup.train_set) >= 2 * cfg.train.batch_size * d.world,
+        generator=torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 131 + d.rank),  # worker seeds
     )
 
 
@@ -202,7 +198,8 @@ def calibrate(setup: Setup, controller: CurriculumController, batch: torch.Tenso
     patch, _ = setup.model(batch)
     setup.model.train()
     scores = [metric(patch, t.patch) for t in setup.teacher.all_blocks(batch)]
-    start = controller.calibrate(scores, images=len(batch))
+    scores = setup.dist.mean_list(scores, setup.device)
+    start = controller.calibrate(scores, images=len(batch) * setup.dist.world)
     log.info("calibration: start at teacher block %d of %d (scores %s)", start, controller.num_blocks, " ".join(f"{s:.2f}" for s in scores))
 
 
@@ -217,7 +214,7 @@ class StopRequested:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
+            except ValueError:  # not the main thread: leave signals alone
                 pass
         return self
 
@@ -231,8 +228,6 @@ class StopRequested:
 
 def save_checkpoint(setup: Setup, optimizer, scaler, controller, state: dict[str, Any]) -> None:
     """Everything --resume needs, written atomically (temporary file, fsync, rename)."""
-    import io
-
     payload = {
         "leapkit_version": __version__,
         "student": setup.model.student.state_dict(),
@@ -242,7 +237,7 @@ def save_checkpoint(setup: Setup, optimizer, scaler, controller, state: dict[str
         "curriculum": controller.state_dict(),
         "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        **state,
+        "state": dict(state),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -260,7 +255,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric lines written after the checkpoint being resumed from."""
     if path.is_file():
         keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-        rundir.atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+        rundir.atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 
 def distill(config: Config | None, out: str | Path | None = None, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -272,35 +267,41 @@ def distill(config: Config | None, out: str | Path | None = None, resume: bool =
         out: run directory; default runs/<recipe>-<mode>-<timestamp>.
         resume: continue the run in ``out`` (default runs/latest) from its last checkpoint.
         overwrite: replace an existing run in ``out``.
-        show_progress: draw a rich progress bar.
+        show_progress: draw a rich progress bar (rank 0 only).
     """
     setup = prepare(config, out, resume, overwrite)
-    cfg, device, model, teacher = setup.cfg, setup.device, setup.model, setup.teacher
-    if overwrite and setup.run_dir.exists():
-        shutil.rmtree(setup.run_dir)
-    setup.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, setup.run_dir / rundir.CONFIG)
-    rundir.point_latest(setup.run_dir)
+    try:
+        return _train(setup, overwrite, show_progress)
+    finally:
+        shutdown(setup.dist)
+
+
+def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]:
+    cfg, device, d, model, teacher = setup.cfg, setup.device, setup.dist, setup.model, setup.teacher
+    main = d.is_main
+    if main:
+        if overwrite and setup.run_dir.exists():
+            shutil.rmtree(setup.run_dir)
+        setup.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, setup.run_dir / rundir.CONFIG)
+        rundir.point_latest(setup.run_dir)
 
     model.to(device).train()
     dtype = amp_dtype(cfg, device)
     teacher.to(device, dtype=dtype if dtype is not None and cfg.train.teacher_half else None)
+    teacher_dtype = next(teacher.parameters()).dtype
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
     optimizer = build_optimizer(cfg.optim, [model])
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    controller = CurriculumController(
-        num_blocks=teacher.num_blocks,
-        mode=cfg.curriculum.mode,
-        threshold=cfg.curriculum.threshold,
-        ema_alpha=cfg.curriculum.ema_alpha,
-        max_epochs_per_block=cfg.curriculum.max_epochs_per_block,
-        snap_to_last_at=cfg.curriculum.snap_to_last_at,
-    )
-    metric = METRICS[cfg.curriculum.metric]
+    c = cfg.curriculum
+    controller = CurriculumController(teacher.num_blocks, c.mode, c.threshold, c.ema_alpha, c.max_epochs_per_block, c.snap_to_last_at)
+    metric = METRICS[c.metric]
     batches_per_epoch = len(make_loader(setup, 0))
-    per_epoch = math.ceil(batches_per_epoch / cfg.optim.accum_steps)
-    total_steps = cfg.train.epochs * per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * per_epoch)
-    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "restart_step": 0, "teacher_block_images": 0, "images": 0, "skipped": 0, "seconds": 0.0}
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.accum_steps)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    # Counters are global (summed over ranks). epoch_samples: samples consumed in the current epoch.
+    state = {"epoch": 0, "epoch_samples": 0, "step": 0, "restart_step": 0, "teacher_block_images": 0, "images": 0, "skipped": 0, "seconds": 0.0}
 
     if setup.resume_state is not None:
         ck = setup.resume_state
@@ -310,57 +311,54 @@ def distill(config: Config | None, out: str | Path | None = None, resume: bool =
         if scaler is not None and ck["scaler"]:
             scaler.load_state_dict(ck["scaler"])
         controller.load_state_dict(ck["curriculum"])
-        state.update({k: ck[k] for k in state})
+        state.update(ck["state"])
         torch.set_rng_state(ck["rng_torch"])
-        if ck["rng_cuda"] and torch.cuda.is_available():
+        if ck["rng_cuda"] and torch.cuda.is_available() and not d.enabled:
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
-        _truncate_metrics(setup.run_dir / rundir.METRICS, state["step"])
+        if main:
+            _truncate_metrics(setup.run_dir / rundir.METRICS, state["step"])
         log.info("resuming %s at epoch %d, step %d", setup.run_dir, state["epoch"], state["step"])
     else:
         first = next(iter(make_loader(setup, 0)))
         if first.images.numel() == 0:
             raise DataError("the first batch held no readable image; check the data folder for corrupt files")
-        if cfg.curriculum.mode == "leap" and cfg.curriculum.calibrate:
-            calibrate(setup, controller, first.images.to(device, dtype=next(teacher.parameters()).dtype))
-            state["teacher_block_images"] += teacher.num_blocks * len(first.images)
+        if c.mode == "leap" and c.calibrate:
+            calibrate(setup, controller, first.images.to(device, dtype=teacher_dtype))
+            state["teacher_block_images"] += teacher.num_blocks * len(first.images) * d.world
         else:
             controller.calibration = {"scores": [], "start_block": controller.block, "images": 0}
 
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    metrics_file = (setup.run_dir / rundir.METRICS).open("a")
-    progress = _progress(show_progress)
+    metrics_file = (setup.run_dir / rundir.METRICS).open("a") if main else None
+    progress = _progress(show_progress and main)
     task = progress.add_task("distill", total=total_steps, completed=state["step"], info="")
-    clip = cfg.optim.clip_grad
     try:
         with progress, StopRequested() as stop:
             for epoch in range(state["epoch"], cfg.train.epochs):
-                if state["batch_in_epoch"] == 0:
-                    torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)  # augmentations, drop path
-                loader = make_loader(setup, epoch, skip_batches=state["batch_in_epoch"])
+                if state["epoch_samples"] == 0:
+                    torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 101 + d.rank)  # augmentations, drop path
+                loader = make_loader(setup, epoch, skip=state["epoch_samples"] // d.world)
                 tic, micro, step_images = time.perf_counter(), 0, 0
+                stopping = False
                 for i, batch in enumerate(loader):
-                    state["skipped"] += batch.skipped
+                    state["skipped"] += batch.skipped * d.world
                     if batch.images.numel() == 0:
                         continue
                     k = controller.block
                     x = batch.images.to(device, non_blocking=True)
                     with torch.no_grad(), autocast:
-                        target = teacher(x.to(next(teacher.parameters()).dtype), k)
-                    with autocast:
-                        patch, cls = model(x)
-                        loss = distill_loss(patch, cls, target.patch, target.cls, cfg.curriculum.cls_weight)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"non-finite loss at step {state['step']} (epoch {epoch}, block {k}); the last good checkpoint is kept: "
-                            f"lower optim.lr or enable clipping, then --resume"
-                        )
+                        target = teacher(x.to(teacher_dtype), k)  # early exit: blocks k+1..L never run
+                    last_micro = micro + 1 == cfg.optim.accum_steps or i == len(loader) - 1
+                    with (ddp.no_sync() if d.enabled and not last_micro else nullcontext()), autocast:
+                        patch, cls = ddp(x)
+                        loss = distill_loss(patch, cls, target.patch, target.cls, c.cls_weight)
                     (scaler.scale(loss) if scaler else loss).div(cfg.optim.accum_steps).backward()
                     micro += 1
-                    step_images += len(x)
-                    state["batch_in_epoch"] += 1
-                    state["images"] += len(x)
-                    state["teacher_block_images"] += k * len(x)
-                    if micro < cfg.optim.accum_steps and i < len(loader) - 1:
+                    step_images += len(x) * d.world
+                    state["epoch_samples"] += len(x) * d.world
+                    state["images"] += len(x) * d.world
+                    state["teacher_block_images"] += k * len(x) * d.world
+                    if not last_micro:
                         continue
 
                     lr = lr_at(state["step"], total_steps, warmup_steps, cfg.optim.lr, cfg.optim.min_lr, state["restart_step"])
@@ -368,63 +366,81 @@ def distill(config: Config | None, out: str | Path | None = None, resume: bool =
                         group["lr"] = lr
                     if scaler:
                         scaler.unscale_(optimizer)
-                    if clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    if cfg.optim.clip_grad:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                    loss_value, score = d.mean_list([loss.item(), metric(patch.detach(), target.patch)], device)
+                    if not math.isfinite(loss_value):
+                        raise TrainingDiverged(
+                            f"non-finite loss at step {state['step'] + 1} (epoch {epoch}, block {k}); the last good checkpoint is kept: "
+                            f"lower optim.lr or the clipping threshold, then --resume"
+                        )
                     scaler.step(optimizer) if scaler else optimizer.step()
                     if scaler:
                         scaler.update()
                     optimizer.zero_grad(set_to_none=True)
 
-                    score = metric(patch.detach(), target.patch)
                     state["step"] += 1
-                    epoch_pos = epoch + state["batch_in_epoch"] / batches_per_epoch
+                    epoch_pos = epoch + min(1.0, state["epoch_samples"] / (batches_per_epoch * cfg.train.batch_size * d.world))
                     event = controller.update(score, state["step"], epoch_pos)
                     if event is not None:
                         log.info("level-up at step %d (epoch %.2f): block %d -> %d (%s, ema %.3f)", event.step, event.epoch, event.from_block, event.to_block, event.reason, event.ema)
                         if cfg.optim.lr_restart:
                             state["restart_step"] = state["step"]
                     elapsed = time.perf_counter() - tic
-                    row = {
-                        "step": state["step"], "epoch": round(epoch_pos, 4), "loss": loss.item(), "cka": score,
-                        "ema_cka": controller.ema if event is None else event.ema, "target_block": k, "lr": lr,
-                        "teacher_blocks_run": k, "images": step_images,
-                        "images_per_s": step_images / max(elapsed, 1e-9),
-                    }
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
                     state["seconds"] += elapsed
+                    row = {
+                        "step": state["step"], "epoch": round(epoch_pos, 4), "loss": loss_value, "cka": score,
+                        "ema_cka": event.ema if event else controller.ema, "target_block": k, "lr": lr,
+                        "teacher_blocks_run": k, "images": step_images, "images_per_s": step_images / max(elapsed, 1e-9),
+                    }
+                    if metrics_file:
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                    progress.update(task, advance=1, info=f"ep {epoch + 1}/{cfg.train.epochs} loss {loss_value:.4f} cka {score:.3f} block {k}/{teacher.num_blocks} {row['images_per_s']:.0f} img/s")
                     tic, micro, step_images = time.perf_counter(), 0, 0
-                    progress.update(task, advance=1, info=f"ep {epoch + 1}/{cfg.train.epochs} loss {row['loss']:.4f} cka {score:.3f} block {k}/{teacher.num_blocks} {row['images_per_s']:.0f} img/s")
-                    if stop.signal is not None:
+                    if d.any(stop.signal is not None, device):
+                        stopping = True
                         break
-                if stop.signal is not None:
-                    save_checkpoint(setup, optimizer, scaler, controller, {**state, "epoch": epoch})
+                if stopping:
+                    if main:
+                        save_checkpoint(setup, optimizer, scaler, controller, {**state, "epoch": epoch})
+                    d.barrier()
                     raise Interrupted(
-                        f"stopped by signal {stop.signal} at step {state['step']}; checkpoint written, continue with "
+                        f"stopped by a signal at step {state['step']}; checkpoint written, continue with "
                         f"`leapkit distill --resume --out {setup.run_dir}`"
                     )
-                state.update(epoch=epoch + 1, batch_in_epoch=0)
-                save_checkpoint(setup, optimizer, scaler, controller, state)
-                rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
+                state.update(epoch=epoch + 1, epoch_samples=0)
+                if main:
+                    save_checkpoint(setup, optimizer, scaler, controller, state)
+                    rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
                 log.info("epoch %d/%d done: block %d, ema %.3f", epoch + 1, cfg.train.epochs, controller.block, controller.ema)
     finally:
-        metrics_file.close()
+        if metrics_file:
+            metrics_file.close()
 
     if state["images"] == 0:
         raise DataError(f"every image in the data was unreadable ({state['skipped']} skipped); check the files under {cfg.data.path}")
-    save_student(setup)
-    rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
+    log.info("rank %d of %d: blocks visited %s", d.rank, d.world, controller.blocks_visited)
+    trajectories = d.gather([(e.step, e.to_block) for e in controller.level_ups])
+    if any(t != trajectories[0] for t in trajectories):
+        raise RunError(f"ranks disagree on the curriculum ({trajectories}); this is a bug, please report it")
     summary = summarize(setup, controller, state)
-    rundir.write_json(setup.run_dir / rundir.SUMMARY, summary)
+    if main:
+        save_student(setup)
+        rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
+        rundir.write_json(setup.run_dir / rundir.SUMMARY, summary)
+    d.barrier()
     return summary
 
 
 def summarize(setup: Setup, controller: CurriculumController, state: dict[str, Any]) -> dict[str, Any]:
+    """What summary.json records; the closing evaluation runs on rank 0 only."""
     cfg = setup.cfg
     baseline = controller.num_blocks * state["images"]
     summary: dict[str, Any] = {
         "run_dir": str(setup.run_dir),
         "mode": cfg.curriculum.mode,
+        "world_size": setup.dist.world,
         "epochs": cfg.train.epochs,
         "steps": state["step"],
         "train_seconds": round(state["seconds"], 2),
@@ -438,18 +454,15 @@ def summarize(setup: Setup, controller: CurriculumController, state: dict[str, A
         "teacher_block_images_baseline": baseline,
         "teacher_blocks_saved_pct": round(100.0 * (1 - state["teacher_block_images"] / baseline), 2),
     }
-    if cfg.train.eval_at_end:
+    if cfg.train.eval_at_end and setup.dist.is_main:
+        from leapkit.evaluate import evaluate_model, labelled_splits
+
         try:
-            from leapkit.evaluate import evaluate_model, labelled_splits
-        except ImportError:  # evaluation module not available
-            evaluate_model = None
-        if evaluate_model is not None:
-            try:
-                train_set, val_set = labelled_splits(cfg)
-            except DataError as e:
-                log.info("no labelled split for the closing evaluation (%s)", e)
-            else:
-                summary["eval"] = evaluate_model(setup.model.student.eval(), train_set, val_set, device=setup.device)
+            train_set, val_set = labelled_splits(cfg)
+        except DataError as e:
+            log.info("no labelled split for the closing evaluation (%s)", e)
+        else:
+            summary["eval"] = evaluate_model(setup.model.student.eval(), train_set, val_set, device=setup.device)
     return summary
 
 
@@ -458,5 +471,5 @@ def _progress(enabled: bool):
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
     )

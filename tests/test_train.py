@@ -104,7 +104,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tiny_config, tmp_path, monkeypatch)
     real_loss = train_mod.distill_loss
     monkeypatch.setattr(train_mod, "distill_loss", lambda *a: real_loss(*a) * float("nan"))
     tiny_config.train.epochs = 3
-    with pytest.raises(TrainingDiverged, match="non-finite loss at step 6"):
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 7"):
         distill(tiny_config, out=out, resume=True, show_progress=False)
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
