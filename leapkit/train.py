@@ -241,7 +241,14 @@ def save_checkpoint(setup: Setup, optimizer, scaler, controller, state: dict[str
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    rundir.atomic_write_bytes(setup.run_dir / rundir.CHECKPOINT, buf.getvalue())
+    path = setup.run_dir / rundir.CHECKPOINT
+    try:
+        rundir.atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise RunError(
+            f"cannot write the checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact: "
+            f"free space or fix permissions, then `leapkit distill --resume --out {setup.run_dir}`"
+        ) from e
 
 
 def save_student(setup: Setup) -> None:
