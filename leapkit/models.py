@@ -2,7 +2,7 @@
 
 Any timm ViT name works for both roles. Two tiny architectures are registered with timm for the
 embedded demo: ``leapkit_demo_teacher`` (8 blocks) and ``leapkit_demo_student`` (4 blocks), both
-32 px inputs with 4 px patches.
+16 px inputs (the digits are 8 x 8) with 4 px patches.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEMO_TEACHER_WEIGHTS = "builtin:demo_teacher"
 
 # Digits are grey strokes on black: normalise around 0.5 rather than with ImageNet statistics.
-_DEMO_CFG = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=0, crop_pct=1.0)
+_DEMO_CFG = dict(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=0, crop_pct=1.0)
 default_cfgs = generate_default_cfgs({
     "leapkit_demo_teacher": _DEMO_CFG,
     "leapkit_demo_student": _DEMO_CFG,
@@ -36,15 +36,15 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def leapkit_demo_teacher(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """The demo teacher: 8 blocks, dim 96, 3 heads, 4 px patches on 32 px digits."""
-    args = dict(img_size=32, patch_size=4, embed_dim=96, depth=8, num_heads=3)
+    """The demo teacher: 8 blocks, dim 96, 3 heads, 4 px patches on 16 px digits."""
+    args = dict(img_size=16, patch_size=4, embed_dim=96, depth=8, num_heads=3)
     return _create_vision_transformer("leapkit_demo_teacher", pretrained=False, **{**args, **kwargs})
 
 
 @register_model
 def leapkit_demo_student(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """The demo student: 4 blocks, dim 64, 2 heads, 4 px patches on 32 px digits."""
-    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
+    """The demo student: 4 blocks, dim 64, 2 heads, 4 px patches on 16 px digits."""
+    args = dict(img_size=16, patch_size=4, embed_dim=64, depth=4, num_heads=2)
     return _create_vision_transformer("leapkit_demo_student", pretrained=False, **{**args, **kwargs})
 
 
