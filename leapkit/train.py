@@ -276,11 +276,16 @@ def distill(config: Config | None, out: str | Path | None = None, resume: bool =
         overwrite: replace an existing run in ``out``.
         show_progress: draw a rich progress bar (rank 0 only).
     """
+    start = time.perf_counter()
     setup = prepare(config, out, resume, overwrite)
     try:
-        return _train(setup, overwrite, show_progress)
+        summary = _train(setup, overwrite, show_progress)
     finally:
         shutdown(setup.dist)
+    summary["wall_seconds"] = round(time.perf_counter() - start, 1)  # this invocation: setup, training, evaluation
+    if setup.dist.is_main:
+        rundir.write_json(setup.run_dir / rundir.SUMMARY, summary)
+    return summary
 
 
 def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]:
@@ -435,7 +440,6 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
     if main:
         save_student(setup)
         rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
-        rundir.write_json(setup.run_dir / rundir.SUMMARY, summary)
     d.barrier()
     return summary
 

@@ -89,7 +89,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"leapkit distill: {summary['run_dir']}", show_header=False)
-    table.add_row("wall time", f"{summary['train_seconds']:.1f} s ({summary['steps']} steps, {summary['epochs']} epochs)")
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s, of which training {summary['train_seconds']:.1f} s ({summary['steps']} steps, {summary['epochs']} epochs)")
     table.add_row("throughput", f"{summary['images_per_s']:.0f} images/s")
     table.add_row("curriculum", summary["mode"])
     table.add_row("blocks visited", " -> ".join(map(str, summary["blocks_visited"])) + f"  (of {summary['teacher_blocks']})")
