@@ -1,0 +1,354 @@
+"""leapkit export: ONNX graph, fp16/int8 variants, parity, accuracy, bundle, bad input, overwrite."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import save_file
+
+import leapkit.export as ex
+from leapkit.cli.main import main
+from leapkit.config import resolve_config, save_config
+from leapkit.errors import CheckFailed, ConfigError, ExportError
+from leapkit.models import create_student
+from leapkit.profiles import load_target
+
+SMALL = dict(calib_images=32, parity_images=16, probe_images=200)
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def make_run(root: Path, seed: int = 0) -> Path:
+    """A finished demo run without training: the demo config at 32 px and a seeded random student."""
+    root.mkdir(parents=True)
+    save_config(resolve_config("demo", {"model": {"img_size": 32}}), root / "config.yaml")
+    torch.manual_seed(seed)
+    save_file(create_student("leapkit_demo_student", 32).state_dict(), str(root / "student.safetensors"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("export") / "run")
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir) -> ex.ExportResult:
+    """One export of every precision for the default Jetson (TensorRT 10.3: deploy bundle here)."""
+    return ex.export(run_dir, target="jetson", precision="all", check=False, **SMALL)
+
+
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_bundle_layout_and_manifest(exported, run_dir):
+    out = run_dir / "export" / "jetson-orin-nano"
+    assert exported.out_dir == out
+    latest = run_dir / "export" / "latest"
+    assert latest.is_symlink() and str(latest.readlink()) == "jetson-orin-nano"
+    assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]
+    m = json.loads((out / "manifest.json").read_text())
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx", "README.md", "build_engine.sh", "bench_engine.sh",
+                 "check_engine.sh", "check_outputs.py", "reference_input.bin"):
+        assert m["files"][name] == ex.sha256(out / name), name
+    assert "manifest.json" not in m["files"]
+    assert m["input"] == {
+        "name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "NCHW", "mean": [0.5] * 3, "std": [0.5] * 3,
+        "preprocessing": "RGB scaled to [0, 1], then (x - mean) / std per channel",
+    }
+    assert m["opset"] >= 17
+    assert m["source_run"] == str(run_dir.resolve())
+    assert m["leapkit_version"]
+    assert [o["name"] for o in m["outputs"]] == ["tokens", "cls", "patch_tokens"]
+    assert [o["shape"] for o in m["outputs"]] == [["batch", 65, 64], ["batch", 64], ["batch", 64, 64]]
+    assert m["batch"] == {"min": 1, "opt": 1, "max": 1}
+    assert m["calibration"]["images"] == 32
+    assert m["target"]["tensorrt"] == "10.3"
+    assert any("tensorrt" in line.lower() for line in m["not_run"])
+
+
+def test_fp32_graph_is_fixed_size_with_dynamic_batch(exported, run_dir):
+    path = exported.out_dir / "model.onnx"
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Resize" not in ops
+    assert ops.count("LayerNormalization") == 2 * 4 + 1  # two per block and the final norm
+    (inp,) = model.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = ex.ort_session(path)
+    student = create_student("leapkit_demo_student", 32).eval()
+    from leapkit.models import load_weights
+
+    load_weights(student, run_dir / "student.safetensors")
+    for b in (1, 3):
+        x = torch.randn(b, 3, 32, 32)
+        got = dict(zip(ex.OUTPUT_NAMES, session.run(None, {"images": x.numpy()})))
+        with torch.no_grad():
+            tokens = student.forward_features(x)
+        np.testing.assert_allclose(got["tokens"], tokens.numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["cls"], tokens[:, 0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["patch_tokens"], tokens[:, 1:].numpy(), atol=1e-4)
+
+
+def test_fp16_keeps_normalisation_and_io_in_fp32(exported):
+    model = onnx.load(str(exported.out_dir / "model_fp16.onnx"))
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
+    types.update(inits)
+    assert all(t.type.tensor_type.elem_type == TensorProto.FLOAT for t in (*model.graph.input, *model.graph.output))
+    matmul_weights = [n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert matmul_weights and all(inits[w] == TensorProto.FLOAT16 for w in matmul_weights)
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert all(types[i] == TensorProto.FLOAT for i in node.input if i), node.name
+
+
+def test_int8_is_symmetric_qdq(exported):
+    model = onnx.load(str(exported.out_dir / "model_int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    zero_points = [inits[n.input[2]] for n in dq if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    per_channel = [n for n in dq if n.input[0] in inits and inits[n.input[1]].size > 1]
+    assert per_channel, "weights should be quantized per output channel"
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+
+
+def test_parity_accuracy_and_status(exported):
+    by_precision = {v.precision: v for v in exported.variants}
+    assert set(by_precision) == {"fp32", "fp16", "int8"}
+    assert by_precision["fp32"].parity["cosine_min"] >= 0.9999
+    assert by_precision["fp16"].parity["cosine_min"] >= 0.999
+    assert by_precision["fp32"].accuracy["drop_top1"] == pytest.approx(0.0, abs=0.5)
+    for v in exported.variants:
+        p, a = v.parity, v.accuracy
+        assert set(p["outputs"]) == {"tokens", "cls", "patch_tokens"}
+        assert a["pytorch_top1"] > 20.0  # 10 classes: even random ViT features beat chance
+        bad = (not p["passed"]) or a["drop_top1"] > ex.MAX_TOP1_DROP[v.precision]
+        assert v.status == ("failed" if bad else "ok"), v
+    manifest = exported.manifest
+    assert manifest["status"] == ("ok" if exported.passed else "failed")
+
+
+def test_reference_outputs_reproduce_and_device_checker(exported, tmp_path):
+    out = exported.out_dir
+    manifest = json.loads((out / "manifest.json").read_text())
+    ref = manifest["reference"]
+    x = np.fromfile(out / "reference_input.bin", dtype="<f4").reshape(ref["input"]["shape"])
+    session = ex.ort_session(out / "model.onnx")
+    got = dict(zip(ex.OUTPUT_NAMES, session.run(None, {"images": x})))
+    for name, exp in ref["outputs"].items():
+        np.testing.assert_allclose(got[name].ravel()[:8], exp["first"], atol=1e-4)
+        assert float(np.linalg.norm(got[name])) == pytest.approx(exp["l2"], rel=1e-4)
+    # The device-side checker on a trtexec-style --exportOutput file made from ONNX Runtime's outputs.
+    dump = [{"name": k, "dimensions": "x".join(map(str, v.shape)), "values": v.ravel().tolist()} for k, v in got.items()]
+    (tmp_path / "ok.json").write_text(json.dumps(dump))
+    dump[1]["values"] = [v + 0.5 for v in dump[1]["values"]]
+    (tmp_path / "bad.json").write_text(json.dumps(dump))
+    checker = [sys.executable, str(out / "check_outputs.py")]
+    ok = subprocess.run([*checker, str(tmp_path / "ok.json"), str(out / "manifest.json"), "fp32"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "PASS" in ok.stdout
+    bad = subprocess.run([*checker, str(tmp_path / "bad.json"), str(out / "manifest.json"), "fp32"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "cls" in bad.stdout and "MISMATCH" in bad.stdout
+
+
+def test_scripts_and_readme(exported):
+    out = exported.out_dir
+    build = (out / "build_engine.sh").read_text()
+    assert "--stronglyTyped" in build and "--fp16" not in build
+    assert "--minShapes=images:1x3x32x32" in build and "--memPoolSize=workspace:1024M" in build
+    for name in ("build_engine.sh", "bench_engine.sh", "check_engine.sh"):
+        assert subprocess.run(["bash", "-n", str(out / name)]).returncode == 0, name
+    readme = (out / "README.md").read_text()
+    assert "## Not run when this bundle was made" in readme and "tensorrt" in readme.lower()
+    assert "model_int8.onnx" in readme
+
+
+def test_summary_table_lists_every_variant(exported):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(ex.summary_table(exported))
+    text = console.export_text()
+    assert all(v.file in text for v in exported.variants)
+
+
+def test_resolve_precisions():
+    jetson, cpu = load_target("jetson"), load_target("x86-cpu")
+    assert ex.resolve_precisions(None, jetson) == ["fp32", "fp16"]
+    assert ex.resolve_precisions("all", cpu) == ["fp32", "int8"]
+    assert ex.resolve_precisions(["int8"], jetson) == ["fp32", "int8"]
+    with pytest.raises(ExportError, match="precision fp16 is not available for target x86-cpu"):
+        ex.resolve_precisions(["fp16"], cpu)
+    with pytest.raises(ExportError, match="unknown precision 'bf16'"):
+        ex.resolve_precisions(["bf16"], jetson)
+
+
+def test_convert_fp16_shared_initializer():
+    """An initializer used by a LayerNorm (fp32) and an Add (fp16) gets one copy of each type."""
+    d = 8
+    w = numpy_helper.from_array(np.linspace(-1, 1, d * d, dtype=np.float32).reshape(d, d), "w")
+    b = numpy_helper.from_array(np.full(d, 0.1, np.float32), "b")
+    g = numpy_helper.from_array(np.ones(d, np.float32), "g")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["h2"]),
+        helper.make_node("LayerNormalization", ["h2", "g", "b"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])], [w, b, g],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    half = ex.convert_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    types = {t.name: t.data_type for t in half.graph.initializer}
+    assert types == {"w__fp16": TensorProto.FLOAT16, "b__fp16": TensorProto.FLOAT16, "b": TensorProto.FLOAT, "g": TensorProto.FLOAT}
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((4, d)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-2)
+
+
+def test_input_size_check_message():
+    with pytest.raises(ExportError, match="input size 30 is not divisible by the patch size 4 of s; use 28 or 32"):
+        ex.check_input_size(30, 4, "s")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target", "nope", "--overwrite"], "unknown target 'nope'; known: "),
+        (["--target", "x86-cpu", "--precision", "fp16", "--overwrite"],
+         "precision fp16 is not available for target x86-cpu (runtime onnxruntime takes fp32, int8)"),
+        (["--target", "jetson", "--input-size", "30", "--overwrite"], "input size 30 is not divisible by the patch size 4 of leapkit_demo_student"),
+        (["--target", "jetson", "--precision", "bf16", "--overwrite"], "unknown precision 'bf16'"),
+        (["--target", "jetson"], "already exists; pass --overwrite to replace it"),
+        pytest.param(["--target", "jetson", "--slim", "--overwrite"], "needs the 'onnxslim' package: pip install 'leapkit[slim]'",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("onnxslim") is not None, reason="onnxslim is installed")),
+    ],
+)
+def test_cli_bad_input(args, message, exported, run_dir, monkeypatch, capsys):
+    before = sorted(p.name for p in (run_dir / "export").iterdir())
+    code, err = run_cli(["export", str(run_dir), *args], monkeypatch, capsys)
+    assert code == 2
+    assert message in err
+    assert err.strip().count("\n") == 0, err
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
+
+
+def test_cli_run_without_weights(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    save_config(resolve_config("demo"), run / "config.yaml")
+    code, err = run_cli(["export", str(run)], monkeypatch, capsys)
+    assert code == 2 and "has no student.safetensors" in err
+    assert not (run / "export").exists()
+
+
+def test_cli_entry_point_unknown_target(run_dir):
+    proc = subprocess.run([sys.executable, "-m", "leapkit", "export", str(run_dir), "--target", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown target 'nope'" in proc.stderr and "jetson-orin-nano" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+def test_failed_rebuild_keeps_the_old_export(exported, run_dir, monkeypatch):
+    manifest = run_dir / "export" / "jetson-orin-nano" / "manifest.json"
+    before = manifest.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(ex, "export_onnx", boom)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        ex.export(run_dir, target="jetson", overwrite=True, **SMALL)
+    assert manifest.read_bytes() == before
+    assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]
+
+
+def torchscript_export(model, path, img_size, opset=ex.OPSET):
+    """The TorchScript exporter: ~100x quicker than torch.export for tests that are not about the graph."""
+    import warnings
+
+    axes = {n: {0: "batch"} for n in (ex.INPUT_NAME, *ex.OUTPUT_NAMES)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ex.Backbone(model).eval(), (torch.zeros(2, 3, img_size, img_size),), str(path), dynamo=False, opset_version=opset,
+                          input_names=[ex.INPUT_NAME], output_names=list(ex.OUTPUT_NAMES), dynamic_axes=axes)
+    return "torchscript (test)"
+
+
+def test_parity_failure_is_marked_and_exits_1(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "run", seed=1)
+    monkeypatch.setattr(ex, "export_onnx", torchscript_export)
+    monkeypatch.setitem(ex.MIN_COSINE, "fp32", 1.5)  # unreachable: every artefact must fail
+    with pytest.raises(CheckFailed, match="export for x86-cpu failed its checks: model.onnx"):
+        ex.export(run, target="x86-cpu", precision="fp32", **SMALL)
+    manifest = run / "export" / "x86-cpu" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    assert m["status"] == "failed"
+    assert [v["status"] for v in m["variants"]] == ["failed"]
+    assert m["variants"][0]["parity"]["passed"] is False
+    assert not (run / "export" / "x86-cpu" / "build_engine.sh").exists()  # onnxruntime target: no TensorRT scripts
+    # Through the CLI, --overwrite replaces the export with the new (again failed) one and exits 1.
+    code, err = run_cli(["export", str(run), "--target", "x86-cpu", "--overwrite", "--parity-images", "8", "--probe-images", "100"],
+                        monkeypatch, capsys)
+    assert code == 1
+    assert "failed its checks" in err and "model.onnx" in err and err.strip().count("\n") == 0
+    m2 = json.loads(manifest.read_text())
+    assert m2["status"] == "failed" and m2["variants"][0]["parity"]["images"] == 8  # the new export, not the old (16)
+
+
+def test_package_level_api_stays_callable(run_dir):
+    import leapkit
+    import leapkit.export  # binds leapkit.export to the submodule
+
+    assert leapkit.export.export is ex.export
+    with pytest.raises(ConfigError, match="unknown target 'nope'"):
+        leapkit.export(run_dir, target="nope")
+
+
+def test_export_at_another_input_size(tmp_path, monkeypatch):
+    """A profile/--input-size resolution other than the training one: pos_embed resampled in PyTorch."""
+    run = make_run(tmp_path / "run", seed=2)
+    monkeypatch.setattr(ex, "export_onnx", torchscript_export)
+    result = ex.export(run, target="x86-cpu", precision="fp32", input_size=24, **SMALL)
+    m = result.manifest
+    assert m["input"]["shape"] == ["batch", 3, 24, 24]
+    assert m["student"]["trained_img_size"] == 32 and m["student"]["num_patches"] == 36
+    assert [o["shape"] for o in m["outputs"]][2] == ["batch", 36, 64]
+    assert result.passed and result.variants[0].parity["cosine_min"] >= 0.9999
+
+
+def test_cli_success_prints_table_and_what_was_not_run(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "run", seed=3)
+    monkeypatch.setattr(ex, "export_onnx", torchscript_export)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["leapkit", "export", str(run), "--target", "jetson", "-p", "fp32", "--parity-images", "8",
+                                      "--probe-images", "100"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "model.onnx" in out and "ok" in out
+    if not HAS_TRT:
+        assert "pip install 'leapkit[trt]'" in out  # rich markup must not eat the extra's brackets
+    assert (run / "export" / "latest").resolve() == (run / "export" / "jetson-orin-nano").resolve()
