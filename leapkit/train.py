@@ -436,10 +436,10 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
     trajectories = d.gather([(e.step, e.to_block) for e in controller.level_ups])
     if any(t != trajectories[0] for t in trajectories):
         raise RunError(f"ranks disagree on the curriculum ({trajectories}); this is a bug, please report it")
-    summary = summarize(setup, controller, state)
     if main:
         save_student(setup)
         rundir.write_json(setup.run_dir / rundir.CURRICULUM, controller.summary())
+    summary = summarize(setup, controller, state)
     d.barrier()
     return summary
 
@@ -465,6 +465,8 @@ def summarize(setup: Setup, controller: CurriculumController, state: dict[str, A
         "teacher_block_images_baseline": baseline,
         "teacher_blocks_saved_pct": round(100.0 * (1 - state["teacher_block_images"] / baseline), 2),
     }
+    if setup.dist.is_main:
+        summary.update(training_flops(setup, state["seconds"]))
     if cfg.train.eval_at_end and setup.dist.is_main:
         from leapkit.evaluate import evaluate_model, labelled_splits
 
@@ -475,6 +477,29 @@ def summarize(setup: Setup, controller: CurriculumController, state: dict[str, A
         else:
             summary["eval"] = evaluate_model(setup.model.student.eval(), train_set, val_set, device=setup.device)
     return summary
+
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) from NVIDIA's datasheets, for model FLOP utilisation.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.2}
+
+
+def training_flops(setup: Setup, seconds: float) -> dict[str, Any]:
+    """The run's training FLOPs (flops.json) against the baseline's, the achieved rate and, on a known GPU, MFU."""
+    from leapkit.flops import run_flops
+
+    f = run_flops(setup.run_dir, export_batch=1, write=True)
+    out: dict[str, Any] = {
+        "train_flops": f["train_flops_run"],
+        "train_flops_baseline": f["train_flops_baseline"],
+        "train_flops_saving_pct": f["train_flops_saving_pct"],
+        "achieved_tflops_per_s": round(f["train_flops_run"] / max(seconds, 1e-9) / 1e12, 4),
+    }
+    if setup.device.type == "cuda":
+        name = torch.cuda.get_device_name(setup.device)
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+        if peak:
+            out["mfu_pct"] = round(100 * out["achieved_tflops_per_s"] / (peak * setup.dist.world), 2)
+    return out
 
 
 def _progress(enabled: bool):

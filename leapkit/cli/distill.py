@@ -97,6 +97,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         "teacher blocks saved",
         f"{summary['teacher_blocks_saved_pct']:.1f}% of the block evaluations of the fixed-target baseline",
     )
+    if summary.get("train_flops_saving_pct") is not None:
+        table.add_row("training FLOPs", f"{summary['train_flops'] / 1e12:.2f} TFLOPs, {summary['train_flops_saving_pct']:.1f}% below the baseline's {summary['train_flops_baseline'] / 1e12:.2f}")
+    if summary.get("mfu_pct") is not None:
+        table.add_row("model FLOP utilisation", f"{summary['mfu_pct']:.1f}%")
     if summary.get("images_skipped"):
         table.add_row("unreadable images skipped", str(summary["images_skipped"]))
     ev = summary.get("eval")
