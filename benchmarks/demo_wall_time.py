@@ -40,6 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = []
+    load_before = os.getloadavg()[0]
     for i in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             # the default job exactly as the README runs it, in a fresh working directory
@@ -63,6 +64,8 @@ def main() -> None:
     machine = {
         "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
         "command": "python benchmarks/demo_wall_time.py --repeats %d" % args.repeats,
+        # other jobs on the machine inflate wall time: the 1-minute load average says how busy it was
+        "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
     }
     worst = max(r["wall_s"] for r in rows)
     verdict = {
@@ -75,7 +78,8 @@ def main() -> None:
     lines = [
         "# `leapkit distill` (demo recipe) wall time", "",
         f"Command: `{machine['command']}`  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}", "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}; "
+        f"1-minute load average {machine['load_avg_before']} before, {machine['load_avg_after']} after", "",
         "| run | wall s | train s | images/s | blocks visited | distinct | teacher blocks saved | linear probe top-1 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     teacher_half: bool = True  # run the frozen teacher in the autocast dtype on CUDA
+    compile: bool = False  # torch.compile the student forward (helps on recent GPUs; slow to start)
     eval_at_end: bool = True
 
 

@@ -303,6 +303,7 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
     teacher.to(device, dtype=dtype if dtype is not None and cfg.train.teacher_half else None)
     teacher_dtype = next(teacher.parameters()).dtype
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
+    forward = torch.compile(ddp) if cfg.train.compile else ddp
     optimizer = build_optimizer(cfg.optim, [model])
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     c = cfg.curriculum
@@ -362,7 +363,7 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
                         target = teacher(x.to(teacher_dtype), k)  # early exit: blocks k+1..L never run
                     last_micro = micro + 1 == cfg.optim.accum_steps or i == len(loader) - 1
                     with (ddp.no_sync() if d.enabled and not last_micro else nullcontext()), autocast:
-                        patch, cls = ddp(x)
+                        patch, cls = forward(x)
                         loss = distill_loss(patch, cls, target.patch, target.cls, c.cls_weight)
                     (scaler.scale(loss) if scaler else loss).div(cfg.optim.accum_steps).backward()
                     micro += 1

@@ -24,7 +24,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
         "device": ("train", "device"), "amp": ("train", "amp"), "lr": ("optim", "lr"),
         "curriculum": ("curriculum", "mode"), "cka_threshold": ("curriculum", "threshold"),
         "ema_alpha": ("curriculum", "ema_alpha"), "max_epochs_per_block": ("curriculum", "max_epochs_per_block"),
-        "metric": ("curriculum", "metric"),
+        "metric": ("curriculum", "metric"), "compile": ("train", "compile"),
     }
     delta: dict[str, dict[str, Any]] = {}
     for flag, value in flags.items():
@@ -57,6 +57,7 @@ def distill(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     amp: Annotated[Optional[Literal["auto", "bf16", "fp16", "off"]], typer.Option(help="Mixed precision on CUDA.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student forward.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<recipe>-<mode>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
@@ -71,7 +72,7 @@ def distill(
         teacher=teacher, teacher_weights=str(teacher_weights) if teacher_weights else None, student=student, data=data,
         img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, curriculum=curriculum, metric=metric,
         cka_threshold=cka_threshold, ema_alpha=ema_alpha, max_epochs_per_block=max_epochs_per_block, seed=seed,
-        device=device, amp=amp, workers=workers,
+        device=device, amp=amp, workers=workers, compile=compile,
     )
     if resume:
         run_dir = resume_dir(out)
