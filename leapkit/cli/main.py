@@ -47,6 +47,8 @@ def _register() -> None:
     from leapkit.cli import bench, profiles  # noqa: F401
     from leapkit.cli import eval  # noqa: F401
     from leapkit.cli import flops  # noqa: F401
+    from leapkit.cli import export  # noqa: F401
+    from leapkit.cli import report  # noqa: F401
 
 
 def main() -> None:

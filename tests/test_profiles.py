@@ -1,0 +1,143 @@
+"""Target profiles and recipe look-ups: every shipped file validates; bad files report every problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from leapkit import profiles as P
+from leapkit.errors import ConfigError
+
+REQUIRED_TARGETS = {"jetson-orin-nano", "jetson-orin-nano-super", "jetson-orin-nx", "jetson-agx-orin", "x86-cpu"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leapkit", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_required_targets_ship():
+    assert REQUIRED_TARGETS <= set(P.list_targets())
+    families = {P.load_target(n).family for n in P.list_targets()}
+    assert {"jetson", "cpu", "gpu"} <= families
+
+
+@pytest.mark.parametrize("name", P.list_targets())
+def test_every_shipped_target_is_valid(name):
+    assert P.validate_target(name) == []
+    t = P.load_target(name)
+    assert t.name == name
+    assert t.precision in t.precisions
+    assert all(t.peak_ops(p) and t.peak_ops(p) > 0 for p in t.precisions)
+    assert t.latency_budget_ms > 0 and t.budget_stat in P.STATS
+    if t.runtime == "tensorrt":
+        assert t.tensorrt_major is not None and t.tensorrt_major >= 10
+
+
+def test_every_peak_figure_cites_a_source():
+    # Each peak line carries a comment on it or just above it.
+    for name in P.list_targets():
+        lines = (P.targets_dir() / f"{name}.yaml").read_text().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("peak_tops:"))
+        block = lines[start + 1 : start + 1 + next(i for i, line in enumerate(lines[start + 1 :]) if not line.startswith(" "))]
+        assert any(line.strip().startswith("#") for line in block), name
+
+
+@pytest.mark.parametrize("name", P.list_recipes())
+def test_every_shipped_recipe_is_valid(name):
+    assert P.validate_recipe(name) == []
+
+
+def test_family_resolves_to_its_default():
+    for family, default in P.FAMILY_DEFAULTS.items():
+        assert P.load_target(family).name == default
+        assert P.load_target(family).family == family
+
+
+def test_jetson_figures_are_consistent():
+    nano, sup, agx = (P.load_target(n) for n in ("jetson-orin-nano", "jetson-orin-nano-super", "jetson-agx-orin"))
+    assert sup.peak_tops["int8"] > nano.peak_tops["int8"]
+    assert sup.memory_bandwidth_gbs > nano.memory_bandwidth_gbs
+    assert agx.peak_tops["fp32"] == pytest.approx(5.3)
+    for t in (nano, sup, agx):
+        assert t.jetpack.startswith("6") and t.tensorrt == "10.3"
+
+
+def test_input_size_null_means_training_resolution():
+    t = P.load_target("x86-cpu")
+    assert t.input_size is None
+    assert t.resolve_input_size(32) == 32
+
+
+def test_unknown_target_lists_known():
+    with pytest.raises(ConfigError, match=r"unknown target 'orin-mega'; known: .*jetson-orin-nano.*x86-cpu"):
+        P.load_target("orin-mega")
+    assert "unknown target" in P.validate_target("orin-mega")[0]
+
+
+def _write(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load((P.targets_dir() / "x86-cpu.yaml").read_text())
+    data.update(changes)
+    for k, v in list(data.items()):
+        if v == "DROP":
+            del data[k]
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_custom_file_loads(tmp_path):
+    t = P.load_target(_write(tmp_path, name="my-box", latency_budget_ms=12))
+    assert t.name == "my-box" and t.latency_budget_ms == 12.0
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    path = _write(tmp_path, precision="int4", batch=0, latency_budget_ms=-1, budget_stat="p42", speed="fast", memory_gb="DROP")
+    problems = P.validate_target(path)
+    text = "\n".join(problems)
+    for needle in ("precision must be one of fp32|fp16|int8", "batch must be an integer >= 1", "latency_budget_ms must be a number > 0",
+                   "budget_stat must be one of", "unknown key 'speed'", "missing key 'memory_gb'"):
+        assert needle in text
+    with pytest.raises(ConfigError, match="is invalid: .*batch must be.*latency_budget_ms"):
+        P.load_target(path)
+
+
+def test_cross_field_problems(tmp_path):
+    path = _write(tmp_path, runtime="tensorrt", precisions=["fp32", "fp16"], precision="int8")
+    text = "\n".join(P.validate_target(path))
+    assert "precision 'int8' is not in precisions" in text
+    assert "peak_tops.fp16 is null" in text
+    assert "needs the expected TensorRT version" in text and "needs workspace_mb" in text
+
+
+def test_kind_of():
+    assert P.kind_of("jetson") == "target" and P.kind_of("x86-cpu") == "target"
+    assert P.kind_of("demo") == "recipe"
+    with pytest.raises(ConfigError, match="neither a target nor a recipe"):
+        P.kind_of("nope")
+
+
+def test_cli_list_show_validate():
+    r = cli("profiles", "list")
+    assert r.returncode == 0, r.stderr
+    assert "jetson-orin-nano-super" in r.stdout and "demo" in r.stdout
+    r = cli("profiles", "show", "jetson")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["name"] == "jetson-orin-nano"
+    r = cli("profiles", "validate")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(": ok") == len(P.list_targets()) + len(P.list_recipes())
+
+
+def test_cli_validate_bad_file_exits_2(tmp_path):
+    path = _write(tmp_path, batch=0, budget_stat="p42")
+    r = cli("profiles", "validate", "x86-cpu", str(path))
+    assert r.returncode == 2
+    assert "target x86-cpu: ok" in r.stdout
+    assert "batch must be an integer >= 1" in r.stderr and "budget_stat must be one of" in r.stderr
+    assert "1 of 2 profiles are invalid" in r.stderr
+    r = cli("profiles", "show", "orin-mega")
+    assert r.returncode == 2 and "neither a target nor a recipe" in r.stderr
