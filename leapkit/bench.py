@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leapkit import __version__
+from leapkit import __version__, callable_stage
 from leapkit.errors import CheckFailed, ConfigError, MissingDependency, ModelError
 from leapkit.profiles import STATS, Stat, TargetProfile, load_target
 from leapkit.run import CONFIG, atomic_write_bytes, read_json, read_run_config, write_json
@@ -1134,3 +1134,6 @@ def render_markdown(data: dict[str, Any]) -> str:
         j = env["jetson"]
         lines.append(f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')} (id {j.get('power_mode_id')}), GPU {j.get('gpu_freq_mhz')} MHz")
     return "\n".join(lines) + "\n"
+
+
+callable_stage(__name__)  # `leapkit.bench(...)` works after `import leapkit.bench` too

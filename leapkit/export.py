@@ -39,8 +39,6 @@ import io
 import logging
 import os
 import shutil
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
@@ -49,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leapkit import tensorrt as trt_tools
+from leapkit import callable_stage, tensorrt as trt_tools
 from leapkit.errors import CheckFailed, DataError, ExportError, MissingDependency, RunError
 
 if TYPE_CHECKING:
@@ -1208,12 +1206,4 @@ def summary_table(result: ExportResult) -> Any:
     return table
 
 
-class _CallableModule(types.ModuleType):
-    """``leapkit.export(...)`` calls :func:`export`: importing this submodule binds the name
-    ``leapkit.export`` to the module itself, which would otherwise hide the lazy API function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_stage(__name__)  # `leapkit.export(...)` works after `import leapkit.export` too

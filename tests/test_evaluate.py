@@ -193,7 +193,7 @@ def test_extract_features_pools(tmp_path):
     model = create_student("leapkit_demo_student", 32)
     cls_x, y = extract_features(model, train, pool="cls", batch_size=3)
     avg_x, _ = extract_features(model, train, pool="avg")
-    assert cls_x.shape == avg_x.shape == (8, 64) and y.tolist() == [0] * 4 + [1] * 4
+    assert cls_x.shape == avg_x.shape == (8, 32) and y.tolist() == [0] * 4 + [1] * 4
     assert not torch.allclose(cls_x, avg_x)
     res = evaluate_model(model, train, train)
     assert set(res) >= {"linear_probe_top1", "linear_probe_top5", "knn_top1", "retrieval_map", "n_train", "n_val"}
@@ -224,7 +224,7 @@ def test_evaluate_run_writes_eval_json(tmp_path):
     for key in ("linear_probe_top1", "knn_top1", "retrieval_map"):
         assert 0 <= saved[key] <= 100 and 0 <= saved["teacher"][key] <= 100
         assert saved["gap"][key] == pytest.approx(saved["teacher"][key] - saved[key], abs=1e-3)
-    assert saved["n_val"] == 9 and saved["feature_dim"] == 64 and saved["teacher"]["feature_dim"] == 96
+    assert saved["n_val"] == 9 and saved["feature_dim"] == 32 and saved["teacher"]["feature_dim"] == 96
 
 
 def test_bad_runs(tmp_path):

@@ -72,7 +72,7 @@ def test_bundle_layout_and_manifest(exported, run_dir):
     assert m["source_run"] == str(run_dir.resolve())
     assert m["leapkit_version"]
     assert [o["name"] for o in m["outputs"]] == ["tokens", "cls", "patch_tokens"]
-    assert [o["shape"] for o in m["outputs"]] == [["batch", 65, 64], ["batch", 64], ["batch", 64, 64]]
+    assert [o["shape"] for o in m["outputs"]] == [["batch", 65, 32], ["batch", 32], ["batch", 64, 32]]
     assert m["batch"] == {"min": 1, "opt": 1, "max": 1}
     assert m["calibration"]["images"] == 32
     assert m["target"]["tensorrt"] == "10.3"
@@ -334,7 +334,7 @@ def test_export_at_another_input_size(tmp_path, monkeypatch):
     m = result.manifest
     assert m["input"]["shape"] == ["batch", 3, 24, 24]
     assert m["student"]["trained_img_size"] == 32 and m["student"]["num_patches"] == 36
-    assert [o["shape"] for o in m["outputs"]][2] == ["batch", 36, 64]
+    assert [o["shape"] for o in m["outputs"]][2] == ["batch", 36, 32]
     assert result.passed and result.variants[0].parity["cosine_min"] >= 0.9999
 
 

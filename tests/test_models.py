@@ -43,7 +43,7 @@ def test_student_tokens_are_final_normalised():
     s = create_student("leapkit_demo_student", 16).eval()
     x = torch.randn(2, 3, 16, 16)
     tokens = student_tokens(s, x)
-    assert tokens.patch.shape == (2, 16, 64) and tokens.cls.shape == (2, 64)
+    assert tokens.patch.shape == (2, 16, 32) and tokens.cls.shape == (2, 32)
     torch.testing.assert_close(tokens.cls, s.forward_features(x)[:, 0])
 
 
