@@ -48,23 +48,25 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_config, tmp_path
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(tiny_config, tmp_path):
     from leapkit.config import save_config
 
-    tiny_config.train.epochs = 6
+    tiny_config.train.epochs = 12
     recipe = tmp_path / "recipe.yaml"
     save_config(tiny_config, recipe)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "leapkit", "distill", "--recipe", str(recipe), "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count as this process: bit-identical maths
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    ckpt = out / "checkpoints" / "last.pt"
+    metrics = out / "metrics.jsonl"
     deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # land somewhere in the following epochs, possibly mid-write
+    # kill -9 in the third epoch (3 steps an epoch), after at least two checkpoints
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and metrics.read_text().count("\n") >= 7:
+            break
+        time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert ckpt.exists()
+    ckpt = out / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=True)["state"]
-    assert 1 <= state["epoch"] <= 6
+    assert 2 <= state["epoch"] < 12, "the process should have died mid-run"
     assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300, env=env).returncode == 0
     distill(tiny_config, out=tmp_path / "full", show_progress=False)
     assert same_weights(tmp_path / "full", out)
