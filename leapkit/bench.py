@@ -43,6 +43,7 @@ from leapkit import __version__, callable_stage
 from leapkit.errors import CheckFailed, ConfigError, MissingDependency, ModelError
 from leapkit.profiles import STATS, Stat, TargetProfile, load_target
 from leapkit.run import CONFIG, atomic_write_bytes, read_json, read_run_config, write_json
+from leapkit.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -422,17 +423,6 @@ def _import_tensorrt():
 
 
 # ---------------------------------------------------------------- timing
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Set torch's intra-op thread count for the block, then restore it."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def time_runner(fn: Callable[[], None], warmup_s: float = 0.5, iterations: int | None = None, duration_s: float = 3.0) -> list[float]:

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from leapkit.config import Config
 from leapkit.errors import DataError, ModelError
+from leapkit.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +153,6 @@ def _check_labels(train_y: Tensor, what: str) -> None:
         raise DataError(f"the train split has a single class; {what} needs at least two classes")
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    # The probe's matrices are small: with several threads, spin-waits on a busy machine cost
-    # more than the arithmetic (seconds instead of milliseconds).
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _topk_percent(scores: Tensor, y: Tensor, k: int) -> float:
     k = min(k, scores.shape[1])
     hit = (scores.topk(k, dim=1).indices == y[:, None]).any(dim=1)
@@ -220,7 +208,9 @@ def linear_probe(
     opt = torch.optim.SGD([weight, bias], lr=base_lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     step = 0
-    with _torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+    # The probe's matrices are small: with several threads, spin-waits on a busy machine cost
+    # more than the arithmetic (seconds instead of milliseconds).
+    with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
         while step < total:
             order = torch.randperm(n, generator=gen).to(device)
             for idx in order.split(batch):
