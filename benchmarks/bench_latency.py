@@ -1,26 +1,30 @@
 """CPU latency of a ViT student: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime INT8.
 
-Measures, on this machine at batch 1, the demo student (leapkit_demo_student, 32 px) and a
-ViT-S/14 (vit_small_patch14_dinov2, 224 px, random weights) in:
+Measures, on this machine at batch 1, the demo student (a distilled run given with ``--demo-run``,
+at that run's resolution, 16 px for the demo recipe) and a ViT-S/14 (vit_small_patch14_dinov2,
+224 px, random weights) in:
 
 - PyTorch eager (``forward_features`` under inference_mode);
-- ONNX Runtime fp32 (all graph optimisations; also "basic" optimisations, to see what fusion buys);
-- ONNX Runtime INT8 from ``onnxruntime.quantization.quantize_static`` with a calibration reader
-  over real images (the embedded digits), in three layouts: QDQ with uint8 asymmetric activations
-  and int8 per-channel weights (the layout ONNX Runtime's x86 kernels prefer), QDQ int8/int8
-  symmetric (what ``leapkit export`` writes for TensorRT), and the QOperator format.
+- ONNX Runtime fp32 on the graph ``leapkit export`` writes (``leapkit.export.export_onnx``), with all
+  graph optimisations and with "basic" ones, to see what fusion buys;
+- ONNX Runtime INT8 in four layouts, calibrated on real images (the embedded digits): the two that
+  ``leapkit export`` writes (``leapkit.export.quantize_int8``: for ONNX Runtime targets QDQ with uint8
+  activations, int8 per-channel weights, only the ops with a weight quantized; for TensorRT
+  symmetric int8 QDQ on every MatMul), and two alternatives from ``quantize_static`` for comparison:
+  QDQ u8/s8 on every MatMul and the QOperator format.
 
 Formats are timed in interleaved rounds (every format once per round) so that load from other
 processes spreads over all of them instead of biasing one. For each it reports p50/p90/p99, the
 coefficient of variation, and the achieved FLOP/s over this CPU's peak (cores x clock x FLOPs per
 cycle, derived from lscpu). For the demo student it also compares the linear-probe top-1 of the
-fp32 and INT8 features on the digits split: of a distilled run given with ``--demo-run``, else of
-the demo student trained supervised on the digits for a few epochs (``--demo-train-epochs``), so
-that its features carry signal a quantizer can destroy (random weights give a meaningless probe).
+PyTorch, fp32 and INT8 features on the digits split. Without ``--demo-run`` the demo student is
+trained supervised on the digits for a few epochs instead (``--demo-train-epochs``), so that its
+features carry signal a quantizer can destroy (random weights give a meaningless probe).
 
 Usage:
-    python benchmarks/bench_latency.py                       # writes benchmarks/results/bench_latency.{md,json}
-    python benchmarks/bench_latency.py --demo-run runs/latest --threads 1 2 --rounds 5
+    leapkit distill --out /tmp/demo --no-progress
+    python benchmarks/bench_latency.py --demo-run /tmp/demo   # writes benchmarks/results/bench_latency.{md,json}
+    python benchmarks/bench_latency.py --demo-run /tmp/demo --threads 1 2 --rounds 5
 
 A hand-written "## Analysis" section in an existing results file is kept when the file is rewritten.
 """
@@ -43,18 +47,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
 from leapkit import bench as B
+from leapkit import export as ex
 from leapkit.data import DigitsDataset
-from leapkit.evaluate import linear_probe
+from leapkit.evaluate import linear_probe, norm_stats
 from leapkit.models import create_student
 
 log = logging.getLogger("bench_latency")
 RESULTS = Path(__file__).parent / "results"
-MODELS = {"demo": ("leapkit_demo_student", 32), "vits14": ("vit_small_patch14_dinov2", 224)}
+# Default sizes; the demo student runs at its run's img_size when --demo-run is given.
+MODELS = {"demo": ("leapkit_demo_student", 16), "vits14": ("vit_small_patch14_dinov2", 224)}
+INPUT = ex.INPUT_NAME
 
 
 # ---------------------------------------------------------------- this CPU
@@ -99,45 +105,40 @@ def cpu_peak() -> dict[str, Any]:
 # ---------------------------------------------------------------- models
 
 
-class Features(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+def export_fp32(model: torch.nn.Module, img_size: int, path: Path) -> str:
+    """The graph ``leapkit export`` writes: outputs tokens, cls, patch_tokens; returns the exporter used."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), ex._quiet():
+        return ex.export_onnx(model, path, img_size)
 
 
-def export_fp32(model: torch.nn.Module, img_size: int, path: Path) -> None:
-    with contextlib.redirect_stderr(io.StringIO()):
-        torch.onnx.export(
-            Features(model).eval(), torch.zeros(1, 3, img_size, img_size), str(path), dynamo=False, opset_version=17,
-            input_names=["pixels"], output_names=["tokens"], dynamic_axes={"pixels": {0: "batch"}, "tokens": {0: "batch"}},
-        )
-
-
-def digits(split: str, img_size: int, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    cfg = model.pretrained_cfg
-    ds = DigitsDataset(split, img_size, cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3))
+def digits(split: str, img_size: int, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    ds = DigitsDataset(split, img_size, *stats)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     return torch.stack(xs).numpy(), np.asarray(ys)
 
 
+# The layouts `leapkit export` writes (leapkit.export.quantize_int8, percentile calibration), by runtime.
+LEAPKIT_LAYOUTS = {
+    "int8 leapkit onnxruntime layout (QDQ u8/s8, weight ops only)": "onnxruntime",
+    "int8 leapkit tensorrt layout (QDQ s8/s8 symmetric, all MatMuls)": "tensorrt",
+}
+# Alternatives straight from quantize_static (min-max calibration), for comparison.
 INT8_LAYOUTS = {
     # name: (format, activation type, weight type, per-channel, extra options)
-    "int8 QDQ u8/s8 per-channel": ("QDQ", "QUInt8", "QInt8", True, {}),
-    "int8 QDQ s8/s8 symmetric (TensorRT layout)": ("QDQ", "QInt8", "QInt8", True, {"ActivationSymmetric": True, "WeightSymmetric": True}),
-    "int8 QOperator u8/s8 per-channel": ("QOperator", "QUInt8", "QInt8", True, {}),
-    # Only the MatMuls with a weight operand: attention's q.k^T and attn.v stay fp32, and with them
-    # the Softmax, which ONNX Runtime would otherwise fuse into a slow QLinearSoftmax.
-    "int8 QDQ u8/s8 per-channel, weight MatMuls only": ("QDQ", "QUInt8", "QInt8", True, {"weights_only": True}),
+    "int8 QDQ u8/s8 per-channel, all MatMuls": ("QDQ", "QUInt8", "QInt8", True, {}),
+    "int8 QOperator u8/s8 per-channel, all MatMuls": ("QOperator", "QUInt8", "QInt8", True, {}),
 }
+LAYOUT_NAMES = [*LEAPKIT_LAYOUTS, *INT8_LAYOUTS]
 
 
 def quantize(src: Path, dst: Path, calib: np.ndarray, layout: str) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if layout in LEAPKIT_LAYOUTS:
+        with contextlib.redirect_stdout(io.StringIO()), ex._quiet():
+            ex.quantize_int8(src, dst, calib.astype(np.float32), runtime=LEAPKIT_LAYOUTS[layout])
+        return
     fmt, act, wt, per_channel, extra = INT8_LAYOUTS[layout]
 
     class Reader(CalibrationDataReader):
@@ -146,29 +147,23 @@ def quantize(src: Path, dst: Path, calib: np.ndarray, layout: str) -> None:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             x = next(self.batches, None)
-            return None if x is None else {"pixels": x.astype(np.float32)}
+            return None if x is None else {INPUT: x.astype(np.float32)}
 
     pre = src.with_suffix(".pre.onnx")
     if not pre.exists():
         with contextlib.redirect_stdout(io.StringIO()):
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-    extra = dict(extra)
-    exclude = []
-    if extra.pop("weights_only", False):
-        graph = onnx.load(str(pre)).graph
-        weights = {t.name for t in graph.initializer}
-        exclude = [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt), activation_type=getattr(QuantType, act),
             weight_type=getattr(QuantType, wt), per_channel=per_channel, op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-            nodes_to_exclude=exclude, extra_options=extra,
+            extra_options=dict(extra),
         )
 
 
-def train_supervised(model: torch.nn.Module, img_size: int, epochs: int, seed: int = 0) -> None:
+def train_supervised(model: torch.nn.Module, img_size: int, epochs: int, stats: tuple, seed: int = 0) -> None:
     """Give the demo student meaningful features: CLS token + linear head, cross-entropy on digits."""
-    x, y = (torch.from_numpy(a) for a in digits("train", img_size, model))
+    x, y = (torch.from_numpy(a) for a in digits("train", img_size, stats))
     head = torch.nn.Linear(model.embed_dim, int(y.max()) + 1)
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -193,7 +188,12 @@ def ort_session(path: Path, threads: int, level: str = "all") -> ort.InferenceSe
 
 
 def ort_features(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([sess.run(None, {"pixels": b})[0][:, 0] for b in np.array_split(x, max(len(x) // 64, 1))])
+    return np.concatenate([sess.run(["cls"], {INPUT: b})[0] for b in np.array_split(x, max(len(x) // 64, 1))])
+
+
+def torch_features(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model.forward_features(torch.from_numpy(b))[:, 0].numpy() for b in np.array_split(x, max(len(x) // 64, 1))])
 
 
 def op_profile(path: Path, x: np.ndarray, runs: int = 5) -> dict[str, float]:
@@ -209,7 +209,7 @@ def op_profile(path: Path, x: np.ndarray, runs: int = 5) -> dict[str, float]:
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):
-            sess.run(None, {"pixels": x})
+            sess.run(None, {INPUT: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
     first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     warm_from = first["ts"] + first["dur"]
@@ -240,21 +240,28 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
     torch.manual_seed(0)
     weights = "random"
     if key == "demo" and args.demo_run:
-        from leapkit.run import load_student
+        from leapkit.run import load_student, read_run_config
 
-        model, weights = load_student(args.demo_run), f"distilled, from run {args.demo_run}"
+        cfg = read_run_config(Path(args.demo_run))
+        name, img_size, stats = cfg.model.student, cfg.model.img_size, norm_stats(cfg.model.teacher)
+        model = load_student(args.demo_run)
+        summary = Path(args.demo_run) / "summary.json"
+        probe = json.loads(summary.read_text()).get("eval", {}).get("linear_probe_top1") if summary.is_file() else None
+        weights = (f"distilled by `leapkit distill` ({cfg.curriculum.mode}, teacher {cfg.model.teacher}), student.safetensors of run "
+                   f"{args.demo_run}" + (f" (its own eval: linear probe {probe:.2f}%)" if probe is not None else ""))
     else:
         model = create_student(name, img_size).eval()
+        stats = norm_stats(name)
         if key == "demo" and args.demo_train_epochs > 0:
-            train_supervised(model, img_size, args.demo_train_epochs)
+            train_supervised(model, img_size, args.demo_train_epochs, stats)
             weights = f"supervised on the digits train split for {args.demo_train_epochs} epochs (a stand-in for a distilled student)"
     fp32 = work / f"{key}.onnx"
-    export_fp32(model, img_size, fp32)
-    calib_x, _ = digits("train", img_size, model)
+    exporter = export_fp32(model, img_size, fp32)
+    calib_x, _ = digits("train", img_size, stats)
     calib = calib_x[np.linspace(0, len(calib_x) - 1, args.calib).astype(int)]
     t0 = time.perf_counter()
     int8 = {}
-    for layout in INT8_LAYOUTS:
+    for layout in LAYOUT_NAMES:
         int8[layout] = work / f"{key}.{re.sub(r'[^a-z0-9]+', '_', layout)}.onnx"
         quantize(fp32, int8[layout], calib, layout)
     log.info("%s: exported and quantized in %.0f s", key, time.perf_counter() - t0)
@@ -263,7 +270,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
     x_torch = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     x_np = x_torch.numpy()
     out: dict[str, Any] = {
-        "model": name, "img_size": img_size, "weights": weights, "params": int(sum(p.numel() for p in model.parameters())),
+        "model": name, "img_size": img_size, "weights": weights, "exporter": exporter, "params": int(sum(p.numel() for p in model.parameters())),
         "flops": cost.flops, "flops_source": cost.source, "calibration_images": int(len(calib)),
         "sizes_mb": {"fp32": fp32.stat().st_size / 1e6, **{k: p.stat().st_size / 1e6 for k, p in int8.items()}}, "threads": {},
     }
@@ -276,7 +283,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
                 model.forward_features(x_torch)
 
         fns: dict[str, Any] = {"PyTorch eager": eager}
-        fns.update({k: (lambda s=s: s.run(None, {"pixels": x_np})) for k, s in sessions.items()})
+        fns.update({k: (lambda s=s: s.run(None, {INPUT: x_np})) for k, s in sessions.items()})
         load_before = os.getloadavg()[0]
         with B.torch_threads(threads):
             samples = interleaved(fns, args.rounds, args.iters[key], args.warmup)
@@ -303,14 +310,17 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
         out["op_profile_ms"] = {"fp32": op_profile(fp32, x_np), **{k: op_profile(p, x_np) for k, p in int8.items()}}
 
     if key == "demo":  # linear probe on CLS features: fp32 vs each INT8 layout
-        tr_x, tr_y = digits("train", img_size, model)
-        va_x, va_y = digits("val", img_size, model)
+        tr_x, tr_y = digits("train", img_size, stats)
+        va_x, va_y = digits("val", img_size, stats)
         probes = {"ONNX Runtime fp32": fp32, **{f"ONNX Runtime {k}": p for k, p in int8.items()}}
-        acc = {}
+        feats = {"PyTorch eager": (torch_features(model, tr_x), torch_features(model, va_x))}
         for fmt, path in probes.items():
             sess = ort_session(path, max(args.threads))
-            res = linear_probe(torch.from_numpy(ort_features(sess, tr_x)), torch.from_numpy(tr_y), torch.from_numpy(ort_features(sess, va_x)), torch.from_numpy(va_y))
-            acc[fmt] = res["top1"]
+            feats[fmt] = (ort_features(sess, tr_x), ort_features(sess, va_x))
+        acc = {}
+        with B.torch_threads(max(args.threads)):
+            for fmt, (f_tr, f_va) in feats.items():
+                acc[fmt] = linear_probe(torch.from_numpy(f_tr), torch.from_numpy(tr_y), torch.from_numpy(f_va), torch.from_numpy(va_y))["top1"]
         out["linear_probe_top1"] = acc
         out["linear_probe_drop"] = {k: acc["ONNX Runtime fp32"] - v for k, v in acc.items() if "int8" in k}
     return out
@@ -370,13 +380,14 @@ def render(data: dict[str, Any], analysis: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1],
+                        help="intra-op threads; more threads than free cores measures oversubscription, not the runtimes")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters-demo", type=int, default=40, help="timed iterations per round for the demo student")
     parser.add_argument("--iters-vits14", type=int, default=4, help="timed iterations per round for ViT-S/14")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--calib", type=int, default=32, help="calibration images")
-    parser.add_argument("--demo-run", default=None, help="a distilled demo run for the accuracy comparison")
+    parser.add_argument("--demo-run", default=None, help="a distilled demo run (leapkit distill): its student, weights and resolution")
     parser.add_argument("--demo-train-epochs", type=int, default=15,
                         help="without --demo-run: train the demo student supervised for this many epochs first (0: random weights)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-op ONNX Runtime profile")

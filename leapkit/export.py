@@ -355,17 +355,81 @@ def _drop_unused_opsets(path: Path) -> None:
         onnx.save(model, str(path))
 
 
+Int8Layout = Literal["weight-ops", "all-matmuls"]
+
+# The INT8 layout each runtime gets, and why (recorded in the manifest).
+INT8_LAYOUTS: dict[str, dict[str, Any]] = {
+    "onnxruntime": {
+        "layout": "weight-ops", "activations": "uint8 asymmetric", "weights": "int8 symmetric per-channel",
+        "why": (
+            "ONNX Runtime's x86 kernels take uint8 activations with int8 weights (VNNI's u8 x s8 dot product). Only the "
+            "MatMul/Gemm/Conv ops with a weight operand are quantized: attention's q.k^T and attn.v stay float, and with "
+            "them the Softmax, which ONNX Runtime would otherwise fuse into a slower QLinearSoftmax (benchmarks/bench_latency.md)"
+        ),
+    },
+    "tensorrt": {
+        "layout": "all-matmuls", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
+        "why": (
+            "TensorRT's explicit-precision path: symmetric int8 (zero point 0) Q/DQ on the inputs of every MatMul/Gemm/Conv, "
+            "attention's included; TensorRT fuses the pairs into int8 kernels and keeps biases in float"
+        ),
+    },
+}
+
+
+def _name_nodes(path: Path) -> "onnx.ModelProto":
+    """Give every unnamed node a unique name (exclusion lists go by name); saves ``path`` when it changed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node if n.name}
+    changed = False
+    for k, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{k}"
+            while name in taken:
+                name += "_"
+            node.name, changed = name, True
+            taken.add(name)
+    if changed:
+        onnx.save(model, str(path))
+    return model
+
+
+def activation_only_nodes(model: "onnx.ModelProto", op_types: Iterable[str] = _INT8_OPS) -> list[str]:
+    """Names of the ``op_types`` nodes none of whose data inputs is a weight.
+
+    A weight is an initializer or the output of a Constant node. In a ViT these are attention's two
+    batched products, q.k^T and attn.v; every projection, MLP layer and the patch embedding has one.
+
+    Args:
+        model: an ONNX model (top-level graph only).
+        op_types: the op types to look at.
+    """
+    ops = frozenset(op_types)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in ops and not any(i in constants for i in n.input[:2])]
+
+
 def quantize_int8(
     src: Path,
     dst: Path,
     calib_images: np.ndarray,
     method: CalibMethod = "percentile",
     batch_size: int = 8,
+    runtime: str = "tensorrt",
 ) -> dict[str, Any]:
-    """Static INT8 Q/DQ quantization with ONNX Runtime, shaped for TensorRT's explicit-precision path.
+    """Static INT8 Q/DQ quantization with ONNX Runtime, in the layout the target's runtime runs fastest.
 
-    Symmetric int8 activations and weights (zero point 0, what TensorRT requires), per-channel
-    weights, Q/DQ pairs on the inputs of MatMul/Conv/Gemm; everything else stays fp32.
+    - ``tensorrt``: symmetric int8 activations and weights (zero point 0, what TensorRT requires),
+      per-channel weights, Q/DQ on the inputs of every MatMul/Conv/Gemm (TensorRT's explicit-precision path).
+    - ``onnxruntime`` (CPU): uint8 asymmetric activations with int8 symmetric per-channel weights,
+      and only the MatMul/Conv/Gemm ops that have a weight: the activation-by-activation MatMuls of
+      attention (and the Softmax between them) stay fp32. On the CPU this was both faster and closer
+      to fp32 than quantizing every MatMul (benchmarks/bench_latency.md).
+
+    Everything else stays fp32; biases stay float.
 
     Args:
         src: the fp32 ONNX model.
@@ -375,12 +439,22 @@ def quantize_int8(
             histogram) ignores rare outliers and keeps more resolution than ``minmax``, which
             clips any activation beyond the calibration images' extremes.
         batch_size: images per calibration batch.
+        runtime: the target profile's runtime, ``tensorrt`` or ``onnxruntime``.
 
     Returns:
-        The calibration settings, for the manifest.
+        The calibration settings and the layout (quantized and float nodes per op type), for the manifest.
+
+    Raises:
+        ExportError: ``runtime`` has no INT8 layout.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if runtime not in INT8_LAYOUTS:
+        raise ExportError(f"no INT8 layout for runtime '{runtime}'; use one of {', '.join(INT8_LAYOUTS)}")
+    layout = INT8_LAYOUTS[runtime]
+    cpu = layout["layout"] == "weight-ops"
 
     class Reader(CalibrationDataReader):
         """Calibration batches; ONNX Runtime asks for one batch at a time (``set_range``), so that
@@ -404,18 +478,23 @@ def quantize_int8(
     pre = dst.with_name(f".{dst.stem}.pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        # ORT's QDQ MatMul quantizer ignores MatMulConstBOnly, so the weightless products are excluded by name.
+        kept_float = activation_only_nodes(_name_nodes(pre)) if cpu else []
+        options: dict[str, Any] = {"QuantizeBias": False, "CalibStridedMinMax": 1}
+        if not cpu:
+            options |= {"ActivationSymmetric": True, "WeightSymmetric": True}
         chatter = io.StringIO()  # the histogram calibrators print progress to stdout
         with contextlib.redirect_stdout(chatter):
             quantize_static(
                 str(pre), str(dst), Reader(),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=list(_INT8_OPS),
+                nodes_to_exclude=kept_float,
                 calibrate_method=methods[method],
-                # Biases stay float: TensorRT fuses them into the int8 GEMM/conv itself.
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "CalibStridedMinMax": 1},
+                extra_options=options,
             )
         if chatter.getvalue():
             log.debug(chatter.getvalue())
@@ -424,10 +503,35 @@ def quantize_int8(
         pre.unlink(missing_ok=True)
         for stray in dst.parent.glob(f".{dst.stem}.pre*"):
             stray.unlink(missing_ok=True)
+    quantized, floating = int8_op_counts(onnx.load(str(dst)))
     return {
-        "images": int(len(calib_images)), "method": method, "format": "QDQ", "activations": "int8 symmetric",
-        "weights": "int8 symmetric per-channel", "op_types": list(_INT8_OPS), "tool": "onnxruntime.quantization.quantize_static",
+        "images": int(len(calib_images)), "method": method, "format": "QDQ", "runtime": runtime, "layout": layout["layout"],
+        "activations": layout["activations"], "weights": layout["weights"], "op_types": list(_INT8_OPS),
+        "quantized_ops": quantized, "float_ops": floating, "why": layout["why"],
+        "tool": "onnxruntime.quantization.quantize_static",
     }
+
+
+def int8_op_counts(model: "onnx.ModelProto", op_types: Iterable[str] = _INT8_OPS) -> tuple[dict[str, int], dict[str, int]]:
+    """Count the ``op_types`` nodes of a Q/DQ graph that run in INT8 (every data input comes from a
+    DequantizeLinear) and those that stay float (no input does).
+
+    Returns:
+        ``(quantized, float)``, each op type -> count (op types with no node are left out).
+    """
+    ops = frozenset(op_types)
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized: dict[str, int] = {}
+    floating: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ops:
+            continue
+        data = [i for i in node.input[:2] if i]
+        if all(i in dq_out for i in data):
+            quantized[node.op_type] = quantized.get(node.op_type, 0) + 1
+        elif not any(i in dq_out for i in data):
+            floating[node.op_type] = floating.get(node.op_type, 0) + 1
+    return quantized, floating
 
 
 # --- running and comparing ----------------------------------------------------------------------
@@ -867,7 +971,7 @@ def _export_into(
         elif prec == "int8":
             steps.step(f"calibrating INT8 on {calib_images} training images")
             calib_x, _ = stack_images(data.calib, calib_images)
-            calibration = {**quantize_int8(fp32_path, path, calib_x, method=calib_method), "split": "train"}
+            calibration = {**quantize_int8(fp32_path, path, calib_x, method=calib_method, runtime=profile.runtime), "split": "train"}
             check_graph(path, expect)
             steps.done()
         steps.step(f"parity of {path.name} on {len(parity_x)} images")

@@ -352,3 +352,77 @@ def test_cli_success_prints_table_and_what_was_not_run(tmp_path, monkeypatch, ca
     if not HAS_TRT:
         assert "pip install 'leapkit[trt]'" in out  # rich markup must not eat the extra's brackets
     assert (run / "export" / "latest").resolve() == (run / "export" / "jetson-orin-nano").resolve()
+
+
+def _matmul_inputs(model: onnx.ModelProto) -> list[tuple[str, list[bool], list[bool]]]:
+    """Per MatMul: its name, whether each input comes from a DequantizeLinear, and whether each is a weight."""
+    inits = {t.name for t in model.graph.initializer}
+    dq = {o: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [
+        (n.name, [i in dq for i in n.input], [i in inits or dq.get(i) in inits for i in n.input])
+        for n in model.graph.node if n.op_type == "MatMul"
+    ]
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(run_dir) -> ex.ExportResult:
+    """An INT8 export for the x86-cpu target (runtime onnxruntime)."""
+    return ex.export(run_dir, target="x86-cpu", precision="int8", check=False, **SMALL)
+
+
+def test_cpu_int8_quantizes_only_weight_matmuls(cpu_int8):
+    out = cpu_int8.out_dir
+    fp32 = onnx.load(str(out / "model.onnx"))
+    inits = {t.name for t in fp32.graph.initializer}
+    attention = {n.name for n in fp32.graph.node if n.op_type == "MatMul" and not inits & set(n.input)}
+    assert len(attention) == 2 * 4  # q.k^T and attn.v in each of the 4 blocks
+    matmuls = _matmul_inputs(onnx.load(str(out / "model_int8.onnx")))
+    weight_ones = [(name, from_dq) for name, from_dq, is_weight in matmuls if any(is_weight)]
+    float_ones = [(name, from_dq) for name, from_dq, is_weight in matmuls if not any(is_weight)]
+    assert {name for name, _ in float_ones} == attention
+    assert all(not any(from_dq) for _, from_dq in float_ones), "attention MatMuls must stay float"
+    assert len(weight_ones) == 4 * 4 and all(all(from_dq) for _, from_dq in weight_ones)
+    # Softmax between the float products stays float too (no QLinearSoftmax fusion possible).
+    model = onnx.load(str(out / "model_int8.onnx"))
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == 4 and not any(i in dq_out for n in softmax for i in n.input)
+    # uint8 activations, int8 weights: what ONNX Runtime's VNNI kernels take.
+    q_types = {numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == n.input[2])).dtype
+               for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert q_types == {np.dtype(np.uint8)}
+    calib = json.loads((out / "manifest.json").read_text())["calibration"]
+    assert calib["runtime"] == "onnxruntime" and calib["layout"] == "weight-ops"
+    assert calib["quantized_ops"] == {"Conv": 1, "MatMul": 16} and calib["float_ops"] == {"MatMul": 8}
+    assert calib["activations"] == "uint8 asymmetric"
+    (int8,) = [v for v in cpu_int8.variants if v.precision == "int8"]
+    assert int8.parity["cosine_min"] >= ex.MIN_COSINE["int8"]
+
+
+def test_tensorrt_int8_quantizes_every_matmul(exported):
+    matmuls = _matmul_inputs(onnx.load(str(exported.out_dir / "model_int8.onnx")))
+    assert len(matmuls) == 6 * 4
+    assert all(all(from_dq) for _, from_dq, _ in matmuls), "TensorRT's layout puts Q/DQ on every MatMul"
+    assert sum(not any(is_weight) for _, _, is_weight in matmuls) == 2 * 4
+    calib = exported.manifest["calibration"]
+    assert calib["runtime"] == "tensorrt" and calib["layout"] == "all-matmuls"
+    assert calib["quantized_ops"] == {"Conv": 1, "MatMul": 24} and calib["float_ops"] == {}
+
+
+def test_quantize_int8_unknown_runtime(tmp_path):
+    with pytest.raises(ExportError, match="no INT8 layout for runtime 'tflite'; use one of onnxruntime, tensorrt"):
+        ex.quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", np.zeros((1, 3, 32, 32), np.float32), runtime="tflite")
+
+
+def test_activation_only_nodes():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((4, 4), np.float32), "c")),
+         helper.make_node("MatMul", ["x", "w"], ["a"], name="with_init"),
+         helper.make_node("MatMul", ["a", "c"], ["b"], name="with_constant"),
+         helper.make_node("Transpose", ["b"], ["bt"]),
+         helper.make_node("MatMul", ["b", "bt"], ["y"], name="activations")],
+        "g", [x], [y], [w])
+    assert ex.activation_only_nodes(helper.make_model(graph)) == ["activations"]
