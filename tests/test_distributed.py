@@ -50,3 +50,24 @@ def test_ddp_two_ranks_match_single_process(tmp_path, teacher_file, image_dir):
     wa, wb = load_file(single / "student.safetensors"), load_file(ddp / "student.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_checkpoint_resumes_on_another_number_of_processes(tmp_path, teacher_file, image_dir):
+    """Two epochs in one process, the third under torchrun with two: the same as three in one."""
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    single_recipe = recipe(tmp_path, teacher_file, image_dir, 8)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    base = [sys.executable, "-m", "leapkit", "distill", "--recipe", str(single_recipe), "--no-progress"]
+    assert subprocess.run(base + ["--out", str(full)], capture_output=True, env=env, timeout=300).returncode == 0
+    assert subprocess.run(base + ["--out", str(cut), "--epochs", "2"], capture_output=True, env=env, timeout=300).returncode == 0
+    # The cut run's learning-rate schedule was planned for 2 epochs, so its weights differ from the
+    # 3-epoch run's; its curriculum (level-ups by epoch count) and counters must not.
+    resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "leapkit", "distill",
+              "--resume", "--out", str(cut), "--epochs", "3", "--batch-size", "4", "--no-progress"]
+    proc = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((cut / "summary.json").read_text())
+    assert b["world_size"] == 2 and b["steps"] == a["steps"] == 9
+    assert b["images_seen"] == a["images_seen"] and b["blocks_visited"] == a["blocks_visited"]
