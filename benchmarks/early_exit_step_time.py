@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--img-size", type=int, default=56)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--teacher", default="vit_large_patch14_dinov2")
     ap.add_argument("--student", default="vit_small_patch14_dinov2")
     args = ap.parse_args()
@@ -95,7 +95,7 @@ def main() -> None:
 
     machine = {"device": args.device, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-    command = f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} --batch-size {args.batch_size}"
+    command = f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} --batch-size {args.batch_size} --steps {args.steps}"
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"early_exit_step_time_{device.type}"
     out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n")
