@@ -1,0 +1,47 @@
+"""CUDA paths: AMP (bf16 and fp16 with a grad scaler), the teacher in half precision, MFU.
+
+Skipped without a CUDA GPU; `bash benchmarks/gpu_check.sh` runs them on a GPU machine.
+"""
+
+import pytest
+import torch
+
+from leapkit.train import distill
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_training_on_cuda(tiny_config, tmp_path, amp):
+    tiny_config.train.device, tiny_config.train.amp = "cuda", amp
+    summary = distill(tiny_config, out=tmp_path / amp, show_progress=False)
+    assert summary["steps"] == 9
+    assert summary["train_flops"] > 0 and summary["achieved_tflops_per_s"] > 0
+    import json
+
+    losses = [json.loads(l)["loss"] for l in (tmp_path / amp / "metrics.jsonl").read_text().splitlines()]
+    assert all(l == l and l < float("inf") for l in losses)
+
+
+def test_cuda_resume_matches(tiny_config, tmp_path, monkeypatch):
+    """Killed after the first epoch's checkpoint and resumed: the same weights as one run."""
+    from safetensors.torch import load_file
+
+    import leapkit.train as train_mod
+
+    tiny_config.train.device, tiny_config.train.amp, tiny_config.train.epochs = "cuda", "off", 2
+    distill(tiny_config, out=tmp_path / "a", show_progress=False)
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_config, out=tmp_path / "b", show_progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    distill(None, out=tmp_path / "b", resume=True, show_progress=False)
+    a, b = load_file(tmp_path / "a" / "student.safetensors"), load_file(tmp_path / "b" / "student.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
