@@ -23,8 +23,6 @@ from leapkit.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-DEMO_TEACHER_WEIGHTS = "builtin:demo_teacher"
-
 # Digits are grey strokes on black: normalise around 0.5 rather than with ImageNet statistics.
 _DEMO_CFG = dict(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=0, crop_pct=1.0)
 default_cfgs = generate_default_cfgs({
