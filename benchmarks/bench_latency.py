@@ -53,7 +53,8 @@ import torch
 from leapkit import bench as B
 from leapkit import export as ex
 from leapkit.data import DigitsDataset
-from leapkit.evaluate import linear_probe, norm_stats
+from leapkit.evaluate import linear_probe
+from leapkit.models import normalization
 from leapkit.models import create_student
 
 log = logging.getLogger("bench_latency")
@@ -243,7 +244,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
         from leapkit.run import load_student, read_run_config
 
         cfg = read_run_config(Path(args.demo_run))
-        name, img_size, stats = cfg.model.student, cfg.model.img_size, norm_stats(cfg.model.teacher)
+        name, img_size, stats = cfg.model.student, cfg.model.img_size, normalization(cfg.model.teacher)
         model = load_student(args.demo_run)
         summary = Path(args.demo_run) / "summary.json"
         probe = json.loads(summary.read_text()).get("eval", {}).get("linear_probe_top1") if summary.is_file() else None
@@ -251,7 +252,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: dict[str, Any], work: 
                    f"{args.demo_run}" + (f" (its own eval: linear probe {probe:.2f}%)" if probe is not None else ""))
     else:
         model = create_student(name, img_size).eval()
-        stats = norm_stats(name)
+        stats = normalization(name)
         if key == "demo" and args.demo_train_epochs > 0:
             train_supervised(model, img_size, args.demo_train_epochs, stats)
             weights = f"supervised on the digits train split for {args.demo_train_epochs} epochs (a stand-in for a distilled student)"

@@ -115,10 +115,9 @@ class CurriculumController:
             step: optimizer step just taken (for the record).
             epoch: fractional epoch at the end of that step.
         """
-        if self.mode == "baseline" or self.at_last:
-            self.ema = self._smooth(score)
-            return None
         self.ema = self._smooth(score)
+        if self.mode == "baseline" or self.at_last:
+            return None
         if self.ema >= self.threshold:
             reason = "threshold"
         elif epoch - self.block_start_epoch >= self.max_epochs_per_block:

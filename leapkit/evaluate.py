@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from leapkit.config import Config
 from leapkit.errors import DataError, ModelError
+from leapkit.models import normalization
 from leapkit.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -49,23 +50,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def norm_stats(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Input mean and std of a timm model's pretrained config (ImageNet defaults when it has none)."""
-    import timm.models
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    import leapkit.models  # noqa: F401  (registers the demo architectures and their configs)
-
-    for name in (model_name, model_name.split(".")[0]):
-        try:
-            pcfg = timm.models.get_pretrained_cfg(name)
-        except (RuntimeError, ValueError, KeyError):
-            pcfg = None
-        if pcfg is not None and pcfg.mean is not None and pcfg.std is not None:
-            return tuple(pcfg.mean), tuple(pcfg.std)
-    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-
-
 def labelled_splits(cfg: Config, root: str | Path | None = None) -> tuple[Dataset, Dataset]:
     """The labelled train and val splits a run is evaluated on, without augmentation.
 
@@ -76,7 +60,7 @@ def labelled_splits(cfg: Config, root: str | Path | None = None) -> tuple[Datase
     from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform
 
     img_size = cfg.model.img_size
-    mean, std = norm_stats(cfg.model.teacher)
+    mean, std = normalization(cfg.model.teacher)
     if root is None and cfg.data.source == "digits":
         return DigitsDataset("train", img_size, mean, std), DigitsDataset("val", img_size, mean, std)
     if root is None and cfg.data.path is None:
@@ -553,7 +537,7 @@ def evaluate_run(
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
     cfg = read_run_config(run_dir)
     train_ds, val_ds = labelled_splits(cfg, root=data)
-    mean, std = norm_stats(cfg.model.teacher)
+    mean, std = normalization(cfg.model.teacher)
     models: dict[str, nn.Module] = {"student": load_student(run_dir)}
     if teacher:
         try:

@@ -836,7 +836,7 @@ def export(
         CheckFailed: a variant failed parity or accuracy (only with ``check``).
     """
     from leapkit import __version__
-    from leapkit.evaluate import norm_stats
+    from leapkit.models import normalization
     from leapkit.models import create_student, load_weights
     from leapkit.profiles import load_target
     from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_run, write_json
@@ -879,7 +879,7 @@ def export(
             raise MissingDependency("tensorrt", "trt", "building a TensorRT engine (--build-engine)")
         raise ExportError(f"cannot build a TensorRT engine here: {trt_reason}; drop --build-engine to write the deploy bundle only")
 
-    mean, std = norm_stats(cfg.model.teacher)
+    mean, std = normalization(cfg.model.teacher)
     threads = profile.threads
     dim = int(student.embed_dim)
     n_patches = (size // patch) ** 2

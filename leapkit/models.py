@@ -57,6 +57,23 @@ def vit_tiny_patch14_leapkit(pretrained: bool = False, **kwargs) -> VisionTransf
     return _create_vision_transformer("vit_tiny_patch14_leapkit", pretrained=False, **{**args, **kwargs})
 
 
+def normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean and std of a timm model's pretrained config (ImageNet defaults when it has none).
+
+    The teacher's statistics normalise every image leapkit feeds to teacher and student alike.
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    for name in (model_name, model_name.split(".")[0]):
+        try:
+            pcfg = timm.models.get_pretrained_cfg(name)
+        except (RuntimeError, ValueError, KeyError):
+            pcfg = None
+        if pcfg is not None and pcfg.mean is not None and pcfg.std is not None:
+            return tuple(pcfg.mean), tuple(pcfg.std)
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
 def builtin_weights(name: str) -> Path:
     """Path of a weights file shipped inside the package (``builtin:<name>``)."""
     path = resources.files("leapkit") / "assets" / f"{name}.safetensors"

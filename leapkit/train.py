@@ -34,7 +34,16 @@ from leapkit.curriculum import METRICS, CurriculumController
 from leapkit.data import DigitsDataset, ImageFolderDataset, collate, eval_transform, resolve_split, train_transform
 from leapkit.distributed import Dist, init_distributed, shutdown
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
-from leapkit.models import TruncatedTeacher, check_pair, create_student, create_teacher, grid_size, resize_tokens, student_tokens
+from leapkit.models import (
+    TruncatedTeacher,
+    check_pair,
+    create_student,
+    create_teacher,
+    grid_size,
+    normalization,
+    resize_tokens,
+    student_tokens,
+)
 from leapkit.optim import build_optimizer, lr_at
 
 log = logging.getLogger(__name__)
@@ -120,12 +129,6 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def normalization(model: nn.Module) -> tuple[tuple, tuple]:
-    """Mean and std the teacher was trained with (its timm pretrained config)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-
-
 def build_train_set(cfg: Config, mean, std) -> Dataset:
     size, d = cfg.model.img_size, cfg.data
     if d.source == "digits":
@@ -169,7 +172,7 @@ def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite:
     torch.manual_seed(cfg.train.seed)  # student and head initialisation, identical on every rank
     student = create_student(cfg.model.student, cfg.model.img_size, drop_path_rate=cfg.model.drop_path)
     check_pair(teacher, student, cfg.model.img_size)
-    train_set = build_train_set(cfg, *normalization(teacher))
+    train_set = build_train_set(cfg, *normalization(cfg.model.teacher))
     if len(train_set) < cfg.train.batch_size * d.world:
         log.warning("the data holds %d images, fewer than one global batch of %d", len(train_set), cfg.train.batch_size * d.world)
     model = Distiller(student, teacher.embed_dim, grid_size(student), grid_size(teacher))

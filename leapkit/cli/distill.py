@@ -32,8 +32,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
             section, key = where[flag]
             delta.setdefault(section, {})[key] = value
     if flags.get("data") is not None:
-        delta["data"]["source"] = "folder"
-        delta["data"]["path"] = str(flags["data"])
+        delta["data"]["source"] = "folder"  # --data replaces the recipe's data source (e.g. the demo digits)
     return delta
 
 
@@ -69,7 +68,8 @@ def distill(
     from leapkit.train import distill as run_distill, resume_dir
 
     delta = _overrides(
-        teacher=teacher, teacher_weights=str(teacher_weights) if teacher_weights else None, student=student, data=data,
+        teacher=teacher, teacher_weights=str(teacher_weights) if teacher_weights else None, student=student,
+        data=str(data) if data else None,
         img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, curriculum=curriculum, metric=metric,
         cka_threshold=cka_threshold, ema_alpha=ema_alpha, max_epochs_per_block=max_epochs_per_block, seed=seed,
         device=device, amp=amp, workers=workers, compile=compile,
