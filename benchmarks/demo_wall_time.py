@@ -21,17 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from leapkit.bench import environment
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -62,7 +54,7 @@ def main() -> None:
         print(json.dumps(rows[-1]))
 
     machine = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": environment()["cpu"], "cores": os.cpu_count(), "python": platform.python_version(),
         "command": "python benchmarks/demo_wall_time.py --repeats %d" % args.repeats,
         # other jobs on the machine inflate wall time: the 1-minute load average says how busy it was
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),

@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from leapkit.bench import environment
 from leapkit.flops import model_flops, teacher_block_flops
 from leapkit.models import TruncatedTeacher, create_student, create_teacher, grid_size
 from leapkit.train import Distiller, distill_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -93,7 +86,7 @@ def main() -> None:
         r["step_flops_saved_pct"] = round(100 * (1 - (teacher_k + student_train) / (teacher_all + student_train)), 1)
         print(json.dumps(r))
 
-    machine = {"device": args.device, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    machine = {"device": args.device, "cpu": environment()["cpu"], "cores": os.cpu_count(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     command = f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} --batch-size {args.batch_size} --steps {args.steps}"
     RESULTS.mkdir(exist_ok=True)
