@@ -7,7 +7,8 @@ blocks k across the depth. On CPU the sizes are small (56 px, batch 8); pass --d
 
     python benchmarks/early_exit_step_time.py [--device cpu] [--img-size 56] [--batch-size 8]
 
-Writes benchmarks/results/early_exit_step_time_<device>.{json,md}.
+Writes benchmarks/results/early_exit_step_time_<device>.{json,md}; with another --teacher than the
+default the teacher's name is appended (early_exit_step_time_cuda_vit_giant_patch14_dinov2.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from leapkit.models import TruncatedTeacher, create_student, create_teacher, gri
 from leapkit.train import Distiller, distill_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_TEACHER = "vit_large_patch14_dinov2"
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=56)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--teacher", default="vit_large_patch14_dinov2")
+    ap.add_argument("--teacher", default=DEFAULT_TEACHER)
     ap.add_argument("--student", default="vit_small_patch14_dinov2")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -89,8 +91,10 @@ def main() -> None:
     machine = {"device": args.device, "cpu": environment()["cpu"], "cores": os.cpu_count(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     command = f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} --batch-size {args.batch_size} --steps {args.steps}"
+    if args.teacher != DEFAULT_TEACHER:
+        command += f" --teacher {args.teacher}"
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"early_exit_step_time_{device.type}"
+    out = RESULTS / f"early_exit_step_time_{device.type}{'' if args.teacher == DEFAULT_TEACHER else '_' + args.teacher}"
     out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n")
     lines = [f"# Early exit: step time against target block ({args.teacher} teacher, {args.student} student)", "",
              f"Command: `{command}`  ", f"Machine: {machine['gpu'] or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "

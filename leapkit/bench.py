@@ -681,15 +681,23 @@ def _jetson() -> dict[str, Any] | None:
     return info
 
 
+def driver_version(proc_text: str) -> str | None:
+    """The NVIDIA driver version from /proc/driver/nvidia/version's NVRM line.
+
+    Both forms occur: "... Kernel Module  580.95.05  ..." and, for the open modules,
+    "... Open Kernel Module for x86_64  580.159.04  ...".
+    """
+    m = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)*)\s", proc_text + " ")
+    return m.group(1) if m else None
+
+
 def _gpu() -> dict[str, Any] | None:
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
     info: dict[str, Any] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}", "memory_gb": round(props.total_memory / 1e9, 1),
                             "cuda": torch.version.cuda}
-    driver = _read("/proc/driver/nvidia/version")
-    m = re.search(r"Kernel Module\s+(\S+)", driver or "")
-    info["driver"] = m.group(1) if m else None
+    info["driver"] = driver_version(_read("/proc/driver/nvidia/version") or "")
     if info["driver"] is None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)

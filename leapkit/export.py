@@ -412,6 +412,25 @@ def activation_only_nodes(model: "onnx.ModelProto", op_types: Iterable[str] = _I
     return [n.name for n in model.graph.node if n.op_type in ops and not any(i in constants for i in n.input[:2])]
 
 
+def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -> str:
+    """ORT's quantization pre-processing; returns which shape inference it used.
+
+    Symbolic shape inference first (it resolves the dynamic batch through Reshape and Concat); some
+    ONNX Runtime releases fail on some exporters' graphs (seen: ORT 1.30 on torch 2.11's export, an
+    IndexError in _infer_Concat), and then ONNX's own shape inference, which quantization needs no more
+    than, is used instead.
+    """
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        return "symbolic"
+    except Exception as e:  # noqa: BLE001 - any failure inside ORT's symbolic inference
+        log.warning("ONNX Runtime's symbolic shape inference failed (%s: %s); using ONNX shape inference",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        pre.unlink(missing_ok=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        return "onnx"
+
+
 def quantize_int8(
     src: Path,
     dst: Path,
@@ -477,7 +496,7 @@ def quantize_int8(
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     pre = dst.with_name(f".{dst.stem}.pre.onnx")
     try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        shape_inference = _pre_process(quant_pre_process, src, pre)
         # ORT's QDQ MatMul quantizer ignores MatMulConstBOnly, so the weightless products are excluded by name.
         kept_float = activation_only_nodes(_name_nodes(pre)) if cpu else []
         options: dict[str, Any] = {"QuantizeBias": False, "CalibStridedMinMax": 1}
@@ -506,7 +525,7 @@ def quantize_int8(
     quantized, floating = int8_op_counts(onnx.load(str(dst)))
     return {
         "images": int(len(calib_images)), "method": method, "format": "QDQ", "runtime": runtime, "layout": layout["layout"],
-        "activations": layout["activations"], "weights": layout["weights"], "op_types": list(_INT8_OPS),
+        "activations": layout["activations"], "weights": layout["weights"], "op_types": list(_INT8_OPS), "shape_inference": shape_inference,
         "quantized_ops": quantized, "float_ops": floating, "why": layout["why"],
         "tool": "onnxruntime.quantization.quantize_static",
     }

@@ -194,13 +194,20 @@ def make_loader(setup: Setup, epoch: int, skip: int = 0) -> DataLoader:
 
 
 @torch.no_grad()
-def calibrate(setup: Setup, controller: CurriculumController, batch: torch.Tensor) -> None:
-    """Layer skipping: score the untrained student against every teacher block on one batch."""
+def calibrate(setup: Setup, controller: CurriculumController, batch: torch.Tensor, autocast: Any = None) -> None:
+    """Layer skipping: score the untrained student against every teacher block on one batch.
+
+    ``batch`` is in float32 on the device; the student sees it under ``autocast`` as in training and
+    the teacher in its own dtype (half precision under AMP with teacher_half).
+    """
     metric = METRICS[setup.cfg.curriculum.metric]
+    teacher_dtype = next(setup.teacher.parameters()).dtype
     setup.model.eval()
-    patch, _ = setup.model(batch)
+    with autocast or nullcontext():
+        patch, _ = setup.model(batch)
+        teacher_out = setup.teacher.all_blocks(batch.to(teacher_dtype))
     setup.model.train()
-    scores = [metric(patch, t.patch) for t in setup.teacher.all_blocks(batch)]
+    scores = [metric(patch, t.patch) for t in teacher_out]
     scores = setup.dist.mean_list(scores, setup.device)
     start = controller.calibrate(scores, images=len(batch) * setup.dist.world)
     log.info("calibration: start at teacher block %d of %d (scores %s)", start, controller.num_blocks, " ".join(f"{s:.2f}" for s in scores))
@@ -305,6 +312,7 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
     dtype = amp_dtype(cfg, device)
     teacher.to(device, dtype=dtype if dtype is not None and cfg.train.teacher_half else None)
     teacher_dtype = next(teacher.parameters()).dtype
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
     forward = torch.compile(ddp) if cfg.train.compile else ddp
     optimizer = build_optimizer(cfg.optim, [model])
@@ -339,12 +347,11 @@ def _train(setup: Setup, overwrite: bool, show_progress: bool) -> dict[str, Any]
         if first.images.numel() == 0:
             raise DataError("the first batch held no readable image; check the data folder for corrupt files")
         if c.mode == "leap" and c.calibrate:
-            calibrate(setup, controller, first.images.to(device, dtype=teacher_dtype))
+            calibrate(setup, controller, first.images.to(device), autocast)
             state["teacher_block_images"] += teacher.num_blocks * len(first.images) * d.world
         else:
             controller.calibration = {"scores": [], "start_block": controller.block, "images": 0}
 
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     metrics_file = (setup.run_dir / rundir.METRICS).open("a") if main else None
     progress = _progress(show_progress and main)
     task = progress.add_task("distill", total=total_steps, completed=state["step"], info="")

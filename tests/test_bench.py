@@ -253,3 +253,13 @@ def test_bench_tensorrt_engine(run_dir, tmp_path):
     report = B.bench(engine, "rtx-4090", budget_ms=1e6, **FAST)
     (result,) = report.results
     assert result["runtime"] == "tensorrt" and result["status"] == "ok" and result["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("text, version", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024", "535.183.01"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)", "580.159.04"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  540.4.0  Release Build", "540.4.0"),
+    ("no driver here", None),
+])
+def test_driver_version_from_proc(text, version):
+    assert B.driver_version(text) == version

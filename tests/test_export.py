@@ -213,7 +213,8 @@ def test_convert_fp16_shared_initializer():
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])], [w, b, g],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # IR version 10: what onnx's default (14 in onnx 1.23) would raise in ONNX Runtime < 1.31
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     half = ex.convert_fp16(model)
     onnx.checker.check_model(half, full_check=True)
     types = {t.name: t.data_type for t in half.graph.initializer}
@@ -426,3 +427,30 @@ def test_activation_only_nodes():
          helper.make_node("MatMul", ["b", "bt"], ["y"], name="activations")],
         "g", [x], [y], [w])
     assert ex.activation_only_nodes(helper.make_model(graph)) == ["activations"]
+
+
+def test_int8_falls_back_to_onnx_shape_inference(cpu_int8, tmp_path, monkeypatch, caplog):
+    """When ORT's symbolic shape inference breaks on a graph (ORT 1.30 on torch 2.11's export raised
+    an IndexError in _infer_Concat), quantization goes on with ONNX shape inference."""
+    import onnxruntime.quantization.shape_inference as si
+
+    real = si.quant_pre_process
+    calls = []
+
+    def symbolic_fails(src, dst, skip_symbolic_shape=False, **kw):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            Path(dst).write_bytes(b"half-written")
+            raise IndexError("list index out of range")
+        return real(src, dst, skip_symbolic_shape=True, **kw)
+
+    monkeypatch.setattr(si, "quant_pre_process", symbolic_fails)
+    fp32 = cpu_int8.out_dir / "model.onnx"
+    size = onnx.load(str(fp32)).graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    calib = np.random.default_rng(0).random((8, 3, size, size), dtype=np.float32)
+    info = ex.quantize_int8(fp32, tmp_path / "model_int8.onnx", calib, runtime="onnxruntime")
+    assert calls == [False, True]
+    assert info["shape_inference"] == "onnx" and "symbolic shape inference failed" in caplog.text
+    assert info["quantized_ops"] == {"Conv": 1, "MatMul": 16} and info["float_ops"] == {"MatMul": 8}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.onnx"]  # no pre-processing leftovers
+    onnx.checker.check_model(str(tmp_path / "model_int8.onnx"))

@@ -55,6 +55,24 @@ def test_baseline_runs_every_block(tiny_config, tmp_path):
     assert summary["teacher_blocks_saved_pct"] == 0.0
 
 
+def test_mixed_precision_path_runs_with_a_half_teacher(tiny_config, tmp_path, monkeypatch):
+    """The AMP code path (autocast, teacher in half precision, calibration included) on CPU.
+
+    amp_dtype only enables AMP on CUDA; forcing bf16 here runs the same dtype plumbing on CPU, so a
+    float32 student fed a half-precision batch (a bug first seen on an H100) fails on any machine.
+    """
+    monkeypatch.setattr(train_mod, "amp_dtype", lambda cfg, device: torch.bfloat16)
+    tiny_config.train.epochs, tiny_config.train.teacher_half = 1, True
+    summary = distill(tiny_config, out=tmp_path / "amp", show_progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "amp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["steps"] == 3
+    assert all(0 < r["loss"] < float("inf") for r in rows)
+    calibration = json.loads((tmp_path / "amp" / "curriculum.json").read_text())["calibration"]
+    assert len(calibration["scores"]) == 8 and all(s == s for s in calibration["scores"])
+    student = load_file(tmp_path / "amp" / "student.safetensors")
+    assert all(v.dtype == torch.float32 for v in student.values())  # master weights stay float32
+
+
 class Killed(Exception):
     pass
 
