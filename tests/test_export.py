@@ -213,7 +213,7 @@ def test_convert_fp16_shared_initializer():
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])], [w, b, g],
     )
-    # IR version 10: what onnx's default (14 in onnx 1.23) would raise in ONNX Runtime < 1.31
+    # IR version 10: onnx 1.23's default (14) is more than ONNX Runtime 1.30 can load
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     half = ex.convert_fp16(model)
     onnx.checker.check_model(half, full_check=True)
