@@ -55,6 +55,8 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 NOISY_CV = 0.10  # above this the spread says more about the machine than about the model
 MIN_ITERATIONS = 10
+# --threads auto: each candidate thread count is timed this long (after this warm-up) per format.
+PROBE_S, PROBE_WARMUP_S = 0.5, 0.2
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
@@ -827,6 +829,8 @@ class Method:
     compile: bool = False
     device: str = "cpu"  # for the PyTorch student
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # --threads auto: probe these thread counts per format and measure with the fastest; empty: use `threads`
+    thread_candidates: tuple[int, ...] = ()
 
     def problems(self) -> list[str]:
         p = []
@@ -844,6 +848,53 @@ class Method:
 
 
 _RUNTIME_OF = {"pytorch": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+
+
+def auto_thread_candidates(cores: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to ``cores``, and ``cores`` itself: what ``--threads auto`` probes."""
+    counts = {cores}
+    n = 1
+    while n < cores:
+        counts.add(n)
+        n *= 2
+    return tuple(sorted(counts))
+
+
+def parse_threads(value: int | str | None) -> int | Literal["auto"] | None:
+    """``--threads``: a positive integer, ``auto``, or None (the target's); ConfigError otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(value).strip() != str(n):
+        raise ConfigError(f"--threads must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def _make_runner(art: Artifact, method: Method, threads: int, img_size: int | None, student: nn.Module | None) -> Runner:
+    if art.format == "pytorch":
+        return TorchRunner(student, method.batch, img_size, device=method.device, compile=method.compile)
+    if art.format == "onnx":
+        return OrtRunner(art.path, method.batch, threads, method.providers, img_size)
+    return TensorRTRunner(art.path, method.batch)
+
+
+def probe_threads(art: Artifact, method: Method, img_size: int | None, student: nn.Module | None) -> dict[int, float]:
+    """p50 latency (ms) of a short run at each of ``method.thread_candidates``; empty for GPU runners,
+    whose latency the CPU thread count does not set."""
+    probe: dict[int, float] = {}
+    for n in method.thread_candidates:
+        with torch_threads(n):
+            runner = _make_runner(art, method, n, img_size, student)
+            try:
+                if runner.device.startswith("cuda"):
+                    return {}
+                probe[n] = float(np.median(time_runner(runner, PROBE_WARMUP_S, None, PROBE_S)))
+            finally:
+                runner.close()
+    return probe
 
 
 def bench_artifact(art: Artifact, method: Method, img_size: int | None, student: nn.Module | None = None, cost: Cost | None = None) -> tuple[dict[str, Any], Cost | None]:
@@ -866,12 +917,17 @@ def bench_artifact(art: Artifact, method: Method, img_size: int | None, student:
         "size_mb": art.size_mb, "accuracy": art.accuracy, "export_status": art.status,
     }
     try:
-        with torch_threads(method.threads):
+        threads = method.threads
+        if method.thread_candidates and art.format != "engine":
+            probe = probe_threads(art, method, img_size, student)
+            if probe:
+                threads = min(probe, key=probe.__getitem__)
+                entry["threads"], entry["thread_probe_p50_ms"] = threads, probe
+        with torch_threads(threads):
+            runner = _make_runner(art, method, threads, img_size, student)
             if art.format == "pytorch":
-                runner: Runner = TorchRunner(student, method.batch, img_size, device=method.device, compile=method.compile)
                 entry["compiled"] = method.compile
             elif art.format == "onnx":
-                runner = OrtRunner(art.path, method.batch, method.threads, method.providers, img_size)
                 entry["batch"] = runner.batch
                 graph = onnx_cost(art.path, runner.batch)
                 if cost is None or runner.input_shape[-1] != cost.img_size:
@@ -879,7 +935,6 @@ def bench_artifact(art: Artifact, method: Method, img_size: int | None, student:
                 else:  # the student's FLOPs (attention included), this file's weight bytes
                     cost = Cost(cost.flops, graph.param_bytes, cost.at(art.precision).activation_bytes, cost.source, cost.img_size)
             else:
-                runner = TensorRTRunner(art.path, method.batch)
                 cost = cost.at(art.precision) if cost and runner.input_shape[-1:] == [cost.img_size] else None
             entry["device"], entry["providers"], entry["input_shape"] = runner.device, list(runner.providers), runner.input_shape
             _reset_peak_rss()
@@ -938,7 +993,7 @@ def bench(
     stat: Stat | None = None,
     precisions: Sequence[str] | None = None,
     batch: int | None = None,
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = None,
     warmup_s: float = 0.5,
     iterations: int | None = None,
     duration_s: float = 3.0,
@@ -960,7 +1015,9 @@ def bench(
         stat: the statistic judged against the budget (default: the profile's, p99).
         precisions: only bench formats at these precisions.
         batch: batch size (default: the profile's).
-        threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores).
+        threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores);
+            ``"auto"`` probes 1, 2, 4, ... up to the usable cores for PROBE_S seconds each, per
+            format, and measures each format with its fastest count (recorded per result).
         warmup_s: warm-up time per format.
         iterations: timed iterations; when None, run for ``duration_s``.
         duration_s: timed duration per format when ``iterations`` is None.
@@ -983,10 +1040,14 @@ def bench(
         raise ConfigError(f"the budget must be a positive number of ms, got {budget_ms!r} (--budget-ms)")
     stat = stat or profile.budget_stat
     stat_key(stat)
+    threads = parse_threads(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    candidates = auto_thread_candidates(cores) if threads == "auto" else ()
     method = Method(
-        batch=batch or profile.batch, threads=threads or profile.threads or os.cpu_count() or 1, warmup_s=warmup_s,
-        iterations=iterations, duration_s=duration_s, compile=compile,
+        batch=batch or profile.batch, threads=max(candidates) if candidates else threads or profile.threads or os.cpu_count() or 1,
+        warmup_s=warmup_s, iterations=iterations, duration_s=duration_s, compile=compile,
         device=device or ("cuda" if profile.family != "cpu" and torch.cuda.is_available() else "cpu"),
+        thread_candidates=candidates,
     )
     if method.problems():
         raise ConfigError("; ".join(method.problems()))
@@ -1109,12 +1170,20 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += ["", "Warnings:", *[f"- {w}" for w in data["warnings"]]]
     m = data["method"]
     runs = f"{m['iterations']} iterations" if m["iterations"] else f"{m['duration_s']:g} s (at least {m['min_iterations']} iterations)"
-    lines += ["", "## Method", "", f"Warm-up {m['warmup_s']:g} s, then {runs}; {m['threads']} CPU threads; timer: {m['timer']}.", ""]
-    lines += ["| format | iterations | min ms | mean ms | p90 ms | p95 ms | max ms | cv | process peak RSS MB | achieved TFLOP/s at p50 | est. bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if m.get("thread_candidates"):
+        threads = (f"CPU threads chosen per format: each of {', '.join(map(str, m['thread_candidates']))} timed for "
+                   f"{PROBE_S:g} s (p50 in brackets), the fastest measured")
+    else:
+        threads = f"{m['threads']} CPU threads"
+    lines += ["", "## Method", "", f"Warm-up {m['warmup_s']:g} s, then {runs}; {threads}; timer: {m['timer']}.", ""]
+    lines += ["| format | threads | iterations | min ms | mean ms | p90 ms | p95 ms | max ms | cv | process peak RSS MB | achieved TFLOP/s at p50 | est. bound |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         roof = r.get("roofline") or {}
+        probe = r.get("thread_probe_p50_ms")
+        row_threads = f"{r['threads']}" + (" (" + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in probe.items()) + ")" if probe else "")
         lines.append(
-            f"| {_label(r)} | {r.get('iterations', '-')} | {_f(r.get('min_ms'), '.3f')} | {_f(r.get('mean_ms'), '.3f')} | {_f(r.get('p90_ms'), '.3f')} | "
+            f"| {_label(r)} | {row_threads} | {r.get('iterations', '-')} | {_f(r.get('min_ms'), '.3f')} | {_f(r.get('mean_ms'), '.3f')} | {_f(r.get('p90_ms'), '.3f')} | "
             f"{_f(r.get('p95_ms'), '.3f')} | {_f(r.get('max_ms'), '.3f')} | {_f(r.get('cv'), '.3f')} | {_f(r.get('peak_rss_mb'), '.0f')} | "
             f"{_f(r.get('achieved_tflops'), '.4f')} | {roof.get('bound', '-')} |"
         )

@@ -222,7 +222,8 @@ def test_cli_bench(run_dir, tmp_path):
     assert r.returncode == 1 and "bench verdict FAIL on x86-cpu" in r.stderr
     assert json.loads((tmp_path / "bench" / "x86-cpu.json").read_text())["verdict"] == "FAIL"
     for extra, message in ((["--budget-ms", "-1"], "budget must be a positive number"), (["--stat", "p42"], "unknown statistic 'p42'"),
-                           (["--runtime", "tensorflow"], "unknown runtime 'tensorflow'")):
+                           (["--runtime", "tensorflow"], "unknown runtime 'tensorflow'"),
+                           (["--threads", "many"], "--threads must be a positive integer or 'auto', got 'many'")):
         r = cli("bench", str(run_dir), *common, *extra)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
     (tmp_path / "weights.bin").write_bytes(b"0")
@@ -263,3 +264,30 @@ def test_bench_tensorrt_engine(run_dir, tmp_path):
 ])
 def test_driver_version_from_proc(text, version):
     assert B.driver_version(text) == version
+
+
+def test_thread_candidates_and_parsing():
+    assert B.auto_thread_candidates(1) == (1,)
+    assert B.auto_thread_candidates(2) == (1, 2)
+    assert B.auto_thread_candidates(6) == (1, 2, 4, 6)
+    assert B.auto_thread_candidates(8) == (1, 2, 4, 8)
+    assert B.parse_threads("auto") == "auto" and B.parse_threads(None) is None
+    assert B.parse_threads("3") == 3 and B.parse_threads(2) == 2
+    for bad in ("0", "-1", "many", "2.5", 0):
+        with pytest.raises(ConfigError, match="--threads must be a positive integer or 'auto'"):
+            B.parse_threads(bad)
+
+
+def test_bench_threads_auto_measures_each_format_at_its_fastest_count(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(B.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(B, "PROBE_S", 0.05)
+    report = B.bench(run_dir, "x86-cpu", threads="auto", warmup_s=0.0, iterations=5, budget_ms=1e6, out_dir=tmp_path)
+    data = json.loads(report.json_path.read_text())
+    assert data["method"]["thread_candidates"] == [1, 2]
+    assert {r["format"] for r in data["results"]} == {"pytorch", "onnx"}
+    for r in data["results"]:
+        probe = {int(n): ms for n, ms in r["thread_probe_p50_ms"].items()}
+        assert set(probe) == {1, 2} and all(ms > 0 for ms in probe.values())
+        assert r["threads"] == min(probe, key=probe.get) and r["status"] == "ok" and r["iterations"] == 5
+    md = report.md_path.read_text()
+    assert "CPU threads chosen per format: each of 1, 2 timed" in md

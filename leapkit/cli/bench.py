@@ -28,7 +28,7 @@ def bench_cmd(
     iterations: Annotated[Optional[int], typer.Option("--iterations", "-n", help="Timed iterations (default: run for --duration).", show_default=False)] = None,
     duration: Annotated[float, typer.Option("--duration", help="Timed seconds per format when --iterations is not given.")] = 3.0,
     warmup: Annotated[float, typer.Option("--warmup", help="Warm-up seconds per format.")] = 0.5,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: the target's, else all cores).", show_default=False)] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime, or 'auto': the fastest of 1, 2, 4, ... cores per format (default: the target's, else all cores).", show_default=False)] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Batch size (default: the target's).", show_default=False)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Run the PyTorch student through torch.compile.")] = False,
     ort_provider: Annotated[str, typer.Option("--ort-provider", help="ONNX Runtime provider: auto|cpu|cuda|tensorrt.")] = "auto",
