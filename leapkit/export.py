@@ -67,6 +67,9 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("tokens", "cls", "patch_tokens")
 OPSET = 18  # >= 17 keeps LayerNormalization as one op; 18 is the dynamo exporter's native opset
+# TensorRT 8.6's ONNX parser (JetPack 5) documents opsets up to 17; its targets get the graph converted
+# down. The ViT's ops (LayerNormalization, Erf, Softmax, MatMul, ...) are the same in 17 and 18.
+TRT8_OPSET = 17
 MANIFEST = "manifest.json"
 REFERENCE_INPUT = "reference_input.bin"
 FILE_NAMES: dict[Precision, str] = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
@@ -162,6 +165,12 @@ def check_input_size(size: int, patch: int, model_name: str) -> None:
             f"input size {size} is not divisible by the patch size {patch} of {model_name}; use {lo} or {hi} "
             f"(--input-size, or input_size in the target profile)"
         )
+
+
+def target_opset(profile: "TargetProfile") -> int:
+    """The opset to export for a target: TRT8_OPSET for TensorRT 8.x devices, else OPSET."""
+    major = profile.tensorrt_major if profile.runtime == "tensorrt" else None
+    return TRT8_OPSET if major is not None and major < 10 else OPSET
 
 
 def export_onnx(model: nn.Module, path: Path, img_size: int, opset: int = OPSET) -> str:
@@ -963,7 +972,7 @@ def _export_into(
     not_run: list[str] = []
     steps.step("exporting the fp32 ONNX graph")
     fp32_path = out / FILE_NAMES["fp32"]
-    exporter = export_onnx(student, fp32_path, size)
+    exporter = export_onnx(student, fp32_path, size, opset=target_opset(profile))
     if slim:
         simplify(fp32_path)
     check_graph(fp32_path, expect)

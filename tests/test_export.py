@@ -454,3 +454,23 @@ def test_int8_falls_back_to_onnx_shape_inference(cpu_int8, tmp_path, monkeypatch
     assert info["quantized_ops"] == {"Conv": 1, "MatMul": 16} and info["float_ops"] == {"MatMul": 8}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.onnx"]  # no pre-processing leftovers
     onnx.checker.check_model(str(tmp_path / "model_int8.onnx"))
+
+
+def test_tensorrt8_target_gets_opset_17(tmp_path):
+    """A JetPack 5 device (TensorRT 8.6, whose parser documents opsets <= 17) gets an opset-17 graph."""
+    from leapkit.profiles import targets_dir
+
+    text = (targets_dir() / "jetson-orin-nano.yaml").read_text()
+    text = text.replace("name: jetson-orin-nano", "name: jetson-orin-nano-jp5")
+    text = "\n".join("tensorrt: \"8.6\"" if l.startswith("tensorrt:") else "jetpack: \"5.1.2\"" if l.startswith("jetpack:") else l
+                     for l in text.splitlines())
+    profile_path = tmp_path / "jetson-orin-nano-jp5.yaml"
+    profile_path.write_text(text)
+    assert ex.target_opset(load_target(str(profile_path))) == 17
+    assert ex.target_opset(load_target("jetson-orin-nano")) == ex.OPSET == 18
+    assert ex.target_opset(load_target("x86-cpu")) == ex.OPSET
+    result = ex.export(make_run(tmp_path / "run"), target=str(profile_path), precision="fp32", check=False, **SMALL)
+    model = onnx.load(str(result.out_dir / "model.onnx"))
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert json.loads((result.out_dir / "manifest.json").read_text())["opset"] == 17
+    assert "trtexec" in (result.out_dir / "build_engine.sh").read_text()
