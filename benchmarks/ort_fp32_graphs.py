@@ -202,7 +202,7 @@ def main() -> None:
                        "p50_ratio_per_repeat": p50_ratios, "min_ratio_per_repeat": min_ratios,
                        "over_eager": float(np.median(p50_ratios)), "min_over_eager_min": float(np.median(min_ratios)),
                        "page_faults_per_inference": faults[name]}
-    eager_p50, eager_min = timed["PyTorch eager"]["p50_ms"], timed["PyTorch eager"]["min_ms"]
+    eager_min = timed["PyTorch eager"]["min_ms"]
     for name, r in rows.items():
         r |= timed[name]
         # the profiler inflates every kernel a little; scale its GEMM share onto the timed minimum

@@ -30,7 +30,7 @@ import platform
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -715,7 +715,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_affinity": usable_cores(),
         "cpu_flags": _cpu_flags(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
@@ -848,6 +848,11 @@ class Method:
 
 
 _RUNTIME_OF = {"pytorch": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+
+
+def usable_cores() -> int | None:
+    """The CPUs this process may run on (its affinity mask), or None where the OS cannot say."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def auto_thread_candidates(cores: int) -> tuple[int, ...]:
@@ -1041,8 +1046,7 @@ def bench(
     stat = stat or profile.budget_stat
     stat_key(stat)
     threads = parse_threads(threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    candidates = auto_thread_candidates(cores) if threads == "auto" else ()
+    candidates = auto_thread_candidates(usable_cores() or os.cpu_count() or 1) if threads == "auto" else ()
     method = Method(
         batch=batch or profile.batch, threads=max(candidates) if candidates else threads or profile.threads or os.cpu_count() or 1,
         warmup_s=warmup_s, iterations=iterations, duration_s=duration_s, compile=compile,

@@ -421,7 +421,7 @@ def activation_only_nodes(model: "onnx.ModelProto", op_types: Iterable[str] = _I
     return [n.name for n in model.graph.node if n.op_type in ops and not any(i in constants for i in n.input[:2])]
 
 
-def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -> str:
+def _pre_process(src: Path, pre: Path) -> str:
     """ORT's quantization pre-processing; returns which shape inference it used.
 
     Symbolic shape inference first (it resolves the dynamic batch through Reshape and Concat); some
@@ -429,6 +429,8 @@ def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -
     IndexError in _infer_Concat), and then ONNX's own shape inference, which quantization needs no more
     than, is used instead.
     """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         return "symbolic"
@@ -477,7 +479,6 @@ def quantize_int8(
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if runtime not in INT8_LAYOUTS:
         raise ExportError(f"no INT8 layout for runtime '{runtime}'; use one of {', '.join(INT8_LAYOUTS)}")
@@ -505,7 +506,7 @@ def quantize_int8(
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     pre = dst.with_name(f".{dst.stem}.pre.onnx")
     try:
-        shape_inference = _pre_process(quant_pre_process, src, pre)
+        shape_inference = _pre_process(src, pre)
         # ORT's QDQ MatMul quantizer ignores MatMulConstBOnly, so the weightless products are excluded by name.
         kept_float = activation_only_nodes(_name_nodes(pre)) if cpu else []
         options: dict[str, Any] = {"QuantizeBias": False, "CalibStridedMinMax": 1}

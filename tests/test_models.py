@@ -8,7 +8,6 @@ from leapkit.models import (
     check_pair,
     create_student,
     create_teacher,
-    load_weights,
     resize_tokens,
     student_tokens,
 )

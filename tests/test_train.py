@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 import leapkit.train as train_mod
-from leapkit.config import resolve_config
 from leapkit.train import EpochSampler, distill
 
 
