@@ -180,6 +180,34 @@ def apply(cfg: Config, delta: dict[str, Any], origin: str) -> Config:
     return cfg
 
 
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``--set section.key=value`` items as a nested delta; values are parsed as YAML scalars.
+
+    ``train.epochs=3`` -> ``{"train": {"epochs": 3}}``; ``model.teacher_weights=null`` sets None;
+    ``data.crop_scale=[0.5, 1.0]`` gives a list. The delta is checked later by :func:`apply`.
+
+    Raises:
+        ConfigError: an item is not of the form section.key=value.
+    """
+    delta: dict[str, Any] = {}
+    for item in items:
+        path, sep, raw = item.partition("=")
+        section, dot, key = path.strip().partition(".")
+        if not sep or not dot or not section or not key or "." in key:
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value (e.g. --set optim.lr=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and raw.strip():
+            try:  # YAML 1.1 reads 1e-3 as a string; accept it as the number users mean
+                value = float(raw) if any(c in raw for c in ".eE") else value
+            except ValueError:
+                pass
+        delta.setdefault(section, {})[key] = value
+    return delta
+
+
 def recipes_dir() -> Path:
     """The shipped recipes (profiles/recipes in the repo, leapkit/_profiles/recipes in the wheel)."""
     return Path(str(resources.files("leapkit._profiles") / "recipes"))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+# Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 an internal error (a bug),
+# 130 interrupted after a checkpoint.
+CHECK_FAILED_EXIT = 1
+USAGE_EXIT = 2
+INTERNAL_ERROR_EXIT = 3
+
 
 class LeapkitError(Exception):
     """Base class: bad usage or bad input. The CLI prints the message and exits 2."""
 
-    exit_code = 2
+    exit_code = USAGE_EXIT
 
 
 class ConfigError(LeapkitError):
@@ -41,13 +47,13 @@ class MissingDependency(LeapkitError):
 class CheckFailed(LeapkitError):
     """A check ran and failed (budget missed, parity failed). The CLI exits 1."""
 
-    exit_code = 1
+    exit_code = CHECK_FAILED_EXIT
 
 
 class TrainingDiverged(LeapkitError):
     """The loss became non-finite; the last good checkpoint is kept."""
 
-    exit_code = 1
+    exit_code = CHECK_FAILED_EXIT
 
 
 class Interrupted(LeapkitError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from leapkit.config import Config, load_config
 from leapkit.errors import RunError
+from leapkit.records import atomic_write_bytes, read_json, write_json  # noqa: F401 - re-exported for the stages
 
 RUNS_DIR = Path("runs")
 CONFIG = "config.yaml"
@@ -74,29 +74,6 @@ def load_student(run_dir: str | Path | None = None, device: str | torch.device =
     model = create_student(cfg.model.student, cfg.model.img_size)
     load_weights(model, run_dir / STUDENT, role="student")
     return model.eval().to(device)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leapkit.cli.main import app
 
 ModelArg = Annotated[
     Optional[str],
@@ -17,7 +16,6 @@ ModelArg = Annotated[
 ]
 
 
-@app.command("bench")
 def bench_cmd(
     model: ModelArg = None,
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile or family ('jetson'); default: the export's target.", show_default=False)] = None,

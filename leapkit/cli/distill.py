@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from leapkit.cli.main import app
 
 log = logging.getLogger("leapkit")
 
@@ -36,7 +35,6 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     return delta
 
 
-@app.command()
 def distill(
     recipe: Annotated[str, typer.Option(help="Recipe name (see `leapkit profiles list`) or a YAML file.")] = "demo",
     teacher: Annotated[Optional[str], typer.Option(help="timm teacher name, e.g. vit_giant_patch14_dinov2.lvd142m.")] = None,

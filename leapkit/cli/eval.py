@@ -6,7 +6,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from leapkit.cli.main import app
 from leapkit.cli.options import RunArg
 
 
@@ -41,7 +40,6 @@ def _table(result: dict[str, Any]):
     return table
 
 
-@app.command("eval")
 def eval_command(
     run: RunArg = None,
     data: Annotated[Optional[str], typer.Option("--data", help="ImageFolder root with train/ and val/ (default: the run's data).")] = None,

@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from leapkit.cli.main import app
 from leapkit.cli.options import Overwrite, RunArg
 
 PrecisionOpt = Annotated[
@@ -15,7 +14,6 @@ PrecisionOpt = Annotated[
 ]
 
 
-@app.command("export")
 def export_command(
     run: RunArg = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Target profile name, a family such as 'jetson', or a .yaml file.")] = "x86-cpu",

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from leapkit.cli.main import app
 from leapkit.cli.options import RunArg
 
 
@@ -60,7 +59,6 @@ def _tables(r: dict[str, Any]) -> list:
     return [train, infer]
 
 
-@app.command("flops")
 def flops_command(
     run: RunArg = None,
     export_batch: Annotated[int, typer.Option("--export-batch", help="Batch the student is deployed at (activation memory).")] = 1,

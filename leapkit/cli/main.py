@@ -1,4 +1,8 @@
-"""The `leapkit` command. Each command group lives in its own module and only parses and delegates."""
+"""The `leapkit` command: registers each command module's functions and maps errors to exit codes.
+
+Command modules only parse and delegate; they never import this module, so ``app`` is complete as
+soon as it is imported (``typer.testing.CliRunner().invoke(app, [...])`` works on a fresh import).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import sys
 import typer
 
 from leapkit import __version__
-from leapkit.errors import LeapkitError
+from leapkit.cli import bench, distill, eval, export, flops, profiles, report
+from leapkit.errors import INTERNAL_ERROR_EXIT, LeapkitError
 
 app = typer.Typer(
     name="leapkit",
@@ -28,7 +33,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (TensorRT's log at INFO too)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     from rich.logging import RichHandler
@@ -41,22 +46,22 @@ def _root(
     )
 
 
-def _register() -> None:
-    # Command modules attach themselves to `app` on import.
-    from leapkit.cli import distill  # noqa: F401
-    from leapkit.cli import bench, profiles  # noqa: F401
-    from leapkit.cli import eval  # noqa: F401
-    from leapkit.cli import flops  # noqa: F401
-    from leapkit.cli import export  # noqa: F401
-    from leapkit.cli import report  # noqa: F401
+app.command("distill")(distill.distill)
+app.command("flops")(flops.flops_command)
+app.command("eval")(eval.eval_command)
+app.command("export")(export.export_command)
+app.command("bench")(bench.bench_cmd)
+app.command("report")(report.report_command)
+app.add_typer(profiles.profiles_app, name="profiles")
 
 
 def main() -> None:
-    """Entry point: map leapkit errors to one line and an exit code; tracebacks with LEAPKIT_DEBUG=1.
+    """Entry point: a leapkit error is one line and its exit code; anything else is an internal error.
 
-    Usage errors are reported by click itself (exit 2).
+    Usage errors are reported by click itself (exit 2). An unexpected exception exits with
+    INTERNAL_ERROR_EXIT, never 1, so that a crash does not read as a failed check in CI.
+    LEAPKIT_DEBUG=1 shows the traceback.
     """
-    _register()
     debug = os.environ.get("LEAPKIT_DEBUG") == "1"
     try:
         app()
@@ -68,8 +73,11 @@ def main() -> None:
     except Exception as e:
         if debug:
             raise
-        typer.secho(f"error: {type(e).__name__}: {e} (set LEAPKIT_DEBUG=1 for the traceback)", fg="red", err=True)
-        sys.exit(1)
+        typer.secho(
+            f"internal error: {type(e).__name__}: {e} (a bug in leapkit: set LEAPKIT_DEBUG=1 for the traceback and report it)",
+            fg="red", err=True,
+        )
+        sys.exit(INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from leapkit import config, profiles as P
-from leapkit.cli.main import app
 from leapkit.errors import ConfigError
 
 profiles_app = typer.Typer(help="List, show and validate recipes and target profiles.", no_args_is_help=True)
-app.add_typer(profiles_app, name="profiles")
 
 NameArg = Annotated[str, typer.Argument(help="A target (or family such as 'jetson'), a recipe, or a .yaml file.")]
 NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Targets, recipes or .yaml files (default: every shipped one).", show_default=False)]

@@ -6,11 +6,9 @@ from typing import Annotated
 
 import typer
 
-from leapkit.cli.main import app
 from leapkit.cli.options import RunArg
 
 
-@app.command("report")
 def report_command(
     run: RunArg = None,
     evaluate: Annotated[bool, typer.Option("--eval", help="Run `leapkit eval` (student and teacher) first.")] = False,

@@ -1,0 +1,116 @@
+"""export/<target>/manifest.json: what an export holds and the evidence that it is right.
+
+Other tools read this file (``leapkit bench``, the deploy bundle's check script, CI jobs), so its
+keys are a contract: ``files`` (name -> sha256), ``input`` (name, shape, dtype, mean, std),
+``opset``, ``source_run``, ``leapkit_version``, and one entry per artefact in ``variants``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from leapkit.records import Record
+from leapkit.types import Precision, Status
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Variant(Record):
+    """One exported artefact and the evidence that it computes what the student computes."""
+
+    precision: Precision
+    format: Literal["onnx", "tensorrt"]
+    file: str
+    size_bytes: int = 0
+    status: Status = "unchecked"
+    checked_with: str | None = None
+    parity: dict[str, Any] | None = None  # see leapkit.deploy.parity.parity_verdict
+    accuracy: dict[str, Any] | None = None  # linear-probe top-1 of its CLS features against PyTorch's
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def probe_top1(self) -> float | None:
+        return None if self.accuracy is None else self.accuracy.get("top1")
+
+    @property
+    def pytorch_top1(self) -> float | None:
+        return None if self.accuracy is None else self.accuracy.get("pytorch_top1")
+
+    def why_failed(self) -> str:
+        return "; ".join(self.notes) or "failed"
+
+
+@dataclass
+class InputSpec(Record):
+    name: str
+    shape: list[Any]  # ["batch", 3, H, W]
+    dtype: str
+    mean: list[float]
+    std: list[float]
+    layout: str = "NCHW"
+    preprocessing: str = ""
+
+    @property
+    def img_size(self) -> int | None:
+        size = self.shape[-1] if len(self.shape) == 4 else None
+        return size if isinstance(size, int) else None
+
+
+@dataclass
+class TargetInfo(Record):
+    name: str
+    family: str
+    runtime: str
+    precision: str
+    tensorrt: str | None = None
+    jetpack: str | None = None
+    latency_budget_ms: float | None = None
+
+
+@dataclass
+class ExportManifest(Record):
+    """The record of one export folder."""
+
+    FILE: ClassVar[str] = MANIFEST
+
+    format_version: int
+    leapkit_version: str
+    created: str
+    status: Status
+    source_run: str
+    target: TargetInfo
+    student: dict[str, Any]
+    exporter: str
+    opset: int
+    input: InputSpec
+    outputs: list[dict[str, Any]]
+    batch: dict[str, int]
+    variants: list[Variant]
+    opsets: dict[str, int] = field(default_factory=dict)
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    parity_data: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    not_run: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+
+    def variant(self, file: str) -> Variant | None:
+        """The entry of ``file`` (an ONNX file or an engine), when the export recorded it."""
+        return next((v for v in self.variants if v.file == file), None)
+
+    @property
+    def pytorch_top1(self) -> float | None:
+        """The PyTorch student's probe top-1 on the export's split (the reference of every variant)."""
+        return next((v.pytorch_top1 for v in self.variants if v.pytorch_top1 is not None), None)
+
+    @property
+    def passed(self) -> bool:
+        return not any(v.failed for v in self.variants)

@@ -1,0 +1,58 @@
+"""The vocabulary shared by every stage: precisions, runtimes, statistics, curriculum modes.
+
+Each name is defined here once; modules import it rather than spelling the Literal again. The
+tuples list the members in their canonical order (for help texts, loops and validation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Precision = Literal["fp32", "fp16", "int8"]
+"""Numeric precision of an exported artefact or a target's fast path."""
+
+Runtime = Literal["torch", "onnxruntime", "tensorrt"]
+"""What runs a model: PyTorch eager, ONNX Runtime or a TensorRT engine."""
+
+TargetRuntime = Literal["onnxruntime", "tensorrt"]
+"""The runtimes a deployment target may name in its profile (PyTorch is never deployed)."""
+
+Format = Literal["pytorch", "onnx", "engine"]
+"""The file format of a benchmarked artefact."""
+
+Stat = Literal["min", "mean", "p50", "p90", "p95", "p99", "max"]
+"""A latency statistic a budget can be judged on."""
+
+Family = Literal["jetson", "cpu", "gpu"]
+"""A target family; its name resolves to the family's default profile."""
+
+Mode = Literal["leap", "baseline"]
+"""Curriculum mode: LEAP's rising target block, or the fixed last-block baseline."""
+
+Metric = Literal["cka", "cosine"]
+"""The similarity score that drives the curriculum."""
+
+Amp = Literal["auto", "bf16", "fp16", "off"]
+"""Mixed precision of the student on CUDA."""
+
+CalibMethod = Literal["percentile", "minmax"]
+"""How INT8 activation ranges are chosen from the calibration images."""
+
+Status = Literal["ok", "failed", "unchecked"]
+"""The state of an exported artefact after its checks."""
+
+Verdict = Literal["PASS", "FAIL", "UNCONFIRMED"]
+"""A budget verdict."""
+
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+TARGET_RUNTIMES: tuple[TargetRuntime, ...] = get_args(TargetRuntime)
+FORMATS: tuple[Format, ...] = get_args(Format)
+STATS: tuple[Stat, ...] = get_args(Stat)
+FAMILIES: tuple[Family, ...] = get_args(Family)
+MODES: tuple[Mode, ...] = get_args(Mode)
+METRICS: tuple[Metric, ...] = get_args(Metric)
+AMPS: tuple[Amp, ...] = get_args(Amp)
+CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
+
+BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "int8": 1}
