@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from leapkit.bench import environment
+from leapkit.latency.machine import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,11 +33,12 @@ def main() -> None:
 
     rows = []
     load_before = os.getloadavg()[0]
-    for i in range(args.repeats):
+    for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             # the default job exactly as the README runs it, in a fresh working directory
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "leapkit", "distill", "--no-progress"], cwd=tmp, capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "leapkit", "distill", "--no-progress"], cwd=tmp,
+                                  capture_output=True, text=True)
             wall = time.perf_counter() - start
             if proc.returncode != 0:
                 sys.exit(f"leapkit distill failed:\n{proc.stderr[-2000:]}")
@@ -55,7 +56,7 @@ def main() -> None:
 
     machine = {
         "cpu": environment()["cpu"], "cores": os.cpu_count(), "python": platform.python_version(),
-        "command": "python benchmarks/demo_wall_time.py --repeats %d" % args.repeats,
+        "command": f"python benchmarks/demo_wall_time.py --repeats {args.repeats}",
         # other jobs on the machine inflate wall time: the 1-minute load average says how busy it was
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
     }
@@ -66,7 +67,8 @@ def main() -> None:
         "saving_at_least_20pct": min(r["teacher_blocks_saved_pct"] for r in rows) >= 20,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "demo_wall_time.json").write_text(json.dumps({"machine": machine, "runs": rows, "targets_met": verdict}, indent=2) + "\n")
+    record = {"machine": machine, "runs": rows, "targets_met": verdict}
+    (RESULTS / "demo_wall_time.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# `leapkit distill` (demo recipe) wall time", "",
         f"Command: `{machine['command']}`  ",
@@ -76,8 +78,9 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | {r['wall_s']} | {r['train_s']} | {r['images_per_s']} | {' -> '.join(map(str, r['blocks_visited']))} | "
-                     f"{r['distinct_blocks']} | {r['teacher_blocks_saved_pct']}% | {r['linear_probe_top1']}% |")
+        lines.append(f"| {i} | {r['wall_s']} | {r['train_s']} | {r['images_per_s']} | "
+                     f"{' -> '.join(map(str, r['blocks_visited']))} | {r['distinct_blocks']} | "
+                     f"{r['teacher_blocks_saved_pct']}% | {r['linear_probe_top1']}% |")
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in verdict.items())]
     (RESULTS / "demo_wall_time.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from leapkit.bench import environment
-from leapkit.flops import model_flops, teacher_block_flops
+from leapkit.latency.machine import environment
+from leapkit.macs import model_flops, teacher_block_flops
 from leapkit.models import TruncatedTeacher, create_student, create_teacher, grid_size
-from leapkit.train import Distiller, distill_loss
+from leapkit.trainer import Distiller, distill_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TEACHER = "vit_large_patch14_dinov2"
@@ -89,15 +89,19 @@ def main() -> None:
         print(json.dumps(r))
 
     machine = {"device": args.device, "cpu": environment()["cpu"], "cores": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-    command = f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} --batch-size {args.batch_size} --steps {args.steps}"
+               "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    command = (f"python benchmarks/early_exit_step_time.py --device {args.device} --img-size {args.img_size} "
+               f"--batch-size {args.batch_size} --steps {args.steps}")
     if args.teacher != DEFAULT_TEACHER:
         command += f" --teacher {args.teacher}"
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"early_exit_step_time_{device.type}{'' if args.teacher == DEFAULT_TEACHER else '_' + args.teacher}"
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n")
+    record = {"command": command, "machine": machine, "args": vars(args), "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# Early exit: step time against target block ({args.teacher} teacher, {args.student} student)", "",
-             f"Command: `{command}`  ", f"Machine: {machine['gpu'] or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+             f"Command: `{command}`  ",
+             f"Machine: {machine['gpu'] or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
              f"{machine['threads']} threads", "",
              "| target block | step ms | images/s | step time saved | step FLOPs saved | teacher FLOPs saved |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -43,6 +43,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ import torch
 import yaml
 
 from leapkit import __version__
+from leapkit.cli.distill import add_evidence
 from leapkit.config import Config, recipe_path, resolve_config
 from leapkit.evaluate import evaluate_model, labelled_splits
 from leapkit.flops import BACKWARD_FACTOR, run_flops, step_costs
@@ -63,7 +65,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "leap_vs_baseline"
 ANALYSIS = "## Analysis"
 FLOPS_TARGET_PCT = 20.0
-METRICS = ("linear_probe_top1", "knn_top1", "train_flops", "teacher_blocks_saved_pct", "train_seconds", "wall_seconds")
+METRICS = (
+    "linear_probe_top1", "knn_top1", "train_flops", "teacher_blocks_saved_pct", "train_seconds", "wall_seconds",
+)
 
 
 @dataclass
@@ -103,7 +107,9 @@ def epochs_per_block(steps: list[dict[str, Any]], steps_per_epoch: int) -> dict[
     return {str(k): round(counts[k] / steps_per_epoch, 2) for k in sorted(counts)}
 
 
-def level_up_margins(steps: list[dict[str, Any]], level_ups: list[dict[str, Any]], window: int = 5) -> dict[str, Any]:
+def level_up_margins(
+    steps: list[dict[str, Any]], level_ups: list[dict[str, Any]], window: int = 5
+) -> dict[str, Any]:
     """How far above its block's recent CKA the batch that triggered each threshold level-up was.
 
     A level-up triggered by one lucky batch (EMA alpha 1) shows as a CKA well above the mean of the
@@ -119,7 +125,7 @@ def level_up_margins(steps: list[dict[str, Any]], level_ups: list[dict[str, Any]
         if before:
             means.append(statistics.fmean(before))
             margins.append(by_step[e["step"]]["cka"] - means[-1])
-    changes = [abs(b["cka"] - a["cka"]) for a, b in zip(steps, steps[1:]) if a["target_block"] == b["target_block"]]
+    changes = [abs(b["cka"] - a["cka"]) for a, b in pairwise(steps) if a["target_block"] == b["target_block"]]
     return {
         "threshold_level_ups": len(margins),
         "mean_cka_before_level_up": round(statistics.fmean(means), 4) if means else None,
@@ -129,35 +135,41 @@ def level_up_margins(steps: list[dict[str, Any]], level_ups: list[dict[str, Any]
 
 
 def one_run(cfg: Config, out: Path) -> dict[str, Any]:
-    """Distil one config into ``out`` and collect its figures."""
+    """Distil one config into ``out`` as ``leapkit distill`` does (FLOPs and closing evaluation included)."""
     start = time.perf_counter()
-    summary = distill(cfg, out=out, overwrite=True, show_progress=False)
+    summary = add_evidence(distill(cfg, out=out, overwrite=True, show_progress=False), cfg)
     wall = time.perf_counter() - start
+    summary.wall_seconds = round(wall, 1)
+    summary.save(folder=out)
+    if summary.eval is None:
+        raise SystemExit(f"{out}: the run has no closing evaluation; the recipe needs a labelled split")
     flops = run_flops(out)
     curriculum = read_json(out / "curriculum.json")
     steps = read_metrics(out)
     steps_per_epoch = max(1, round(len(steps) / cfg.train.epochs))
-    ev = summary["eval"]
+    ev = summary.eval
     return {
         "seed": cfg.train.seed,
         "mode": cfg.curriculum.mode,
-        "linear_probe_top1": ev["linear_probe_top1"],
-        "knn_top1": ev["knn_top1"],
-        "retrieval_map": ev["retrieval_map"],
-        "train_flops": flops["train_flops_run"],
-        "train_flops_fixed_target": flops["train_flops_baseline"],
-        "flops_parts": flops["train_flops_breakdown"]["run"],
-        "flops_parts_fixed_target": flops["train_flops_breakdown"]["baseline"],
-        "teacher_block_images": summary["teacher_block_images"],
-        "teacher_blocks_saved_pct": summary["teacher_blocks_saved_pct"],
-        "train_seconds": summary["train_seconds"],
+        "linear_probe_top1": ev.linear_probe_top1,
+        "knn_top1": ev.knn_top1,
+        "retrieval_map": ev.retrieval_map,
+        "train_flops": flops.train_flops_run,
+        "train_flops_fixed_target": flops.train_flops_baseline,
+        "flops_parts": flops.train_flops_breakdown.run.to_dict(),
+        "flops_parts_fixed_target": flops.train_flops_breakdown.baseline.to_dict(),
+        "teacher_block_images": summary.teacher_block_images,
+        "teacher_blocks_saved_pct": summary.teacher_blocks_saved_pct,
+        "train_seconds": summary.train_seconds,
         "wall_seconds": round(wall, 2),
-        "steps": summary["steps"],
-        "blocks_visited": summary["blocks_visited"],
+        "steps": summary.steps,
+        "blocks_visited": summary.blocks_visited,
         "calibration_start_block": (curriculum.get("calibration") or {}).get("start_block"),
         "calibration_scores": [round(x, 4) for x in (curriculum.get("calibration") or {}).get("scores", [])],
         "level_up_noise": level_up_margins(steps, curriculum["level_ups"]),
-        "level_ups": [[e["step"], e["from_block"], e["to_block"], e["reason"], round(e["ema"], 4)] for e in curriculum["level_ups"]],
+        "level_ups": [
+            [e["step"], e["from_block"], e["to_block"], e["reason"], round(e["ema"], 4)] for e in curriculum["level_ups"]
+        ],
         "epochs_per_block": epochs_per_block(steps, steps_per_epoch),
         "final_loss": steps[-1]["loss"],
         "final_cka": steps[-1]["cka"],
@@ -175,7 +187,9 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def teacher_accuracy(cfg: Config) -> dict[str, Any]:
     """The teacher's backbone, evaluated exactly like the students (same split, same probe)."""
-    teacher = create_teacher(cfg.model.teacher, cfg.model.img_size, weights=cfg.model.teacher_weights, pretrained=False)
+    teacher = create_teacher(
+        cfg.model.teacher, cfg.model.img_size, weights=cfg.model.teacher_weights, pretrained=False
+    )
     train, val = labelled_splits(cfg)
     return evaluate_model(teacher.eval(), train, val)
 
@@ -183,7 +197,9 @@ def teacher_accuracy(cfg: Config) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "unknown")
+        model = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "unknown"
+        )
     except (OSError, subprocess.CalledProcessError):
         model = platform.processor() or "unknown"
     return {

@@ -41,8 +41,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -53,9 +54,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_latency as BL  # noqa: E402  (sibling script: CPU peak, sessions, interleaving, profiler)
 
-from leapkit import bench as B  # noqa: E402
-from leapkit import export as ex  # noqa: E402
+from leapkit.deploy.onnx_graph import OPSET, export_onnx, quiet_exporters  # noqa: E402
 from leapkit.models import create_student  # noqa: E402
+from leapkit.runtimes import INPUT_NAME  # noqa: E402
+from leapkit.threads import torch_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODEL, IMG = "vit_small_patch14_dinov2", 224
@@ -83,8 +85,8 @@ def flat_linears(model: nn.Module) -> nn.Module:
 
 
 def export(model: nn.Module, path: Path, opset: int) -> Path:
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), ex._quiet():
-        ex.export_onnx(model, path, IMG, opset=opset)
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), quiet_exporters():
+        export_onnx(model, path, IMG, opset=opset)
     return path
 
 
@@ -103,14 +105,15 @@ def build(work: Path) -> tuple[nn.Module, dict[str, Path]]:
     model = create_student(MODEL, IMG).eval()
     flat = flat_linears(create_student(MODEL, IMG).eval())
     flat.load_state_dict(model.state_dict())
-    base = export(model, work / "leapkit.onnx", ex.OPSET)
+    base = export(model, work / "leapkit.onnx", OPSET)
     graphs: dict[str, Callable[[], Path]] = {
-        f"leapkit export (opset {ex.OPSET})": lambda: base,
+        f"leapkit export (opset {OPSET})": lambda: base,
         "opset 20 (Gelu op)": lambda: export(model, work / "opset20.onnx", 20),
         "opset 23 (Gelu and Attention ops)": lambda: export(model, work / "opset23.onnx", 23),
-        f"Linear as Gemm (opset {ex.OPSET})": lambda: export(flat, work / "gemm.onnx", ex.OPSET),
+        f"Linear as Gemm (opset {OPSET})": lambda: export(flat, work / "gemm.onnx", OPSET),
         "Linear as Gemm, opset 20": lambda: export(flat, work / "gemm20.onnx", 20),
-        "ORT transformer optimizer (vit) on the leapkit graph": lambda: ort_transformer_optimizer(base, work / "ortopt.onnx", model),
+        "ORT transformer optimizer (vit) on the leapkit graph":
+            lambda: ort_transformer_optimizer(base, work / "ortopt.onnx", model),
     }
     return model, {name: make() for name, make in graphs.items()}
 
@@ -125,7 +128,10 @@ def op_types(path: Path) -> dict[str, int]:
 
 
 def no_mmap_churn() -> None:
-    """glibc: serve large allocations from the heap and keep freed memory (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)."""
+    """glibc: serve large allocations from the heap and keep freed memory.
+
+    mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, both raised to 1 GiB.
+    """
     import ctypes
 
     libc = ctypes.CDLL("libc.so.6")
@@ -168,7 +174,7 @@ def main() -> None:
         sessions = {name: BL.ort_session(path, args.threads) for name, path in graphs.items()}
         rows: dict[str, dict[str, Any]] = {}
         for name, sess in sessions.items():
-            diff = float(np.abs(sess.run(["tokens"], {ex.INPUT_NAME: x})[0] - ref).max())
+            diff = float(np.abs(sess.run(["tokens"], {INPUT_NAME: x})[0] - ref).max())
             profile = BL.op_profile(graphs[name], x)
             gemm = sum(v for k, v in profile.items() if k in GEMM_OPS)
             rows[name] = {"max_abs_diff_vs_eager": diff, "ops": op_types(graphs[name]), "profile_ms": profile,
@@ -179,16 +185,16 @@ def main() -> None:
                 model.forward_features(x_torch)
 
         fns: dict[str, Any] = {"PyTorch eager": eager}
-        fns.update({name: (lambda s=s: s.run(None, {ex.INPUT_NAME: x})) for name, s in sessions.items()})
+        fns.update({name: (lambda s=s: s.run(None, {INPUT_NAME: x})) for name, s in sessions.items()})
         repeats, loads = [], []
         for i in range(args.repeats):
             if i:
                 time.sleep(args.pause)
             loads.append(os.getloadavg()[0])
-            with B.torch_threads(args.threads):
+            with torch_threads(args.threads):
                 repeats.append(BL.interleaved(fns, args.rounds, args.iters, args.warmup))
         loads.append(os.getloadavg()[0])
-        with B.torch_threads(args.threads):
+        with torch_threads(args.threads):
             faults = {name: page_faults(fn) for name, fn in fns.items()}
 
     # Per repeat: each format's p50 and min over that repeat's samples, as a ratio to eager's.
@@ -212,8 +218,9 @@ def main() -> None:
         "command": "python benchmarks/ort_fp32_graphs.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": BL.cpu_peak(), "threads": args.threads,
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
-        "mallopt": args.mallopt, "load_avg": loads, "repeats": args.repeats, "pause_s": args.pause, "rounds": args.rounds, "iters": args.iters,
-        "eager": timed["PyTorch eager"], "eager_p50_per_repeat": [rep["PyTorch eager"][0] for rep in per_repeat], "graphs": rows,
+        "mallopt": args.mallopt, "load_avg": loads, "repeats": args.repeats, "pause_s": args.pause,
+        "rounds": args.rounds, "iters": args.iters, "eager": timed["PyTorch eager"],
+        "eager_p50_per_repeat": [rep["PyTorch eager"][0] for rep in per_repeat], "graphs": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "ort_fp32_graphs" + ("_mallopt" if args.mallopt else "")
@@ -225,32 +232,39 @@ def main() -> None:
 
 
 def render(data: dict[str, Any]) -> str:
-    p, e = data["cpu"], data["eager"]
+    p, e, sw = data["cpu"], data["eager"], data["versions"]
     lines = [
         f"# ONNX Runtime fp32 graph rewrites vs PyTorch eager ({MODEL}, {IMG} px, batch 1)", "",
         f"Command: `{data['command']}`  ",
-        f"Machine: 2-core x86_64 VM, `lscpu` model name {p['model']} (family {p['family']}), {p['cores']} cores at {p['mhz']:.0f} MHz.  ",
-        f"Software: torch {data['versions']['torch']}, onnxruntime {data['versions']['onnxruntime']}, Python {data['versions']['python']}.  ",
-        f"Date: {data['date']}. {data['threads']} thread(s) per runtime; {data['repeats']} timing blocks {data['pause_s']:.0f} s apart, "
-        f"each {data['rounds']} interleaved rounds of {data['iters']} iterations per format; load average at the blocks' starts and end: "
+        f"Machine: 2-core x86_64 VM, `lscpu` model name {p['model']} (family {p['family']}), "
+        f"{p['cores']} cores at {p['mhz']:.0f} MHz.  ",
+        f"Software: torch {sw['torch']}, onnxruntime {sw['onnxruntime']}, Python {sw['python']}.  ",
+        f"Date: {data['date']}. {data['threads']} thread(s) per runtime; {data['repeats']} timing blocks "
+        f"{data['pause_s']:.0f} s apart, each {data['rounds']} interleaved rounds of {data['iters']} iterations "
+        "per format; load average at the blocks' starts and end: "
         + ", ".join(f"{v:.1f}" for v in data["load_avg"]) + ".", "",
-        "glibc malloc: " + ("mmap and trim thresholds raised to 1 GiB (`--mallopt`)" if data["mallopt"] else "defaults") + ".", "",
-        f"PyTorch eager (`forward_features`, inference mode): p50 {e['p50_ms']:.1f} ms, min {e['min_ms']:.1f} ms, cv {e['cv']:.2f}, "
-        f"{e['page_faults_per_inference']:.0f} page faults per inference; per block p50 "
+        "glibc malloc: "
+        + ("mmap and trim thresholds raised to 1 GiB (`--mallopt`)" if data["mallopt"] else "defaults") + ".", "",
+        f"PyTorch eager (`forward_features`, inference mode): p50 {e['p50_ms']:.1f} ms, min {e['min_ms']:.1f} ms, "
+        f"cv {e['cv']:.2f}, {e['page_faults_per_inference']:.0f} page faults per inference; per block p50 "
         + ", ".join(f"{r:.1f}" for r in data["eager_p50_per_repeat"]) + " ms.", "",
-        "'p50 / eager' is the median over the timing blocks of (graph p50 / eager p50 in that block), with each block's value in "
-        "brackets; 'min / eager min' does the same with each block's fastest inference, the figure least moved by other load. "
-        "'GEMM floor' is the graph's fastest inference times the GEMM kernels' share of ONNX Runtime's profile (MatMul, Gemm, "
-        "FusedMatMul): its latency if every other op cost nothing, against eager's fastest.", "",
-        "| graph | max abs diff vs eager | p50 ms | min ms | page faults | p50 / eager | min / eager min | GEMM floor ms | floor / eager min |",
+        "'p50 / eager' is the median over the timing blocks of (graph p50 / eager p50 in that block), with each "
+        "block's value in brackets; 'min / eager min' does the same with each block's fastest inference, the figure "
+        "least moved by other load. 'GEMM floor' is the graph's fastest inference times the GEMM kernels' share of "
+        "ONNX Runtime's profile (MatMul, Gemm, FusedMatMul): its latency if every other op cost nothing, against "
+        "eager's fastest.", "",
+        "| graph | max abs diff vs eager | p50 ms | min ms | page faults | p50 / eager | min / eager min "
+        "| GEMM floor ms | floor / eager min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in data["graphs"].items():
         each = ", ".join(f"{v:.3f}" for v in r["p50_ratio_per_repeat"])
-        lines.append(f"| {name} | {r['max_abs_diff_vs_eager']:.1e} | {r['p50_ms']:.1f} | {r['min_ms']:.1f} | {r['page_faults_per_inference']:.0f} | "
-                     f"**{r['over_eager']:.3f}x** ({each}) | {r['min_over_eager_min']:.3f}x | {r['gemm_floor_ms']:.1f} | "
+        lines.append(f"| {name} | {r['max_abs_diff_vs_eager']:.1e} | {r['p50_ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{r['page_faults_per_inference']:.0f} | **{r['over_eager']:.3f}x** ({each}) | "
+                     f"{r['min_over_eager_min']:.3f}x | {r['gemm_floor_ms']:.1f} | "
                      f"{r['gemm_floor_over_eager_min']:.3f}x |")
-    lines += ["", "ONNX Runtime profile, ms per inference by op type (1 thread; the profiler adds per-kernel overhead):", ""]
+    lines += ["", "ONNX Runtime profile, ms per inference by op type "
+                  "(1 thread; the profiler adds per-kernel overhead):", ""]
     for name, r in data["graphs"].items():
         top = ", ".join(f"{k} {v:.1f}" for k, v in list(r["profile_ms"].items())[:9])
         lines.append(f"- {name}: total {r['profile_total_ms']:.1f}: {top}")

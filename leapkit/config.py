@@ -6,15 +6,18 @@ The resolved config is written to ``<run>/config.yaml``; later stages read it ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
+from leapkit import schema
 from leapkit.errors import ConfigError
+from leapkit.types import Amp, Metric, Mode
 
 
 @dataclass
@@ -39,8 +42,8 @@ class DataConfig:
 
 @dataclass
 class CurriculumConfig:
-    mode: Literal["leap", "baseline"] = "leap"
-    metric: Literal["cka", "cosine"] = "cka"
+    mode: Mode = "leap"
+    metric: Metric = "cka"
     threshold: float = 0.85
     ema_alpha: float = 1.0
     max_epochs_per_block: float = 5.0
@@ -52,7 +55,8 @@ class CurriculumConfig:
 @dataclass
 class OptimConfig:
     name: Literal["adamw", "lars"] = "adamw"
-    lr: float = 5e-4  # for batch 256; scaled linearly with the effective batch size
+    lr: float = 5e-4  # the peak rate after warm-up; with scale_lr, the rate for a global batch of 256
+    scale_lr: bool = False  # linear scaling rule (Goyal et al., 2017): peak lr = lr x global batch / 256
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0
@@ -67,7 +71,7 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Amp = "auto"
     teacher_half: bool = True  # run the frozen teacher in the autocast dtype on CUDA
     compile: bool = False  # torch.compile the student forward (helps on recent GPUs; slow to start)
     eval_at_end: bool = True
@@ -96,9 +100,11 @@ class Config:
 
         need(0.0 < c.threshold <= 1.0, f"curriculum.threshold must be in (0, 1], got {c.threshold} (--cka-threshold)")
         need(0.0 < c.ema_alpha <= 1.0, f"curriculum.ema_alpha must be in (0, 1], got {c.ema_alpha} (--ema-alpha)")
-        need(c.max_epochs_per_block > 0, f"curriculum.max_epochs_per_block must be > 0, got {c.max_epochs_per_block} (--max-epochs-per-block)")
+        need(c.max_epochs_per_block > 0,
+             f"curriculum.max_epochs_per_block must be > 0, got {c.max_epochs_per_block} (--max-epochs-per-block)")
         need(c.cls_weight >= 0, f"curriculum.cls_weight must be >= 0, got {c.cls_weight}")
-        need(c.snap_to_last_at is None or c.snap_to_last_at >= 1, f"curriculum.snap_to_last_at must be >= 1, got {c.snap_to_last_at}")
+        need(c.snap_to_last_at is None or c.snap_to_last_at >= 1,
+             f"curriculum.snap_to_last_at must be >= 1, got {c.snap_to_last_at}")
         need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs} (--epochs)")
         need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size} (--batch-size)")
         need(m.img_size >= 8, f"model.img_size must be >= 8, got {m.img_size} (--img-size)")
@@ -109,7 +115,8 @@ class Config:
         need(o.clip_grad is None or o.clip_grad > 0, f"optim.clip_grad must be > 0 or null, got {o.clip_grad}")
         need(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
         need(0.0 <= d.hflip <= 1.0, f"data.hflip must be in [0, 1], got {d.hflip}")
-        need(0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0, f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(d.crop_scale)}")
+        need(0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0,
+             f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(d.crop_scale)}")
         need(d.source != "folder" or d.path is not None, "data.path is not set: pass --data DIR (a folder of images)")
         return p
 
@@ -120,63 +127,49 @@ class Config:
             raise ConfigError("; ".join(problems))
 
 
-SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "recipe"}
+SECTIONS: dict[str, type] = {f.name: type(getattr(Config(), f.name)) for f in fields(Config) if f.name != "recipe"}
 
 
-def _section_types(cls) -> dict[str, Any]:
-    return get_type_hints(cls)
+def merge(cfg: Config, delta: dict[str, Any]) -> tuple[Config, list[str]]:
+    """``cfg`` updated with every entry of a nested ``{section: {key: value}}`` delta that fits.
 
-
-def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
-    """Check a YAML/CLI value against the field's annotation, converting where that is lossless."""
-    where = f"{section}.{key}"
-    args = get_args(typ)
-    origin = getattr(typ, "__origin__", None)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise ConfigError(f"{where} cannot be null")
-    if args and type(None) in args:  # Optional[X]
-        typ = next(a for a in args if a is not type(None))
-        args, origin = get_args(typ), getattr(typ, "__origin__", None)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if typ in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ is int and not float(value).is_integer()):
-            raise ConfigError(f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}")
-        return typ(value)
-    if typ is str:
-        return str(value)
-    return value
-
-
-def apply(cfg: Config, delta: dict[str, Any], origin: str) -> Config:
-    """Return ``cfg`` updated with a nested ``{section: {key: value}}`` delta."""
+    Returns:
+        The updated copy (``cfg`` itself is not changed) and one line per entry that does not fit:
+        unknown sections and keys (with a did-you-mean suggestion), wrong types, values outside a
+        Literal's members. Value rules are :meth:`Config.problems`.
+    """
     cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+    problems: list[str] = []
     for section, values in delta.items():
         if section == "recipe":
             cfg.recipe = str(values)
-            continue
-        if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section '{section}'; known: {', '.join(SECTIONS)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: section '{section}' must be a mapping of keys to values")
-        obj = getattr(cfg, section)
-        types = _section_types(type(obj))
-        for key, value in values.items():
-            if key not in types:
-                raise ConfigError(f"{origin}: unknown key '{section}.{key}'; known: {', '.join(types)}")
-            setattr(obj, key, _coerce(section, key, value, types[key]))
+        elif section not in SECTIONS:
+            problems.append(schema.unknown("section", str(section), SECTIONS))
+        elif not isinstance(values, dict):
+            problems.append(f"section '{section}' must be a mapping of keys to values, got {values!r}")
+        else:
+            fitting, wrong = schema.read_fields(values, SECTIONS[section], prefix=f"{section}.")
+            for key, value in fitting.items():
+                setattr(getattr(cfg, section), key, value)
+            problems += wrong
+    return cfg, problems
+
+
+def apply(cfg: Config, delta: dict[str, Any], origin: str) -> Config:
+    """Return ``cfg`` updated with a nested ``{section: {key: value}}`` delta.
+
+    Args:
+        cfg: the config to update (not changed).
+        delta: e.g. ``{"train": {"epochs": 3}}`` from a recipe, a run's config.yaml or the CLI.
+        origin: where the delta comes from (a path, ``command line``), for the message.
+
+    Raises:
+        ConfigError: any key or value does not fit; the one-line message lists every such problem
+            and then every problem with the resulting values.
+    """
+    cfg, problems = merge(cfg, delta)
+    if problems:
+        raise ConfigError("; ".join([f"{origin}: {p}" for p in problems] + cfg.problems()))
     return cfg
 
 
@@ -200,10 +193,8 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and raw.strip():
-            try:  # YAML 1.1 reads 1e-3 as a string; accept it as the number users mean
+            with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 as a string; users mean the number
                 value = float(raw) if any(c in raw for c in ".eE") else value
-            except ValueError:
-                pass
         delta.setdefault(section, {})[key] = value
     return delta
 
@@ -239,18 +230,41 @@ def recipe_path(recipe: str) -> Path:
 
 
 def resolve_config(recipe: str = "demo", overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- recipe <- overrides (a nested delta, e.g. from CLI flags). Not yet validated."""
+    """Defaults <- recipe <- overrides (a nested delta, e.g. from CLI flags).
+
+    Key and type problems of the recipe and the overrides are reported together (with the value
+    problems of the result); value problems alone are left to :meth:`Config.validate`.
+
+    Raises:
+        ConfigError: the recipe is unknown or not YAML, or a key or value does not fit.
+    """
     path = recipe_path(recipe)
-    cfg = apply(Config(recipe=path.stem), read_yaml(path, "recipe"), origin=str(path))
+    cfg, problems = merge(Config(recipe=path.stem), read_yaml(path, "recipe"))
+    problems = [f"{path}: {p}" for p in problems]
     if overrides:
-        cfg = apply(cfg, overrides, origin="command line")
+        cfg, wrong = merge(cfg, overrides)
+        problems += [f"command line: {p}" for p in wrong]
+    if problems:
+        raise ConfigError("; ".join(problems + cfg.problems()))
     return cfg
 
 
-def save_config(cfg: Config, path: Path) -> None:
+def recipe_problems(recipe: str) -> list[str]:
+    """Every problem with a recipe, keys and types first, then values; an empty list when it is valid."""
+    path = recipe_path(recipe)
+    cfg, problems = merge(Config(recipe=path.stem), read_yaml(path, "recipe"))
+    return problems + cfg.problems()
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as the YAML that config.yaml holds (every key, in declaration order)."""
     data = cfg.to_dict()
     data["data"]["crop_scale"] = list(cfg.data.crop_scale)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(to_yaml(cfg))
 
 
 def load_config(path: Path) -> Config:

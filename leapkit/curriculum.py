@@ -6,14 +6,14 @@ decides the teacher block to imitate, and knows nothing of optimizers or data lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-Metric = Literal["cka", "cosine"]
-Mode = Literal["leap", "baseline"]
+from leapkit.types import Metric, Mode
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def mean_cosine(x: torch.Tensor, y: torch.Tensor) -> float:
         return F.cosine_similarity(_flat(x), _flat(y), dim=-1).mean().item()
 
 
-METRICS = {"cka": linear_cka, "cosine": mean_cosine}
+METRICS: dict[Metric, Callable[[torch.Tensor, torch.Tensor], float]] = {"cka": linear_cka, "cosine": mean_cosine}
 
 
 @dataclass

@@ -7,9 +7,9 @@ drops them and reports how many it dropped, and the training loop counts them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -77,7 +77,9 @@ def list_images(root: Path) -> list[Path]:
     """Every image file under ``root`` (recursive, sorted, hidden files excluded)."""
     return sorted(
         p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
@@ -96,13 +98,15 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"data folder not found: {self.root}; pass an existing folder of images with --data")
         self.files = list_images(self.root)
         if not self.files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under {self.root}; point --data at a folder of images")
+            kinds = ", ".join(IMAGE_EXTENSIONS[:4])
+            raise DataError(f"no images ({kinds}, ...) found under {self.root}; point --data at a folder of images")
         parents = {f.relative_to(self.root).parts[0] for f in self.files if len(f.relative_to(self.root).parts) > 1}
         labelled = all(len(f.relative_to(self.root).parts) > 1 for f in self.files)
         self.classes = sorted(parents) if labelled else []
         if require_labels and len(self.classes) < 2:
             raise DataError(
-                f"{self.root} needs at least two class folders (root/<class>/<image>) for evaluation; found {len(self.classes)}"
+                f"{self.root} needs at least two class folders (root/<class>/<image>) for evaluation; "
+                f"found {len(self.classes)}"
             )
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[f.relative_to(self.root).parts[0]] if self.classes else -1 for f in self.files]
@@ -151,7 +155,8 @@ class DigitsDataset(Dataset):
         self.labels = digits.target[chosen].tolist()
         self.classes = [str(i) for i in range(10)]
         self.normalize = T.Normalize(mean, std)
-        self.augment = T.RandomResizedCrop(img_size, scale=tuple(crop_scale), ratio=(0.9, 1.1), antialias=True) if augment else None
+        crop = T.RandomResizedCrop(img_size, scale=tuple(crop_scale), ratio=(0.9, 1.1), antialias=True)
+        self.augment = crop if augment else None
 
     def __len__(self) -> int:
         return len(self.labels)

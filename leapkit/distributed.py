@@ -12,6 +12,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the process group; every collective is a no-op in one process."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -24,15 +26,8 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: float, device: torch.device) -> float:
-        """The mean of a per-rank scalar over all ranks (identical on every rank afterwards)."""
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
     def mean_list(self, values: list[float], device: torch.device) -> list[float]:
+        """The element-wise mean of per-rank scalars over all ranks (identical on every rank afterwards)."""
         if not self.enabled:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -56,6 +51,7 @@ class Dist:
         return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
+        """Every rank's value of a picklable object, in rank order."""
         if not self.enabled:
             return [obj]
         out: list[Any] = [None] * self.world
@@ -81,6 +77,12 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank)
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def shutdown(d: Dist) -> None:
+    """Leave the process group (a no-op in one process)."""
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -13,18 +13,18 @@ Protocols (sized for small data, deterministic for a given seed):
 - Retrieval: each val image queries the train gallery by cosine similarity; an item is relevant
   when it has the query's class; mean average precision over the queries.
 - Revisited Oxford/Paris (Radenovic et al., 2018): Easy, Medium and Hard mAP on a prepared
-  revisitop folder, see :func:`load_revisitop_gnd`.
+  revisitop folder, see :mod:`leapkit.revisitop`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,22 +32,71 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from leapkit.config import Config
+from leapkit.devices import resolve_device
 from leapkit.errors import DataError, ModelError
-from leapkit.models import normalization
+from leapkit.records import Record
+from leapkit.tables import Table
 from leapkit.threads import torch_threads
+from leapkit.types import Pool
 
 log = logging.getLogger(__name__)
 
 EVAL = "eval.json"
-Pool = Literal["cls", "avg"]
-Protocol = Literal["easy", "medium", "hard"]
+
+_HEADLINE = (
+    ("linear probe top-1 (%)", "linear_probe_top1"),
+    ("linear probe top-5 (%)", "linear_probe_top5"),
+    ("kNN top-1 (%)", "knn_top1"),
+    ("retrieval mAP (%)", "retrieval_map"),
+)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when available; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+@dataclass
+class EvalReport(Record):
+    """eval.json: a backbone's linear probe, kNN and retrieval results, in percent.
+
+    ``evaluate_run`` writes the student's results at the top level, the teacher's under
+    ``teacher`` and teacher minus student under ``gap``; the closing evaluation of
+    ``leapkit distill`` stores the student's alone in summary.json. Keys without a value are left
+    out of the file.
+    """
+
+    FILE: ClassVar[str] = EVAL
+
+    linear_probe_top1: float
+    linear_probe_top5: float
+    knn_top1: float
+    knn_top5: float
+    retrieval_map: float
+    n_train: int
+    n_val: int
+    feature_dim: int
+    pool: Pool = "cls"
+    revisitop: dict[str, dict[str, Any]] | None = None
+    """Dataset name -> easy/medium/hard mAP (percent) and the query count."""
+    data: str | None = None
+    teacher: EvalReport | None = None
+    gap: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+    def table(self) -> Table:
+        """The student's results, with the teacher's and the gap beside them when evaluated."""
+        t = self.teacher
+        titles = ("metric", "student", "teacher", "gap") if t else ("metric", "student")
+        table = Table.of(
+            *titles, right=titles[1:],
+            title=f"evaluation on {self.n_train} train / {self.n_val} val images ({self.pool} features)",
+        )
+        rows = [(label, getattr(self, key), getattr(t, key) if t else None) for label, key in _HEADLINE]
+        for name, r in (self.revisitop or {}).items():
+            theirs = (t.revisitop or {}).get(name, {}) if t else {}
+            rows += [(f"{name} {p} mAP (%)", r[p], theirs.get(p)) for p in ("easy", "medium", "hard")]
+        for label, mine, theirs in rows:
+            extra = [f"{theirs:.2f}", f"{theirs - mine:+.2f}"] if t and theirs is not None else ["-", "-"] if t else []
+            table.add(label, f"{mine:.2f}", *extra)
+        return table
 
 
 def labelled_splits(cfg: Config, root: str | Path | None = None) -> tuple[Dataset, Dataset]:
@@ -58,20 +107,27 @@ def labelled_splits(cfg: Config, root: str | Path | None = None) -> tuple[Datase
         root: an ImageFolder root with ``train/`` and ``val/`` class folders; overrides the config.
     """
     from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform
+    from leapkit.models import normalization
 
     img_size = cfg.model.img_size
     mean, std = normalization(cfg.model.teacher)
     if root is None and cfg.data.source == "digits":
         return DigitsDataset("train", img_size, mean, std), DigitsDataset("val", img_size, mean, std)
     if root is None and cfg.data.path is None:
-        raise DataError("the run's config names no data folder (data.path); pass --data DIR, an ImageFolder root with train/ and val/")
+        raise DataError(
+            "the run's config names no data folder (data.path); "
+            "pass --data DIR, an ImageFolder root with train/ and val/"
+        )
     root = Path(root if root is not None else cfg.data.path)
     if not root.is_dir():
-        raise DataError(f"evaluation data folder not found: {root}; pass an ImageFolder root with train/ and val/ using --data DIR")
+        raise DataError(
+            f"evaluation data folder not found: {root}; pass an ImageFolder root with train/ and val/ using --data DIR"
+        )
     missing = [s for s in ("train", "val") if not (root / s).is_dir()]
     if missing:
         raise DataError(
-            f"{root} has no {' or '.join(m + '/' for m in missing)} folder; evaluation needs root/train/<class>/<image> "
+            f"{root} has no {' or '.join(m + '/' for m in missing)} folder; "
+            f"evaluation needs root/train/<class>/<image> "
             f"and root/val/<class>/<image>"
         )
     tf = eval_transform(img_size, mean, std)
@@ -79,7 +135,10 @@ def labelled_splits(cfg: Config, root: str | Path | None = None) -> tuple[Datase
     val = ImageFolderDataset(root / "val", tf, require_labels=True)
     unknown = sorted(set(val.classes) - set(train.classes))
     if unknown:
-        raise DataError(f"{root / 'val'} has classes missing from train/: {', '.join(unknown[:5])}; use the same class folders in both splits")
+        raise DataError(
+            f"{root / 'val'} has classes missing from train/: {', '.join(unknown[:5])}; "
+            f"use the same class folders in both splits"
+        )
     # Index val labels by the train class list so that both splits share one label space.
     index = {c: i for i, c in enumerate(train.classes)}
     val.labels = [index[val.classes[y]] for y in val.labels]
@@ -283,7 +342,7 @@ def retrieval_map(
     rows = _rows_per_block(gallery_x.shape[0])
     ranks = torch.arange(1, gallery_x.shape[0] + 1, dtype=torch.float32, device=device)
     aps = []
-    for qx, qy in zip(query_x.to(device).split(rows), query_y.to(device).split(rows)):
+    for qx, qy in zip(query_x.to(device).split(rows), query_y.to(device).split(rows), strict=True):
         rel = (gallery_y[_ranking(qx, gallery_x)] == qy[:, None]).float()
         hits = rel.cumsum(dim=1)
         n_rel = rel.sum(dim=1)
@@ -292,7 +351,8 @@ def retrieval_map(
     ap = torch.cat(aps)
     if ap.numel() == 0:
         raise DataError("no query has a relevant gallery item: the val classes do not occur in train/")
-    return {"map": 100.0 * ap.mean().item(), "queries": int(ap.numel()), "skipped_queries": int(query_y.numel() - ap.numel())}
+    queries = int(ap.numel())
+    return {"map": 100.0 * ap.mean().item(), "queries": queries, "skipped_queries": int(query_y.numel()) - queries}
 
 
 def evaluate_features(
@@ -344,168 +404,7 @@ def evaluate_model(
     return {**evaluate_features(train_x, train_y, val_x, val_y, seed=seed, device=device), "pool": pool}
 
 
-# --- revisited Oxford / Paris -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RevisitopGnd:
-    """Ground truth of a revisited dataset: database and query image names, one entry per query."""
-
-    imlist: list[str]
-    qimlist: list[str]
-    gnd: list[dict[str, Any]]  # bbx [x1, y1, x2, y2], easy, hard, junk (database indices)
-
-
-def load_revisitop_gnd(path: str | Path) -> RevisitopGnd:
-    """Read a revisitop ground truth converted to JSON.
-
-    The official files (``gnd_roxford5k.pkl``, ``gnd_rparis6k.pkl``) are pickles, which leapkit
-    never loads: unpickling runs code. Convert the file you downloaded from the official site once,
-    yourself, then point leapkit at the folder holding the JSON::
-
-        python -c "import json, pickle; g = pickle.load(open('gnd_roxford5k.pkl', 'rb')); \\
-            json.dump(g, open('gnd_roxford5k.json', 'w'), default=lambda o: o.tolist())"
-
-    Args:
-        path: ``gnd_<dataset>.json`` with keys ``imlist``, ``qimlist`` and ``gnd``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        pkl = path.with_suffix(".pkl")
-        hint = f"convert {pkl.name} to JSON first (see leapkit.evaluate.load_revisitop_gnd)" if pkl.is_file() else "prepare the revisitop folder first"
-        raise DataError(f"revisitop ground truth {path} not found; {hint}")
-    try:
-        raw = json.loads(path.read_text())
-        data = RevisitopGnd(list(raw["imlist"]), list(raw["qimlist"]), list(raw["gnd"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not a revisitop ground truth ({type(e).__name__}: {e}); it needs imlist, qimlist and gnd") from e
-    if len(data.gnd) != len(data.qimlist):
-        raise DataError(f"{path}: {len(data.gnd)} gnd entries for {len(data.qimlist)} queries; re-convert the ground truth")
-    n = len(data.imlist)
-    for q in data.gnd:
-        for key in ("easy", "hard", "junk"):
-            if any(not 0 <= int(i) < n for i in q.get(key, [])):
-                raise DataError(f"{path}: a '{key}' index is outside the {n} database images; re-convert the ground truth")
-    return data
-
-
-def revisitop_positives(entry: dict[str, Any], protocol: Protocol) -> tuple[list[int], list[int]]:
-    """Positive and junk (ignored) database indices of one query under a protocol.
-
-    Easy: easy images are positive, hard ones are ignored. Medium: easy and hard are positive.
-    Hard: hard images are positive, easy ones are ignored. Junk is always ignored.
-    """
-    easy, hard, junk = (list(map(int, entry.get(k, []))) for k in ("easy", "hard", "junk"))
-    if protocol == "easy":
-        return easy, junk + hard
-    if protocol == "medium":
-        return easy + hard, junk
-    return hard, junk + easy
-
-
-def revisitop_ap(ranking: Sequence[int], positives: Sequence[int], ignored: Sequence[int]) -> float:
-    """Average precision of one ranked database list, the revisitop way (fraction, not percent).
-
-    Ignored images are removed from the ranking. The precision-recall curve is integrated with the
-    trapezoid rule between consecutive positives, the convention of the revisitop evaluation.
-    """
-    pos, ign = set(positives), set(ignored)
-    kept = [i for i in ranking if i not in ign]
-    ranks = [r for r, i in enumerate(kept) if i in pos]  # 0-based ranks of the positives
-    if not pos:
-        return float("nan")
-    ap = 0.0
-    for j, r in enumerate(ranks):
-        before = 1.0 if r == 0 else j / r
-        after = (j + 1) / (r + 1)
-        ap += (before + after) / 2 / len(pos)
-    return ap
-
-
-def revisitop_map(query_x: Tensor, db_x: Tensor, gnd: RevisitopGnd) -> dict[str, float]:
-    """Easy, Medium and Hard mAP (percent) of query features against database features.
-
-    Args:
-        query_x: (Q, D) features of the cropped queries, in ``gnd.qimlist`` order.
-        db_x: (N, D) database features, in ``gnd.imlist`` order.
-        gnd: the ground truth.
-    """
-    order = _ranking(query_x, db_x).tolist()
-    out = {}
-    for protocol in ("easy", "medium", "hard"):
-        aps = []
-        for ranking, entry in zip(order, gnd.gnd):
-            pos, ign = revisitop_positives(entry, protocol)
-            if pos:  # queries without positives under a protocol do not count
-                aps.append(revisitop_ap(ranking, pos, ign))
-        out[protocol] = 100.0 * sum(aps) / len(aps) if aps else float("nan")
-    return out
-
-
-class _RevisitopImages(Dataset):
-    def __init__(self, root: Path, names: list[str], boxes: list[list[float]] | None, transform):
-        self.root, self.names, self.boxes, self.transform = root, names, boxes, transform
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
-        from PIL import Image
-
-        path = self.root / "jpg" / f"{self.names[i]}.jpg"
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as e:
-            raise DataError(f"cannot read revisitop image {path} ({e}); re-download the dataset") from e
-        if self.boxes is not None:
-            img = img.crop(tuple(int(round(float(v))) for v in self.boxes[i]))
-        return self.transform(img), i
-
-
-def evaluate_revisitop(
-    model: nn.Module,
-    root: str | Path,
-    img_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: str | torch.device = "cpu",
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Revisited Oxford/Paris mAP of a backbone's L2-normalised CLS features.
-
-    Queries are cropped to their boxes. Every image is resized (short side) to ``img_size`` and
-    centre-cropped, because a timm ViT runs at its configured resolution; the published numbers
-    use larger inputs, so compare models with each other, not with the paper.
-
-    Args:
-        model: a timm ViT backbone.
-        root: a revisitop dataset folder, e.g. ``data/datasets/roxford5k`` holding ``jpg/`` and
-            ``gnd_roxford5k.json``.
-        img_size: input resolution.
-        mean: normalisation mean.
-        std: normalisation std.
-        device: where the model runs.
-        batch_size: images per forward pass.
-    """
-    from leapkit.data import eval_transform
-
-    root = Path(root)
-    found = sorted(root.glob("gnd_*.json")) or sorted(root.glob("gnd_*.pkl"))
-    if not root.is_dir() or not found:
-        raise DataError(f"{root} is not a prepared revisitop folder (no gnd_<dataset>.json); see leapkit.evaluate.load_revisitop_gnd")
-    gnd = load_revisitop_gnd(found[0].with_suffix(".json"))
-    tf = eval_transform(img_size, mean, std, crop_pct=1.0)
-    boxes = [q["bbx"] for q in gnd.gnd]
-    qx, _ = extract_features(model, _RevisitopImages(root, gnd.qimlist, boxes, tf), device, batch_size)
-    dx, _ = extract_features(model, _RevisitopImages(root, gnd.imlist, None, tf), device, batch_size)
-    return {"dataset": found[0].stem.removeprefix("gnd_"), **revisitop_map(qx, dx, gnd)}
-
-
 # --- a run --------------------------------------------------------------------------------------
-
-_GAP_KEYS = ("linear_probe_top1", "linear_probe_top5", "knn_top1", "retrieval_map")
-
 
 def evaluate_run(
     run: str | Path | None = None,
@@ -515,7 +414,7 @@ def evaluate_run(
     pool: Pool = "cls",
     revisitop: Sequence[str | Path] = (),
     batch_size: int = 256,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Evaluate a run's student (and its teacher) and write ``RUN/eval.json``.
 
     The student's results are the top-level keys (``linear_probe_top1``, ``knn_top1``,
@@ -531,9 +430,11 @@ def evaluate_run(
         revisitop: prepared revisitop dataset folders to add Easy/Medium/Hard mAP for.
         batch_size: images per forward pass.
     """
-    from leapkit.models import create_teacher
-    from leapkit.run import CONFIG, STUDENT, load_student, read_run_config, resolve_run, write_json
+    from leapkit.models import create_teacher, normalization
+    from leapkit.revisitop import evaluate_revisitop
+    from leapkit.run import CONFIG, STUDENT, load_student, read_run_config, resolve_run
 
+    device = resolve_device(device)
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
     cfg = read_run_config(run_dir)
     train_ds, val_ds = labelled_splits(cfg, root=data)
@@ -541,31 +442,31 @@ def evaluate_run(
     models: dict[str, nn.Module] = {"student": load_student(run_dir)}
     if teacher:
         try:
-            models["teacher"] = create_teacher(
-                cfg.model.teacher, cfg.model.img_size, weights=cfg.model.teacher_weights, pretrained=cfg.model.teacher_weights is None
-            )
+            m, weights = cfg.model, cfg.model.teacher_weights
+            models["teacher"] = create_teacher(m.teacher, m.img_size, weights=weights, pretrained=weights is None)
         except ModelError as e:
             raise ModelError(f"{e}; or skip the teacher with --no-teacher") from e
 
     # The digits live in memory; image folders are decoded by workers, never more than the CPUs.
     workers = 0 if data is None and cfg.data.source == "digits" else min(cfg.data.workers, os.cpu_count() or 1)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, EvalReport] = {}
     for role, model in models.items():
         log.info("evaluating the %s on %d train / %d val images", role, len(train_ds), len(val_ds))
-        res = evaluate_model(
-            model, train_ds, val_ds, device=device, pool=pool, batch_size=batch_size, seed=cfg.train.seed, workers=workers
+        res = EvalReport.from_dict(
+            evaluate_model(model, train_ds, val_ds, device, pool, batch_size, seed=cfg.train.seed, workers=workers)
         )
         if revisitop:
-            res["revisitop"] = {}
+            res.revisitop = {}
             for folder in revisitop:
                 r = evaluate_revisitop(model, folder, cfg.model.img_size, mean, std, device=device)
-                res["revisitop"][r.pop("dataset")] = r
+                res.revisitop[r.pop("dataset")] = r
         results[role] = res
         models[role] = model.cpu()
 
-    out: dict[str, Any] = {**results["student"], "data": str(data) if data is not None else (cfg.data.path or cfg.data.source)}
-    if "teacher" in results:
-        out["teacher"] = results["teacher"]
-        out["gap"] = {k: round(results["teacher"][k] - results["student"][k], 4) for k in _GAP_KEYS}
-    write_json(run_dir / EVAL, out)
-    return out
+    report = results["student"]
+    report.data = str(data) if data is not None else (cfg.data.path or cfg.data.source)
+    report.teacher = results.get("teacher")
+    if report.teacher is not None:
+        report.gap = {key: round(getattr(report.teacher, key) - getattr(report, key), 4) for _, key in _HEADLINE}
+    report.save(folder=run_dir)
+    return report

@@ -1,13 +1,7 @@
-"""FLOPs accounting: model costs counted with fvcore, and the training cost of a run.
+"""The training cost of a run in FLOPs, against the fixed-target baseline, and its flops.json record.
 
-Units. fvcore counts one fused multiply-add as one "flop"; leapkit calls that a MAC and reports
-FLOPs = 2 x MACs next to it. Every figure says which one it is. Conventions, as in fvcore:
-matrix products, convolutions and attention count; LayerNorm counts 5 MACs per element (fvcore's
-rule); element-wise ops (GELU, softmax, residual adds, LayerScale) count zero.
-
-fvcore has no handle for ``aten::scaled_dot_product_attention`` and would silently skip it, the
-O(N^2) part of a ViT. leapkit registers one: Q K^T and the product with V cost
-B * H * N_q * N_kv * (d_qk + d_v) MACs.
+Units: MACs count one multiply-add; FLOPs = 2 x MACs (fvcore's "flop" is a MAC); every figure says
+which one it is. Models are counted by :mod:`leapkit.macs`.
 
 Training cost of a run, from what metrics.jsonl says was executed step by step (b images):
 
@@ -26,291 +20,116 @@ L teacher blocks every step, no calibration, no CKA.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import warnings
-import weakref
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from leapkit.config import Config
 from leapkit.errors import RunError
+from leapkit.macs import (  # noqa: F401  (re-exported: leapkit.flops is where callers look for model costs)
+    FLOPS_PER_MAC,
+    activation_bytes,
+    fvcore_macs,
+    model_flops,
+    params_of,
+    teacher_block_flops,
+    vit_closed_form_macs,
+)
+from leapkit.records import Record
+from leapkit.tables import Table, si
+from leapkit.types import Metric, Mode
 
 log = logging.getLogger(__name__)
 
 FLOPS = "flops.json"
-FLOPS_PER_MAC = 2
 BACKWARD_FACTOR = 2  # backward ~ 2 x forward
-LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine LayerNorm
 UNITS = (
     "MACs count one multiply-add; FLOPs = 2 x MACs (fvcore's 'flop' is a MAC). "
     "Training: student and head backward counted as 2 x their forward; the teacher runs forward only."
 )
 
 
-# --- counting a module --------------------------------------------------------------------------
+# --- the record ---------------------------------------------------------------------------------
 
 
-def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for aten::scaled_dot_product_attention: Q K^T plus (softmax) V."""
-    from fvcore.nn.jit_handles import get_shape
+@dataclass
+class Parts(Record):
+    """A training cost by component (MACs or FLOPs, as the holder says)."""
 
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+    teacher: int = 0
+    student: int = 0
+    head: int = 0
+    signal: int = 0  # the curriculum's CKA (or cosine)
+    calibration: int = 0
 
+    def total(self) -> int:
+        return self.teacher + self.student + self.head + self.signal + self.calibration
 
-class _ForwardFeatures(nn.Module):
-    """The backbone as export and training use it: ``forward_features`` (tokens, no head)."""
+    def scaled(self, factor: int) -> Parts:
+        return Parts(**{f.name: factor * getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
-
-
-def fvcore_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, dict[str, int]]:
-    """MACs of one forward of ``module`` on ``inputs``: the total and the count per submodule.
-
-    Args:
-        module: any module; it runs once under fvcore's JIT trace.
-        inputs: its positional input(s).
-    """
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notices (import and trace)
-        from fvcore.nn import FlopCountAnalysis
-
-        analysis = FlopCountAnalysis(module, inputs).set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        total = int(analysis.total())
-    return total, {k: int(v) for k, v in analysis.by_module().items()}
+    def items(self) -> list[tuple[str, int]]:
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"]
 
 
-@contextmanager
-def _materialised(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> Iterator[nn.Module]:
-    """Give meta-device parameters and buffers zero-filled CPU tensors for the duration.
+@dataclass
+class Breakdown(Record):
+    """Training FLOPs by component, for the run as executed and for its fixed-target baseline."""
 
-    Counting needs the shapes, not the values: a giant teacher built on the meta device is counted
-    part by part (``skip`` leaves its blocks on meta) without ever being held in memory.
-
-    Args:
-        module: the module; tensors that are not on the meta device are left alone.
-        skip: submodules whose tensors stay as they are.
-    """
-    skipped = {id(m) for s in skip for m in s.modules()}
-    swapped: list[tuple[dict[str, Any], str, Any]] = []
-    for mod in module.modules():
-        if id(mod) in skipped:
-            continue
-        for table in (mod._parameters, mod._buffers):
-            for name, t in table.items():
-                if t is not None and t.is_meta:
-                    real = torch.zeros(t.shape, dtype=t.dtype)
-                    swapped.append((table, name, t))
-                    table[name] = nn.Parameter(real, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else real
-    try:
-        yield module
-    finally:
-        for table, name, t in swapped:
-            table[name] = t
+    run: Parts
+    baseline: Parts
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+@dataclass
+class TeacherCost(Record):
+    """The teacher's inference cost per image, with its per-part MACs."""
+
+    name: str
+    params: int
+    inference_flops: int
+    inference_macs: int
+    embed_macs: int
+    block_macs: list[int]
+    norm_macs: int
 
 
-def params_of(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+@dataclass
+class FlopsReport(Record):
+    """``RUN/flops.json``: training FLOPs of a run against the fixed-target baseline, and inference cost.
 
-
-class _PeakMemory(TorchDispatchMode):
-    """Peak bytes of live tensors created during a forward (parameters excluded).
-
-    Every op's outputs are tracked by storage; a storage stops counting when its last tensor is
-    freed. Views share their base's storage and cost nothing.
+    ``train_flops_leap`` is the LEAP run's training FLOPs (null for a baseline run, as is the
+    saving); ``train_flops_run`` is the run's, whatever its mode. FLOPs = 2 x MACs, MACs beside.
     """
 
-    def __init__(self, external: list[torch.Tensor]):
-        super().__init__()
-        self._refs: dict[int, int] = {}
-        self._external = {t.untyped_storage()._cdata for t in external}
-        self.live = 0
-        self.peak = 0
+    FILE: ClassVar[str] = FLOPS
 
-    def add(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        key, nbytes = storage._cdata, storage.nbytes()
-        if key in self._external:
-            return
-        if key not in self._refs:
-            self._refs[key] = 0
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        self._refs[key] += 1
-        weakref.finalize(t, self._release, key, nbytes)
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self._refs[key] -= 1
-        if self._refs[key] == 0:
-            del self._refs[key]
-            self.live -= nbytes
-
-    def __torch_dispatch__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and not t.is_meta:
-                self.add(t)
-        return out
-
-
-def activation_bytes(model: nn.Module, img_size: int, batch: int = 1) -> int:
-    """Peak activation memory of one inference forward (``forward_features``), input included.
-
-    Measured by tracking every tensor the forward creates, so it reflects the actual kernels
-    (a fused attention never holds the N x N matrix). Weights are not included.
-
-    Args:
-        model: a timm ViT.
-        img_size: input resolution.
-        batch: images per forward.
-    """
-    with _materialised(model):
-        x = torch.zeros(batch, 3, img_size, img_size, device=_device_of(model))
-        mode = _PeakMemory([*model.parameters(), *model.buffers()])
-        mode.add(x)
-        with torch.inference_mode(), mode:
-            model.forward_features(x)
-        return mode.peak
-
-
-def model_flops(model: nn.Module, img_size: int, batch: int = 1, memory: bool = True) -> dict[str, Any]:
-    """Inference cost of a backbone's ``forward_features`` at ``img_size``.
-
-    Returns ``macs`` and ``flops`` (= 2 x MACs) for the batch, ``params``, and with ``memory``
-    the peak ``activation_bytes`` of that forward.
-
-    Args:
-        model: a timm ViT (may live on the meta device).
-        img_size: input resolution.
-        batch: images per forward.
-        memory: also measure the activation memory.
-    """
-    was_training = model.training
-    model.eval()
-    with _materialised(model):
-        x = torch.zeros(batch, 3, img_size, img_size, device=_device_of(model))
-        macs, _ = fvcore_macs(_ForwardFeatures(model), x)
-    out: dict[str, Any] = {"img_size": img_size, "batch": batch, "macs": macs, "flops": FLOPS_PER_MAC * macs, "params": params_of(model)}
-    if memory:
-        out["activation_bytes"] = activation_bytes(model, img_size, batch)
-    model.train(was_training)
-    return out
-
-
-class _Embed(nn.Module):
-    """The teacher's token embedding: patch embedding, position embedding and prefix tokens."""
-
-    def __init__(self, vit: nn.Module):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.vit
-        return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
-
-
-def teacher_block_flops(teacher: nn.Module, img_size: int) -> dict[str, Any]:
-    """Per-part MACs of one image through a ViT: embedding, each block, final norm.
-
-    The parts are counted one at a time (a meta-device teacher is materialised part by part);
-    identical blocks are counted once. FLOPs = 2 x MACs.
-
-    Returns ``embed_macs``, ``block_macs`` (list, block 1 first), ``norm_macs``, ``total_macs``,
-    ``total_flops``, ``num_blocks``, ``tokens``, ``dim`` and ``params``.
-
-    Args:
-        teacher: a timm VisionTransformer (may live on the meta device).
-        img_size: input resolution.
-    """
-    teacher.eval()
-    with _materialised(teacher, skip=tuple(teacher.blocks)):
-        x = torch.zeros(1, 3, img_size, img_size, device=_device_of(teacher))
-        embed_macs, _ = fvcore_macs(_Embed(teacher), x)
-        with torch.no_grad():
-            tokens = _Embed(teacher)(x)
-        block_macs: list[int] = []
-        cache: dict[str, int] = {}
-        for blk in teacher.blocks:
-            key = repr(blk)
-            if key not in cache:
-                with _materialised(blk):
-                    cache[key], _ = fvcore_macs(blk, tokens)
-            block_macs.append(cache[key])
-        norm_macs, _ = fvcore_macs(teacher.norm, tokens)
-    total = embed_macs + sum(block_macs) + norm_macs
-    return {
-        "img_size": img_size,
-        "tokens": int(tokens.shape[1]),
-        "dim": int(tokens.shape[2]),
-        "num_blocks": len(block_macs),
-        "embed_macs": embed_macs,
-        "block_macs": block_macs,
-        "norm_macs": norm_macs,
-        "total_macs": total,
-        "total_flops": FLOPS_PER_MAC * total,
-        "params": params_of(teacher),
-    }
-
-
-def vit_closed_form_macs(
-    img_size: int,
-    patch_size: int,
-    dim: int,
-    depth: int,
-    mlp_hidden: int | None = None,
-    gated_mlp: bool = False,
-    prefix_tokens: int = 1,
-    in_chans: int = 3,
-    layernorm: bool = True,
-) -> int:
-    """MACs of a standard ViT forward (batch 1) from its shape, without running it.
-
-    Per block with N tokens of width D and MLP width H: qkv 3 N D^2, attention 2 N^2 D, output
-    projection N D^2, MLP 2 N D H (3 N D H when gated, as DINOv2 ViT-G's SwiGLU), two LayerNorms
-    of 5 N D each. Plus the patch embedding (patches x 3 p^2 x D) and the final LayerNorm.
-
-    Args:
-        img_size: input resolution.
-        patch_size: patch side.
-        dim: token width D.
-        depth: number of blocks.
-        mlp_hidden: MLP hidden width H (default 4 D).
-        gated_mlp: the first MLP layer produces 2 H (gate and value).
-        prefix_tokens: CLS and register tokens.
-        in_chans: input channels.
-        layernorm: count LayerNorms with fvcore's 5 MACs per element.
-    """
-    patches = (img_size // patch_size) ** 2
-    n = patches + prefix_tokens
-    hidden = 4 * dim if mlp_hidden is None else mlp_hidden
-    norm = LAYERNORM_MACS_PER_ELEMENT * n * dim if layernorm else 0
-    mlp = (3 if gated_mlp else 2) * n * dim * hidden
-    block = 3 * n * dim * dim + 2 * n * n * dim + n * dim * dim + mlp + 2 * norm
-    return patches * in_chans * patch_size * patch_size * dim + depth * block + norm
-
-
-# --- training cost of a run ---------------------------------------------------------------------
+    units: str
+    curriculum: Mode
+    metric: Metric
+    img_size: int
+    steps: int
+    images: int
+    train_flops_leap: int | None
+    train_flops_baseline: int
+    train_flops_saving_pct: float | None
+    train_flops_run: int
+    train_macs_leap: int | None
+    train_macs_baseline: int
+    train_macs_run: int
+    train_flops_breakdown: Breakdown
+    student_inference_flops: int
+    student_inference_macs: int
+    student_params: int
+    export_batch: int
+    student_inference_flops_export_batch: int
+    student_activation_bytes: dict[str, int]  # batch (as a string) -> peak bytes of one forward
+    teacher: TeacherCost
+    per_image_macs: dict[str, int] = field(default_factory=dict)  # student_forward, head_forward, <metric>
 
 
 @dataclass(frozen=True)
@@ -356,13 +175,25 @@ def step_costs(cfg: Config) -> tuple[StepCosts, dict[str, Any], dict[str, Any]]:
     return StepCosts(upto, s["macs"], head, signal), t, s
 
 
+@dataclass
+class TrainCost:
+    """Training MACs of a list of steps: the total, by component and per step."""
+
+    parts: Parts
+    per_step: list[int]
+
+    @property
+    def total(self) -> int:
+        return self.parts.total()
+
+
 def train_macs(
     steps: list[dict[str, Any]],
     costs: StepCosts,
-    schedule: Literal["leap", "baseline"],
+    schedule: Mode,
     calibration_images: int = 0,
     default_images: int = 1,
-) -> dict[str, Any]:
+) -> TrainCost:
     """Training MACs of a list of steps under a schedule: total, per component and per step.
 
     Args:
@@ -375,24 +206,26 @@ def train_macs(
         default_images: images per step when a record does not say.
     """
     L, fwd_bwd, leap = costs.num_blocks, 1 + BACKWARD_FACTOR, schedule == "leap"
-    parts = {"teacher": 0, "student": 0, "head": 0, "signal": 0, "calibration": 0}
+    parts = Parts()
     per_step: list[int] = []
     for rec in steps:
         b = int(rec.get("images", default_images))
         k = int(rec.get("teacher_blocks_run", rec.get("target_block", L))) if leap else L
-        step = {
-            "teacher": b * costs.teacher_upto[min(max(k, 0), L)],
-            "student": b * fwd_bwd * costs.student_fwd,
-            "head": b * fwd_bwd * costs.head_fwd,
-            "signal": b * costs.signal if leap else 0,
-        }
+        step = Parts(
+            teacher=b * costs.teacher_upto[min(max(k, 0), L)],
+            student=b * fwd_bwd * costs.student_fwd,
+            head=b * fwd_bwd * costs.head_fwd,
+            signal=b * costs.signal if leap else 0,
+        )
         for name, v in step.items():
-            parts[name] += v
-        per_step.append(sum(step.values()))
+            setattr(parts, name, getattr(parts, name) + v)
+        per_step.append(step.total())
     if leap:
         # One pass through all L blocks, the student and the head, and a CKA per block.
-        parts["calibration"] = calibration_images * (costs.teacher_upto[L] + costs.student_fwd + costs.head_fwd + L * costs.signal)
-    return {"total": sum(parts.values()), "parts": parts, "per_step": per_step}
+        parts.calibration = calibration_images * (
+            costs.teacher_upto[L] + costs.student_fwd + costs.head_fwd + L * costs.signal
+        )
+    return TrainCost(parts, per_step)
 
 
 def _read_run(run: str | Path | None) -> tuple[Path, Config, list[dict[str, Any]], int]:
@@ -403,28 +236,33 @@ def _read_run(run: str | Path | None) -> tuple[Path, Config, list[dict[str, Any]
     cfg = read_run_config(run_dir)
     steps = read_metrics(run_dir)
     if not steps:
-        raise RunError(f"{run_dir / METRICS} records no steps; the run did not train, start it again with `leapkit distill`")
+        raise RunError(
+            f"{run_dir / METRICS} records no steps; the run did not train, start it again with `leapkit distill`"
+        )
     curriculum = read_json(run_dir / CURRICULUM) if (run_dir / CURRICULUM).is_file() else {}
     calibration = curriculum.get("calibration") or {}
     return run_dir, cfg, steps, int(calibration.get("images", 0))
 
 
-def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool = True) -> dict[str, Any]:
+def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool = True) -> FlopsReport:
     """Training FLOPs of a run against the fixed-target baseline, and the student's inference cost.
 
-    Writes ``RUN/flops.json`` with ``train_flops_leap``, ``train_flops_baseline``,
-    ``train_flops_saving_pct``, ``student_inference_flops``, ``student_params``, the MACs beside
-    each, a breakdown by component, the teacher's per-block costs and the student's activation
-    memory. For a baseline run ``train_flops_leap`` and the saving are null.
+    Writes ``RUN/flops.json`` (:class:`FlopsReport`): ``train_flops_leap``,
+    ``train_flops_baseline``, ``train_flops_saving_pct``, ``student_inference_flops``,
+    ``student_params``, the MACs beside each, a breakdown by component, the teacher's per-block
+    costs and the student's activation memory. For a baseline run ``train_flops_leap`` and the
+    saving are null.
 
     Args:
         run: the run directory (default ``runs/latest``).
         export_batch: the batch the student is deployed at; activation memory and FLOPs are also
             given at this batch.
         write: write flops.json.
+
+    Raises:
+        RunError: the run is missing, did not train, or ``export_batch`` < 1.
     """
     from leapkit.models import create_student
-    from leapkit.run import write_json
 
     if export_batch < 1:
         raise RunError(f"the export batch must be >= 1, got {export_batch}")
@@ -433,53 +271,48 @@ def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool 
     mode = cfg.curriculum.mode
     executed = train_macs(steps, costs, mode, calibration_images, default_images=cfg.train.batch_size)
     baseline = train_macs(steps, costs, "baseline", default_images=cfg.train.batch_size)
-    leap = executed["total"] if mode == "leap" else None
-    saving = None if leap is None else round(100.0 * (1 - leap / baseline["total"]), 3)
+    leap = executed.total if mode == "leap" else None
+    saving = None if leap is None else round(100.0 * (1 - leap / baseline.total), 3)
     with torch.device("meta"):
         meta_student = create_student(cfg.model.student, cfg.model.img_size)
     memory = {str(b): activation_bytes(meta_student, cfg.model.img_size, b) for b in sorted({1, export_batch})}
 
-    def flops(v: int | None) -> int | None:
-        return None if v is None else FLOPS_PER_MAC * v
-
-    out: dict[str, Any] = {
-        "units": UNITS,
-        "curriculum": mode,
-        "metric": cfg.curriculum.metric,
-        "img_size": cfg.model.img_size,
-        "steps": len(steps),
-        "images": sum(int(r.get("images", cfg.train.batch_size)) for r in steps),
-        "train_flops_leap": flops(leap),
-        "train_flops_baseline": flops(baseline["total"]),
-        "train_flops_saving_pct": saving,
-        "train_flops_run": flops(executed["total"]),
-        "train_macs_leap": leap,
-        "train_macs_baseline": baseline["total"],
-        "train_macs_run": executed["total"],
-        "train_flops_breakdown": {
-            "run": {k: flops(v) for k, v in executed["parts"].items()},
-            "baseline": {k: flops(v) for k, v in baseline["parts"].items()},
-        },
-        "student_inference_flops": student["flops"],
-        "student_inference_macs": student["macs"],
-        "student_params": student["params"],
-        "export_batch": export_batch,
-        "student_inference_flops_export_batch": export_batch * student["flops"],
-        "student_activation_bytes": memory,
-        "teacher": {
-            "name": cfg.model.teacher,
-            "params": teacher["params"],
-            "inference_flops": FLOPS_PER_MAC * teacher["total_macs"],
-            "inference_macs": teacher["total_macs"],
-            "embed_macs": teacher["embed_macs"],
-            "block_macs": teacher["block_macs"],
-            "norm_macs": teacher["norm_macs"],
-        },
-        "per_image_macs": {"student_forward": costs.student_fwd, "head_forward": costs.head_fwd, cfg.curriculum.metric: costs.signal},
-    }
+    report = FlopsReport(
+        units=UNITS,
+        curriculum=mode,
+        metric=cfg.curriculum.metric,
+        img_size=cfg.model.img_size,
+        steps=len(steps),
+        images=sum(int(r.get("images", cfg.train.batch_size)) for r in steps),
+        train_flops_leap=None if leap is None else FLOPS_PER_MAC * leap,
+        train_flops_baseline=FLOPS_PER_MAC * baseline.total,
+        train_flops_saving_pct=saving,
+        train_flops_run=FLOPS_PER_MAC * executed.total,
+        train_macs_leap=leap,
+        train_macs_baseline=baseline.total,
+        train_macs_run=executed.total,
+        train_flops_breakdown=Breakdown(executed.parts.scaled(FLOPS_PER_MAC), baseline.parts.scaled(FLOPS_PER_MAC)),
+        student_inference_flops=student["flops"],
+        student_inference_macs=student["macs"],
+        student_params=student["params"],
+        export_batch=export_batch,
+        student_inference_flops_export_batch=export_batch * student["flops"],
+        student_activation_bytes=memory,
+        teacher=TeacherCost(
+            name=cfg.model.teacher,
+            params=teacher["params"],
+            inference_flops=FLOPS_PER_MAC * teacher["total_macs"],
+            inference_macs=teacher["total_macs"],
+            embed_macs=teacher["embed_macs"],
+            block_macs=teacher["block_macs"],
+            norm_macs=teacher["norm_macs"],
+        ),
+        per_image_macs={"student_forward": costs.student_fwd, "head_forward": costs.head_fwd,
+                        cfg.curriculum.metric: costs.signal},
+    )
     if write:
-        write_json(run_dir / FLOPS, out)
-    return out
+        report.save(folder=run_dir)
+    return report
 
 
 def cumulative_train_flops(run: str | Path | None = None) -> dict[str, list[int]]:
@@ -492,9 +325,52 @@ def cumulative_train_flops(run: str | Path | None = None) -> dict[str, list[int]
     costs, _, _ = step_costs(cfg)
     executed = train_macs(steps, costs, cfg.curriculum.mode, calibration_images, default_images=cfg.train.batch_size)
     baseline = train_macs(steps, costs, "baseline", default_images=cfg.train.batch_size)
-    run_curve = list(accumulate(executed["per_step"], initial=executed["parts"]["calibration"]))[1:]
+    run_curve = list(accumulate(executed.per_step, initial=executed.parts.calibration))[1:]
     return {
         "step": [int(r.get("step", i + 1)) for i, r in enumerate(steps)],
         "run": [FLOPS_PER_MAC * v for v in run_curve],
-        "baseline": [FLOPS_PER_MAC * v for v in accumulate(baseline["per_step"])],
+        "baseline": [FLOPS_PER_MAC * v for v in accumulate(baseline.per_step)],
     }
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+_LABELS = {
+    "teacher": "teacher forward",
+    "student": "student forward + backward",
+    "head": "head forward + backward",
+    "calibration": "calibration scan",
+}
+
+
+def train_flops_table(f: FlopsReport) -> Table:
+    """Training FLOPs by component, this run against the fixed-target baseline, with the saving."""
+    table = Table.of(
+        "component", f"this run ({f.curriculum}) FLOPs", "fixed-target baseline FLOPs",
+        title=f"training cost ({f.steps:,} steps, {f.images:,} images, {f.img_size} px)", caption=f.units,
+        right=(f"this run ({f.curriculum}) FLOPs", "fixed-target baseline FLOPs"),
+    )
+    run, base = f.train_flops_breakdown.run, f.train_flops_breakdown.baseline
+    for name, value in run.items():
+        label = f"curriculum {f.metric}" if name == "signal" else _LABELS.get(name, name)
+        table.add(label, si(value), si(getattr(base, name)))
+    table.add("total", si(f.train_flops_run), si(f.train_flops_baseline), style="bold")
+    saving = f.train_flops_saving_pct
+    table.add("saving", "- (baseline run)" if saving is None else f"{saving:.1f} %", "", style="bold")
+    return table
+
+
+def inference_table(f: FlopsReport) -> Table:
+    """Parameters, MACs, FLOPs and activation memory per image of the student and the teacher."""
+    t = f.teacher
+    blocks = t.block_macs
+    per_block = f"{si(blocks[0])} each" if len(set(blocks)) == 1 else ", ".join(si(b) for b in blocks)
+    caption = (f"teacher MACs per image: embedding {si(t.embed_macs)}, {len(blocks)} blocks of {per_block}, "
+               f"final norm {si(t.norm_macs)}")
+    table = Table.of("model", "params", "MACs / image", "FLOPs / image", "activations",
+                     title="inference cost (forward_features)", caption=caption,
+                     right=("params", "MACs / image", "FLOPs / image", "activations"))
+    memory = ", ".join(f"{si(v, 'B')} @ batch {b}" for b, v in f.student_activation_bytes.items())
+    table.add("student", si(f.student_params), si(f.student_inference_macs), si(f.student_inference_flops), memory)
+    table.add(f"teacher {t.name}", si(t.params), si(t.inference_macs), si(t.inference_flops), "")
+    return table

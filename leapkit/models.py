@@ -115,7 +115,9 @@ def load_weights(model: VisionTransformer, path: str | Path, role: str = "model"
     if not path.is_file():
         raise ModelError(f"{role} weights file not found: {path}; check the path passed to --teacher-weights")
     if path.suffix != ".safetensors":
-        raise ModelError(f"{role} weights must be a .safetensors file, got {path.name}; convert it with safetensors.torch.save_file")
+        raise ModelError(
+            f"{role} weights must be a .safetensors file, got {path.name}; convert it with safetensors.torch.save_file"
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -172,7 +174,10 @@ def check_pair(teacher: VisionTransformer, student: VisionTransformer, img_size:
             )
     (th, tw), (sh, sw) = grid_size(teacher), grid_size(student)
     if th * sw != tw * sh:
-        raise ModelError(f"teacher grid {th}x{tw} and student grid {sh}x{sw} have different aspect ratios; use square inputs for both")
+        raise ModelError(
+            f"teacher grid {th}x{tw} and student grid {sh}x{sw} have different aspect ratios; "
+            "use square inputs for both"
+        )
 
 
 class Tokens(NamedTuple):

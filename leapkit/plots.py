@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from leapkit.errors import MissingDependency, RunError
-from leapkit.run import CONFIG, CURRICULUM, METRICS, atomic_write_bytes, read_json, read_metrics, read_run_config, resolve_run
+from leapkit.run import (
+    CONFIG,
+    CURRICULUM,
+    METRICS,
+    atomic_write_bytes,
+    read_json,
+    read_metrics,
+    read_run_config,
+    resolve_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +113,11 @@ def plot_curriculum(run_dir: Path, out: Path | None = None) -> Path:
     cfg = read_run_config(run_dir)
     metric = "CKA" if cfg.curriculum.metric == "cka" else "cosine"
 
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 5.6), height_ratios=(1, 1.3), constrained_layout=True)
-    top.plot(step, [r["target_block"] for r in recs], drawstyle="steps-pre", color="tab:blue", linewidth=2, label="target block")
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(8, 5.6), height_ratios=(1, 1.3), constrained_layout=True
+    )
+    top.plot(step, [r["target_block"] for r in recs], drawstyle="steps-pre", color="tab:blue", linewidth=2,
+             label="target block")
     top.set_ylim(0.5, num_blocks + 0.5)
     top.set_yticks(range(1, num_blocks + 1, max(1, math.ceil(num_blocks / 12))))
     top.set_ylabel(f"teacher block (of {num_blocks})")
@@ -112,26 +125,32 @@ def plot_curriculum(run_dir: Path, out: Path | None = None) -> Path:
     start = calibration.get("start_block") if calibration.get("scores") else None
     mode = cur.get("mode", cfg.curriculum.mode)
     for ev in level_ups:
-        top.annotate(f"{ev['from_block']}{ARROW.strip()}{ev['to_block']}", (ev["step"], ev["to_block"]), textcoords="offset points",
-                     xytext=(3, 3), fontsize=7, color=_LEVEL_UP_COLOR)
+        top.annotate(f"{ev['from_block']}{ARROW.strip()}{ev['to_block']}", (ev["step"], ev["to_block"]),
+                     textcoords="offset points", xytext=(3, 3), fontsize=7, color=_LEVEL_UP_COLOR)
     _mark_level_ups(top, level_ups, label=True)
     top.legend(loc="lower right", fontsize=8)
     if mode == "leap":
         visited = ARROW.join(map(str, cur.get("blocks_visited", []))) or "-"
-        title = f"LEAP curriculum: blocks {visited}" + (f" (calibration picked block {start})" if start is not None else "")
+        picked = f" (calibration picked block {start})" if start is not None else ""
+        title = f"LEAP curriculum: blocks {visited}{picked}"
     else:
         title = f"fixed-target baseline: block {num_blocks} every step ({metric} logged for monitoring only)"
     top.set_title(title, fontsize=10)
     top.grid(alpha=0.3)
 
     alpha = float(cur.get("ema_alpha", cfg.curriculum.ema_alpha))
+    key = cfg.curriculum.metric
+    scores = [r.get(key, r.get("cka")) for r in recs]
     if alpha < 1:
-        bottom.plot(step, [r["cka"] for r in recs], color="tab:gray", alpha=0.45, linewidth=0.8, label=f"{metric} per step")
-        bottom.plot(step, [r["ema_cka"] for r in recs], color="tab:green", linewidth=1.6, label=f"EMA (alpha {alpha:g})")
+        ema = [r.get(f"ema_{key}", r.get("ema_cka")) for r in recs]
+        bottom.plot(step, scores, color="tab:gray", alpha=0.45, linewidth=0.8, label=f"{metric} per step")
+        bottom.plot(step, ema, color="tab:green", linewidth=1.6, label=f"EMA (alpha {alpha:g})")
     else:
-        bottom.plot(step, [r["cka"] for r in recs], color="tab:green", linewidth=1.4, label=f"{metric} per step (EMA alpha 1: unsmoothed)")
+        bottom.plot(step, scores, color="tab:green", linewidth=1.4,
+                    label=f"{metric} per step (EMA alpha 1: unsmoothed)")
     if mode == "leap":
-        bottom.axhline(cfg.curriculum.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {cfg.curriculum.threshold:g}")
+        threshold = cfg.curriculum.threshold
+        bottom.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     _mark_level_ups(bottom, level_ups, label=False)
     bottom.set_xlabel("optimizer step")
     bottom.set_ylabel(f"{metric} (projected student vs target)")
@@ -160,9 +179,10 @@ def plot_train_flops(run_dir: Path, out: Path | None = None) -> Path:
     base_y = [v / factor for v in curves["baseline"]]
 
     fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
-    ax.plot(step, base_y, color="tab:orange", linewidth=1.8, linestyle="--", label="fixed-target baseline (all blocks every step)")
+    ax.plot(step, base_y, color="tab:orange", linewidth=1.8, linestyle="--",
+            label="fixed-target baseline (all blocks every step)")
     ax.plot(step, run_y, color="tab:blue", linewidth=2, label=f"this run ({mode}, as executed)")
-    below = [r < b for r, b in zip(run_y, base_y)]
+    below = [r < b for r, b in zip(run_y, base_y, strict=True)]
     if mode == "leap" and any(below):
         ax.fill_between(step, run_y, base_y, where=below, color="tab:blue", alpha=0.12, label="saved")
     _mark_level_ups(ax, cur.get("level_ups", []), label=True)
@@ -171,7 +191,8 @@ def plot_train_flops(run_dir: Path, out: Path | None = None) -> Path:
     else:
         saving = 100.0 * (1 - curves["run"][-1] / curves["baseline"][-1])
         verdict = f"{saving:.1f}% fewer than the baseline" if saving >= 0 else f"{-saving:.1f}% more than the baseline"
-    ax.set_title(f"cumulative training FLOPs: {run_y[-1]:.3g} vs {base_y[-1]:.3g} {prefix}FLOPs ({verdict})", fontsize=10)
+    ax.set_title(f"cumulative training FLOPs: {run_y[-1]:.3g} vs {base_y[-1]:.3g} {prefix}FLOPs ({verdict})",
+                 fontsize=10)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"{prefix}FLOPs (2 x MACs)")
     ax.legend(loc="upper left", fontsize=8)
@@ -196,7 +217,8 @@ def plot_loss(run_dir: Path, out: Path | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
     if window > 1:
         ax.plot(step, loss, color="tab:gray", alpha=0.4, linewidth=0.8, label="loss per step")
-        ax.plot(step, _smooth(loss, window), color="tab:purple", linewidth=1.8, label=f"moving average ({window} steps)")
+        ax.plot(step, _smooth(loss, window), color="tab:purple", linewidth=1.8,
+                label=f"moving average ({window} steps)")
     else:
         ax.plot(step, loss, color="tab:purple", linewidth=1.6, label="loss per step")
     _mark_level_ups(ax, cur.get("level_ups", []), label=True)

@@ -11,25 +11,21 @@ A family name (``jetson``, ``cpu``, ``gpu``) resolves to that family's default p
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from leapkit import config
+from leapkit import config, schema
 from leapkit.errors import ConfigError
+from leapkit.types import FAMILIES, PRECISIONS, STATS, TARGET_RUNTIMES, Family, Precision, Stat, TargetRuntime
 
-Family = Literal["jetson", "cpu", "gpu"]
-Runtime = Literal["tensorrt", "onnxruntime"]
-Precision = Literal["fp32", "fp16", "int8"]
-Stat = Literal["min", "mean", "p50", "p90", "p95", "p99", "max"]
-
-FAMILIES: tuple[str, ...] = get_args(Family)
-RUNTIMES: tuple[str, ...] = get_args(Runtime)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-STATS: tuple[str, ...] = get_args(Stat)
+__all__ = [
+    "FAMILIES", "FAMILY_DEFAULTS", "PRECISIONS", "STATS", "TARGET_RUNTIMES", "Family", "Precision", "Stat",
+    "TargetProfile", "TargetRuntime", "kind_of", "list_recipes", "list_targets", "load_target", "target_path",
+    "targets_dir", "validate_recipe", "validate_target",
+]
 
 # The one place where a family name maps to a profile. The smallest device of a family is its
 # default: a model that meets the budget there meets it on the larger members.
@@ -51,12 +47,12 @@ class TargetProfile:
     name: str
     family: Family
     description: str
-    runtime: Runtime
+    runtime: TargetRuntime
     precision: Precision
     precisions: tuple[Precision, ...]
     batch: int
     input_size: int | None  # None: the run's training resolution
-    peak_tops: dict[str, float | None]
+    peak_tops: dict[Precision, float | None]
     memory_bandwidth_gbs: float
     memory_gb: float
     jetpack: str | None
@@ -91,8 +87,7 @@ class TargetProfile:
         return d
 
 
-_REQUIRED = {f.name for f in fields(TargetProfile) if f.name != "path"} - {"budget_stat", "workspace_mb", "threads", "notes"}
-_KNOWN = {f.name for f in fields(TargetProfile) if f.name != "path"}
+_NOT_IN_FILE = ("path",)
 _VERSION = re.compile(r"^\d+(\.(\d+|x))*$")
 
 
@@ -117,7 +112,9 @@ def target_path(name_or_path: str | Path) -> Path:
     if path.suffix in (".yaml", ".yml"):
         if path.is_file():
             return path
-        raise ConfigError(f"target profile file not found: {path}; pass an existing .yaml file or a shipped name ({_known_line()})")
+        raise ConfigError(
+            f"target profile file not found: {path}; pass an existing .yaml file or a shipped name ({_known_line()})"
+        )
     name = FAMILY_DEFAULTS.get(str(name_or_path), str(name_or_path))
     shipped = targets_dir() / f"{name}.yaml"
     if shipped.is_file():
@@ -125,92 +122,72 @@ def target_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"unknown target '{name_or_path}'; {_known_line()}")
 
 
-def _problems(data: dict[str, Any], stem: str | None) -> list[str]:
-    """Every problem with one profile's values, each a line saying what would be valid."""
+def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
+    """Every problem with the values of one profile whose keys and types fit, one line each."""
     p: list[str] = []
-    for key in sorted(set(data) - _KNOWN):
-        p.append(f"unknown key '{key}'; known: {', '.join(sorted(_KNOWN))}")
-    for key in sorted(_REQUIRED - set(data)):
-        p.append(f"missing key '{key}'")
 
-    def check(key: str, ok: Any, want: str) -> None:
-        if key in data and not ok(data[key]):
-            p.append(f"{key} must be {want}, got {data[key]!r}")
+    def need(key: str, ok: Any, want: str) -> None:
+        if key in v and v[key] is not None and not ok(v[key]):
+            p.append(f"{key} must be {want}, got {v[key]!r}")
 
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def pos_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    def choice(opts: tuple[str, ...]) -> tuple[Any, str]:
-        return (lambda v: v in opts), f"one of {'|'.join(opts)}"
-
-    check("name", lambda v: isinstance(v, str) and v != "", "a non-empty string")
-    if stem is not None and isinstance(data.get("name"), str) and data["name"] != stem:
-        p.append(f"name '{data['name']}' must match the file name '{stem}.yaml'")
-    check("description", lambda v: isinstance(v, str), "a string")
-    check("notes", lambda v: v is None or isinstance(v, str), "a string")
-    check("family", *choice(FAMILIES))
-    check("runtime", *choice(RUNTIMES))
-    check("precision", *choice(PRECISIONS))
-    check("budget_stat", *choice(STATS))
-    check("precisions", lambda v: isinstance(v, list) and v and all(x in PRECISIONS for x in v) and len(set(v)) == len(v),
-          f"a non-empty list of distinct values from {'|'.join(PRECISIONS)}")
-    check("batch", pos_int, "an integer >= 1")
-    check("input_size", lambda v: v is None or (pos_int(v) and v >= 8), "an integer >= 8, or null for the run's resolution")
-    check("memory_bandwidth_gbs", lambda v: number(v) and v > 0, "a number > 0 (GB/s)")
-    check("memory_gb", lambda v: number(v) and v > 0, "a number > 0 (GB)")
-    check("latency_budget_ms", lambda v: number(v) and v > 0, "a number > 0 (ms)")
-    check("workspace_mb", lambda v: v is None or pos_int(v), "an integer >= 1 (MB) or null")
-    check("threads", lambda v: v is None or pos_int(v), "an integer >= 1 or null (all cores)")
+    need("name", lambda x: x != "", "a non-empty string")
+    if stem is not None and v.get("name") and v["name"] != stem:
+        p.append(f"name '{v['name']}' must match the file name '{stem}.yaml'")
+    need("precisions", lambda x: x and len(set(x)) == len(x),
+         f"a non-empty list of distinct values from {'|'.join(PRECISIONS)}")
+    need("batch", lambda x: x >= 1, "an integer >= 1")
+    need("input_size", lambda x: x >= 8, "an integer >= 8, or null for the run's resolution")
+    need("memory_bandwidth_gbs", lambda x: x > 0, "a number > 0 (GB/s)")
+    need("memory_gb", lambda x: x > 0, "a number > 0 (GB)")
+    need("latency_budget_ms", lambda x: x > 0, "a number > 0 (ms)")
+    need("workspace_mb", lambda x: x >= 1, "an integer >= 1 (MB) or null")
+    need("threads", lambda x: x >= 1, "an integer >= 1 or null (all cores)")
     for key in ("jetpack", "tensorrt"):
-        check(key, lambda v: v is None or (isinstance(v, str) and _VERSION.match(v)), 'a quoted version such as "10.3", or null')
+        need(key, _VERSION.match, 'a quoted version such as "10.3", or null')
 
-    peak = data.get("peak_tops")
-    if "peak_tops" in data:
-        if not isinstance(peak, dict):
-            p.append(f"peak_tops must be a mapping of {'|'.join(PRECISIONS)} to TFLOPS/TOPS, got {peak!r}")
-            peak = None
-        else:
-            for key in sorted(set(peak) - set(PRECISIONS)):
-                p.append(f"peak_tops.{key} is not a precision; use {'|'.join(PRECISIONS)}")
-            for key in PRECISIONS:
-                if key not in peak:
-                    p.append(f"peak_tops.{key} is missing (use null when the hardware has no fast path)")
-                elif peak[key] is not None and not (number(peak[key]) and peak[key] > 0):
-                    p.append(f"peak_tops.{key} must be a number > 0 or null, got {peak[key]!r}")
+    peak = v.get("peak_tops")
+    if peak is not None:
+        for key in sorted(set(peak) - set(PRECISIONS)):
+            p.append(f"peak_tops.{key} is not a precision; use {'|'.join(PRECISIONS)}")
+        for key in PRECISIONS:
+            if key not in peak:
+                p.append(f"peak_tops.{key} is missing (use null when the hardware has no fast path)")
+            elif peak[key] is not None and not peak[key] > 0:
+                p.append(f"peak_tops.{key} must be a number > 0 or null, got {peak[key]!r}")
 
-    precisions = data.get("precisions") if isinstance(data.get("precisions"), list) else None
-    if precisions is not None and data.get("precision") in PRECISIONS and data["precision"] not in precisions:
-        p.append(f"precision '{data['precision']}' is not in precisions {precisions}")
-    if precisions is not None and isinstance(peak, dict):
+    precisions = v.get("precisions")
+    if precisions is not None and "precision" in v and v["precision"] not in precisions:
+        p.append(f"precision '{v['precision']}' is not in precisions {list(precisions)}")
+    if precisions is not None and peak is not None:
         for prec in precisions:
-            if prec in PRECISIONS and peak.get(prec) is None:
+            if peak.get(prec) is None:
                 p.append(f"precision {prec} is listed in precisions but peak_tops.{prec} is null")
-    if data.get("runtime") == "tensorrt":
-        if data.get("tensorrt") is None:
+    if v.get("runtime") == "tensorrt":
+        if v.get("tensorrt") is None:
             p.append("runtime tensorrt needs the expected TensorRT version in 'tensorrt' (e.g. \"10.3\")")
-        if data.get("workspace_mb") is None:
+        if v.get("workspace_mb") is None:
             p.append("runtime tensorrt needs workspace_mb (the builder's memory pool limit)")
-    if data.get("family") == "jetson" and data.get("jetpack") is None:
+    if v.get("family") == "jetson" and v.get("jetpack") is None:
         p.append("a jetson profile needs the expected JetPack version in 'jetpack' (e.g. \"6.2\")")
     return p
+
+
+def _check(data: dict[str, Any], stem: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The profile's values that fit, and every problem: keys and types first, then values."""
+    if data.get("notes", "") is None:  # an empty ``notes:`` in YAML
+        data = {k: v for k, v in data.items() if k != "notes"}
+    values, problems = schema.read_fields(data, TargetProfile, exclude=_NOT_IN_FILE)
+    problems += schema.missing_fields(data, TargetProfile, exclude=_NOT_IN_FILE)
+    return values, problems + _value_problems(values, stem)
 
 
 def _read(path: Path) -> dict[str, Any]:
     return config.read_yaml(path, "target profile")
 
 
-def _build(data: dict[str, Any], path: Path) -> TargetProfile:
-    values = {k: data.get(k) for k in _KNOWN if k in data}
-    values["precisions"] = tuple(values["precisions"])
-    values["peak_tops"] = {k: (None if v is None else float(v)) for k, v in values["peak_tops"].items()}
-    values["memory_bandwidth_gbs"] = float(values["memory_bandwidth_gbs"])
-    values["memory_gb"] = float(values["memory_gb"])
-    values["latency_budget_ms"] = float(values["latency_budget_ms"])
-    values["notes"] = values.get("notes") or ""
-    return TargetProfile(**values, path=path)
+def _stem(path: Path) -> str | None:
+    """The name a shipped profile must carry (its file name); None for a user's file."""
+    return path.stem if path.parent == targets_dir() else None
 
 
 def load_target(name_or_path: str | Path | TargetProfile) -> TargetProfile:
@@ -223,21 +200,19 @@ def load_target(name_or_path: str | Path | TargetProfile) -> TargetProfile:
     if isinstance(name_or_path, TargetProfile):
         return name_or_path
     path = target_path(name_or_path)
-    data = _read(path)
-    problems = _problems(data, path.stem if path.parent == targets_dir() else None)
+    values, problems = _check(_read(path), _stem(path))
     if problems:
         raise ConfigError(f"target profile {path} is invalid: {'; '.join(problems)}")
-    return _build(data, path)
+    return TargetProfile(**values, path=path)
 
 
 def validate_target(name_or_path: str | Path) -> list[str]:
     """Every problem with a target profile (an empty list when it is valid)."""
     try:
         path = target_path(name_or_path)
-        data = _read(path)
+        return _check(_read(path), _stem(path))[1]
     except ConfigError as e:
         return [str(e)]
-    return _problems(data, path.stem if path.parent == targets_dir() else None)
 
 
 def list_recipes() -> list[str]:
@@ -246,9 +221,9 @@ def list_recipes() -> list[str]:
 
 
 def validate_recipe(name_or_path: str | Path) -> list[str]:
-    """Every problem with a recipe (an empty list when it is valid)."""
+    """Every problem with a recipe, one line each (an empty list when it is valid)."""
     try:
-        return config.resolve_config(str(name_or_path)).problems()
+        return config.recipe_problems(str(name_or_path))
     except ConfigError as e:
         return [str(e)]
 

@@ -105,7 +105,9 @@ class Record:
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
         if not isinstance(data, dict):
-            raise RunError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}; rerun the stage that writes it")
+            raise RunError(
+                f"{cls.__name__}: expected a JSON object, got {type(data).__name__}; rerun the stage that writes it"
+            )
         hints = get_type_hints(cls)
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra" and f.init}
         missing = [
@@ -113,7 +115,9 @@ class Record:
             if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if missing:
-            raise RunError(f"{cls.__name__} lacks {', '.join(missing)}; it was written by another leapkit version: rerun the stage")
+            raise RunError(
+                f"{cls.__name__} lacks {', '.join(missing)}; it was written by another leapkit version: rerun the stage"
+            )
         kwargs = {name: _decode(hints[name], data[name]) for name in known if name in data}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(**kwargs, extra=extra)

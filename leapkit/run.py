@@ -1,22 +1,38 @@
-"""The run directory: the contract between stages (see DESIGN.md).
+"""The run directory, the contract between stages, and the writer that fills it.
 
     runs/<name>/config.yaml, metrics.jsonl, curriculum.json, checkpoints/last.pt,
     student.safetensors, summary.json, ...      and runs/latest -> the newest run
+
+Later stages find a run with :func:`resolve_run` and read it back with :func:`read_run_config`,
+:func:`read_metrics`, :func:`load_student` and :class:`RunSummary`. Training writes it through a
+:class:`RunWriter`.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
 import torch
+import yaml
 from torch import nn
 
-from leapkit.config import Config, load_config
+from leapkit import __version__
+from leapkit.config import SECTIONS, Config, load_config, save_config
 from leapkit.errors import RunError
-from leapkit.records import atomic_write_bytes, read_json, write_json  # noqa: F401 - re-exported for the stages
+from leapkit.evaluate import EvalReport
+from leapkit.records import Record, atomic_write_bytes, read_json, write_json
+from leapkit.types import Mode
+
+__all__ = ["atomic_write_bytes", "read_json", "write_json"]  # re-exported for the stages
+
+log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs")
 CONFIG = "config.yaml"
@@ -25,19 +41,64 @@ CURRICULUM = "curriculum.json"
 CHECKPOINT = "checkpoints/last.pt"
 STUDENT = "student.safetensors"
 SUMMARY = "summary.json"
+LATEST = "latest"
 
 
 def latest_link(runs_dir: Path = RUNS_DIR) -> Path:
-    return runs_dir / "latest"
+    return runs_dir / LATEST
 
 
 def point_latest(run_dir: Path) -> None:
-    """Make ``<parent>/latest`` a relative symlink to ``run_dir`` (replaced atomically)."""
+    """Make ``<parent>/latest`` a relative symlink to ``run_dir`` (replaced atomically).
+
+    Only a link that leapkit made (a symlink to a sibling folder) or nothing is replaced: a real
+    file or folder named ``latest``, or a link pointing elsewhere, is left alone with a warning.
+    """
     link = latest_link(run_dir.parent)
-    tmp = link.with_name(f".latest.{os.getpid()}")
+    ours = link.is_symlink() and os.sep not in os.readlink(link)
+    if (link.exists() or link.is_symlink()) and not ours:
+        log.warning("%s is not a link leapkit made; left as is (the new output is %s)", link, run_dir)
+        return
+    tmp = link.with_name(f".{LATEST}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name, target_is_directory=True)
     os.replace(tmp, link)
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` holds a leapkit run: a leapkit config.yaml beside metrics.jsonl or checkpoints/.
+
+    A config.yaml alone also counts (a run that stopped before its first step).
+    """
+    config = path / CONFIG
+    trained = (path / METRICS).is_file() or (path / CHECKPOINT).parent.is_dir()
+    if not config.is_file() or not (trained or [p.name for p in path.iterdir()] == [CONFIG]):
+        return False
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "recipe" in data and "curriculum" in data and set(data) <= {"recipe", *SECTIONS}
+
+
+def check_writable(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start a run in a folder that holds files, unless it is a run to overwrite.
+
+    Raises:
+        RunError: ``run_dir`` holds files and ``overwrite`` is off, or it holds something other
+            than a leapkit run (``--overwrite`` never deletes that).
+    """
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return
+    if not overwrite:
+        raise RunError(
+            f"{run_dir} already holds files; pass --resume to continue it, --overwrite to replace it, or --out NEW_DIR"
+        )
+    if not run_dir.is_dir() or not is_run(run_dir):
+        raise RunError(
+            f"{run_dir} is not a leapkit run (no leapkit {CONFIG} with {METRICS} or checkpoints/), so --overwrite "
+            f"will not delete it; pass --out NEW_DIR or remove the folder yourself"
+        )
 
 
 def resolve_run(run: str | Path | None, need: tuple[str, ...] = (CONFIG,)) -> Path:
@@ -52,7 +113,10 @@ def resolve_run(run: str | Path | None, need: tuple[str, ...] = (CONFIG,)) -> Pa
         raise RunError(f"{path} is not a leapkit run (no {CONFIG}); pass the folder that `leapkit distill` wrote")
     for name in need:
         if not (path / name).exists():
-            hint = "the run did not finish; resume it with `leapkit distill --resume --out RUN`" if name == STUDENT else "run the stage that writes it first"
+            if name == STUDENT:
+                hint = "the run did not finish; resume it with `leapkit distill --resume --out RUN`"
+            else:
+                hint = "run the stage that writes it first"
             raise RunError(f"{path} has no {name}; {hint}")
     return path
 
@@ -82,3 +146,126 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class RunSummary(Record):
+    """summary.json: what a distillation run did, and the evidence the ``distill`` command adds.
+
+    Training fills the counters; ``leapkit distill`` adds the training FLOPs (from flops.json), the
+    achieved rate, MFU on a known GPU and the closing evaluation. Keys whose value is unknown (no
+    GPU for MFU, no labelled split for ``eval``) are left out of the file.
+    """
+
+    FILE: ClassVar[str] = SUMMARY
+
+    run_dir: str
+    mode: Mode
+    world_size: int
+    epochs: int
+    steps: int
+    train_seconds: float
+    images_seen: int
+    images_per_s: float
+    images_skipped: int
+    teacher_blocks: int
+    blocks_visited: list[int]
+    final_block: int
+    teacher_block_images: int
+    teacher_block_images_baseline: int
+    teacher_blocks_saved_pct: float
+    device: str | None = None
+    global_batch: int | None = None
+    """Images per optimizer step over all processes: batch_size x accum_steps x world size."""
+    peak_lr: float | None = None
+    """The learning rate after warm-up: optim.lr, scaled by global_batch / 256 when optim.scale_lr."""
+    train_flops: int | None = None
+    train_flops_baseline: int | None = None
+    train_flops_saving_pct: float | None = None
+    achieved_tflops_per_s: float | None = None
+    mfu_pct: float | None = None
+    eval: EvalReport | None = None
+    wall_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
+@dataclass
+class RunWriter:
+    """Writes a run directory. Under torchrun only rank 0 writes: other ranks hold an inactive writer.
+
+    Args:
+        path: the run directory.
+        active: whether this process writes.
+    """
+
+    path: Path
+    active: bool = True
+    _metrics: IO[str] | None = field(default=None, init=False, repr=False)
+
+    def start(self, cfg: Config, overwrite: bool) -> None:
+        """Replace the old run (``overwrite``), write the resolved config.yaml, point latest here.
+
+        A resumed run rewrites config.yaml too, with the options it resumed with.
+        """
+        if not self.active:
+            return
+        if overwrite and self.path.exists():
+            check_writable(self.path, overwrite=True)
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.path / CONFIG)
+        point_latest(self.path)
+
+    def resume(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint being resumed from (step ``step``)."""
+        path = self.path / METRICS
+        if self.active and path.is_file():
+            keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        """Append one optimizer step to metrics.jsonl (flushed, so that a crash keeps it)."""
+        if not self.active:
+            return
+        if self._metrics is None:
+            self._metrics = (self.path / METRICS).open("a")
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        """Everything --resume needs, written atomically (temporary file, fsync, rename)."""
+        if not self.active:
+            return
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        path = self.path / CHECKPOINT
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as e:
+            raise RunError(
+                f"cannot write the checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact: "
+                f"free space or fix permissions, then `leapkit distill --resume --out {self.path}`"
+            ) from e
+
+    def save_curriculum(self, curriculum: dict[str, Any]) -> None:
+        if self.active:
+            write_json(self.path / CURRICULUM, curriculum)
+
+    def save_student(self, student: nn.Module) -> None:
+        """The student backbone as safetensors, loadable into the timm model of the same name."""
+        from safetensors.torch import save
+
+        if self.active:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+            atomic_write_bytes(self.path / STUDENT, save(tensors, metadata={"leapkit_version": __version__}))
+
+    def save_summary(self, summary: RunSummary) -> None:
+        if self.active:
+            summary.save(folder=self.path)

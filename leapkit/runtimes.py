@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ class TorchRunner:
     def __call__(self, x: np.ndarray) -> Outputs:
         with torch.inference_mode():
             outs = self.forward(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        return {name: o.float().cpu().numpy() for name, o in zip(OUTPUT_NAMES, outs)}
+        return {name: o.float().cpu().numpy() for name, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
     def timed(self, x: np.ndarray) -> Callable[[], None]:
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
@@ -119,7 +120,11 @@ def ort_providers(choice: str, gpu_target: bool) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    want = {"cpu": [], "cuda": ["CUDAExecutionProvider"], "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
+    want = {
+        "cpu": [],
+        "cuda": ["CUDAExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    }
     if choice == "auto":
         chosen = ["CUDAExecutionProvider"] if gpu_target and "CUDAExecutionProvider" in available else []
     else:
@@ -135,7 +140,13 @@ class OrtRunner:
 
     runtime: Runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",), spin: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        spin: bool = True,
+    ) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -149,7 +160,10 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise ModelError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}; re-export it with `leapkit export`") from e
+            reason = str(e).splitlines()[0]
+            raise ModelError(
+                f"ONNX Runtime cannot load {path.name}: {reason}; re-export it with `leapkit export`"
+            ) from e
         self.path = path
         self.providers = self.session.get_providers()
         self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
@@ -170,12 +184,15 @@ class OrtRunner:
         if len(shape) == 4 and img_size is not None:
             shape = [d if isinstance(d, int) else img_size for d in shape]
         if not all(isinstance(d, int) for d in shape):
-            raise ModelError(f"{self.path.name} has an input with free dimensions {self.input.shape}; export it with a fixed image size")
+            raise ModelError(
+                f"{self.path.name} has an input with free dimensions {self.input.shape}; "
+                "export it with a fixed image size"
+            )
         return shape
 
     def __call__(self, x: np.ndarray) -> Outputs:
         outs = self.session.run(None, {self.input.name: np.ascontiguousarray(x).astype(self.input_dtype, copy=False)})
-        return dict(zip(self.output_names, outs))
+        return dict(zip(self.output_names, outs, strict=True))
 
     def timed(self, x: np.ndarray) -> Callable[[], None]:
         feed = {self.input.name: np.ascontiguousarray(x).astype(self.input_dtype, copy=False)}
@@ -206,7 +223,9 @@ def tensorrt_logger(trt: Any) -> Any:
 
 def require_cuda(what: str) -> None:
     if not torch.cuda.is_available():
-        raise ConfigError(f"{what} needs a CUDA GPU and none is visible here; run it on the device the engine was built on")
+        raise ConfigError(
+            f"{what} needs a CUDA GPU and none is visible here; run it on the device the engine was built on"
+        )
 
 
 class TensorRTRunner:
@@ -226,8 +245,8 @@ class TensorRTRunner:
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise ModelError(
-                f"TensorRT {trt.__version__} cannot load {Path(path).name}: engines only run on the GPU model and TensorRT "
-                f"version that built them; rebuild it on this machine with build_engine.sh from the export"
+                f"TensorRT {trt.__version__} cannot load {Path(path).name}: engines only run on the GPU model and "
+                f"TensorRT version that built them; rebuild it on this machine with build_engine.sh from the export"
             )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()

@@ -6,8 +6,9 @@ Building the rows once keeps the terminal and the files from drifting apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 Justify = Literal["left", "right", "center"]
 
@@ -57,7 +58,7 @@ class Table:
     styles: list[str | None] = field(default_factory=list)
 
     @classmethod
-    def of(cls, *titles: str, title: str = "", caption: str = "", right: Sequence[str] = ()) -> "Table":
+    def of(cls, *titles: str, title: str = "", caption: str = "", right: Sequence[str] = ()) -> Table:
         """A table whose columns are ``titles``; those listed in ``right`` are right-aligned."""
         return cls([Column(t, "right" if t in right else "left") for t in titles], title=title, caption=caption)
 
@@ -74,7 +75,7 @@ class Table:
         table = RichTable(title=escape(self.title) or None, caption=escape(self.caption) or None, title_justify="left")
         for c in self.columns:
             table.add_column(escape(c.title), justify=c.justify, no_wrap=c.no_wrap)
-        for row, style in zip(self.rows, self.styles):
+        for row, style in zip(self.rows, self.styles, strict=True):
             table.add_row(*(escape(cell) for cell in row), style=style)
         return table
 
@@ -86,7 +87,8 @@ class Table:
         align = {"left": "---", "right": "---:", "center": ":---:"}
         lines = ["| " + " | ".join(c.title for c in self.columns) + " |",
                  "|" + "|".join(align[c.justify] for c in self.columns) + "|"]
-        lines += ["| " + " | ".join(cell(c, s) for c in row) + " |" for row, s in zip(self.rows, self.styles)]
+        for row, style in zip(self.rows, self.styles, strict=True):
+            lines.append("| " + " | ".join(cell(c, style) for c in row) + " |")
         if self.caption:
             lines += ["", self.caption]
         return "\n".join(lines)

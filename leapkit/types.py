@@ -44,6 +44,12 @@ Status = Literal["ok", "failed", "unchecked"]
 Verdict = Literal["PASS", "FAIL", "UNCONFIRMED"]
 """A budget verdict."""
 
+OrtProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
+"""ONNX Runtime execution provider choice; auto picks CUDA for GPU targets when the build has it."""
+
+Pool = Literal["cls", "avg"]
+"""Which features evaluation reads: the CLS token or the mean of the patch tokens."""
+
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 TARGET_RUNTIMES: tuple[TargetRuntime, ...] = get_args(TargetRuntime)
@@ -54,5 +60,6 @@ MODES: tuple[Mode, ...] = get_args(Mode)
 METRICS: tuple[Metric, ...] = get_args(Metric)
 AMPS: tuple[Amp, ...] = get_args(Amp)
 CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
+ORT_PROVIDERS: tuple[OrtProvider, ...] = get_args(OrtProvider)
 
 BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "int8": 1}

@@ -1,10 +1,15 @@
-"""Every bad input: one line naming the problem and the fix, exit code 2, nothing written."""
+"""Every bad input: one line naming the problem and the fix, exit code 2, nothing written.
+
+A failed check exits 1 and an unexpected exception (a bug) exits 3, so that a crash never reads as
+a missed budget.
+"""
 
 import sys
 
 import pytest
 
 from leapkit.cli.main import main
+from leapkit.errors import CHECK_FAILED_EXIT, INTERNAL_ERROR_EXIT, CheckFailed
 
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
@@ -82,11 +87,57 @@ def test_resume_with_nothing_to_resume(base_args, tmp_path, monkeypatch, capsys)
     assert code == 2 and "nothing to resume" in err
 
 
-def test_resume_and_overwrite_conflict(base_args, monkeypatch, capsys):
+@pytest.mark.parametrize("existing_run", [True, False])
+def test_resume_and_overwrite_conflict(existing_run, base_args, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    if existing_run:
+        out.mkdir()
+        (out / "config.yaml").write_text("recipe: demo\n")
     code, err = run_cli(base_args + ["--resume", "--overwrite"], monkeypatch, capsys)
     assert code == 2
+    assert "--resume and --overwrite contradict each other; pass one of them" in err
+    assert err.strip().count("\n") == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"] if existing_run else not out.exists()
 
 
 def test_bad_choice_is_a_usage_error(base_args, monkeypatch, capsys):
     code, err = run_cli(base_args + ["--curriculum", "sometimes"], monkeypatch, capsys)
     assert code == 2 and "sometimes" in err
+
+
+def _raise(error: Exception):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+def test_unexpected_exception_is_an_internal_error_exit_3(tmp_path, monkeypatch, capsys):
+    import leapkit.flops
+
+    monkeypatch.delenv("LEAPKIT_DEBUG", raising=False)
+    monkeypatch.setattr(leapkit.flops, "run_flops", _raise(RuntimeError("boom")))
+    code, err = run_cli(["flops", str(tmp_path)], monkeypatch, capsys)
+    assert code == INTERNAL_ERROR_EXIT == 3
+    assert err.strip() == ("internal error: RuntimeError: boom (a bug in leapkit: set LEAPKIT_DEBUG=1 for the "
+                           "traceback and report it)")
+
+
+def test_internal_error_shows_the_traceback_under_leapkit_debug(tmp_path, monkeypatch, capsys):
+    import leapkit.flops
+
+    monkeypatch.setenv("LEAPKIT_DEBUG", "1")
+    monkeypatch.setattr(leapkit.flops, "run_flops", _raise(RuntimeError("boom")))
+    monkeypatch.setattr(sys, "argv", ["leapkit", "flops", str(tmp_path)])
+    with pytest.raises(RuntimeError, match="boom"):
+        main()
+
+
+def test_failed_check_exits_1(tmp_path, monkeypatch, capsys):
+    import leapkit.flops
+
+    monkeypatch.delenv("LEAPKIT_DEBUG", raising=False)
+    monkeypatch.setattr(leapkit.flops, "run_flops", _raise(CheckFailed("p99 12.0 ms is over the 10 ms budget")))
+    code, err = run_cli(["flops", str(tmp_path)], monkeypatch, capsys)
+    assert code == CHECK_FAILED_EXIT == 1
+    assert err.strip() == "error: p99 12.0 ms is over the 10 ms budget"

@@ -9,8 +9,8 @@ def gram_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.double(), y.double()
     n = x.shape[0]
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
-    return ((k * l).sum() / (k.norm() * l.norm())).item()
+    gx, gy = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return ((gx * gy).sum() / (gx.norm() * gy.norm())).item()
 
 
 @pytest.mark.parametrize("dims", [(16, 16), (8, 32)])

@@ -7,27 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 from leapkit.config import Config, save_config
-from leapkit.errors import ConfigError, DataError, RunError
+from leapkit.errors import DataError, RunError
 from leapkit.evaluate import (
+    EvalReport,
     evaluate_model,
-    evaluate_revisitop,
     evaluate_run,
     extract_features,
     knn,
     labelled_splits,
     linear_probe,
-    load_revisitop_gnd,
     retrieval_map,
-    revisitop_ap,
-    revisitop_map,
-    revisitop_positives,
 )
 from leapkit.models import create_student, create_teacher
 
@@ -85,55 +80,6 @@ def test_retrieval_map_matches_a_hand_computed_case():
     assert res["queries"] == 1 and res["skipped_queries"] == 1
 
 
-def test_revisitop_ap_and_protocols():
-    # Ignored image 3 leaves [0, 1, 2, 4]; positives 0 and 2 sit at ranks 0 and 2.
-    ap = revisitop_ap([3, 0, 1, 2, 4], positives=[0, 2], ignored=[3])
-    assert ap == pytest.approx((1 + 1) / 2 / 2 + (1 / 2 + 2 / 3) / 2 / 2)
-    entry = {"easy": [1], "hard": [2], "junk": [3]}
-    assert revisitop_positives(entry, "easy") == ([1], [3, 2])
-    assert revisitop_positives(entry, "medium") == ([1, 2], [3])
-    assert revisitop_positives(entry, "hard") == ([2], [3, 1])
-
-
-def test_revisitop_map_on_a_tiny_ground_truth(tmp_path):
-    gnd = {
-        "imlist": ["d0", "d1", "d2", "d3"],
-        "qimlist": ["q0"],
-        "gnd": [{"bbx": [0, 0, 8, 8], "easy": [0], "hard": [2], "junk": [1]}],
-    }
-    (tmp_path / "gnd_toy.json").write_text(json.dumps(gnd))
-    g = load_revisitop_gnd(tmp_path / "gnd_toy.json")
-    db = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.7, 0.7]])
-    res = revisitop_map(torch.tensor([[1.0, 0.05]]), db, g)
-    # Ranking d0, d1, d3, d2. Easy: d0 at rank 0 -> 1. Hard: d2 at rank 1 once d0, d1 are ignored.
-    assert res["easy"] == pytest.approx(100.0)
-    assert res["hard"] == pytest.approx(100 * (0 + 1 / 2) / 2)
-    assert res["medium"] == pytest.approx(100 * (1.0 + (1 / 2 + 2 / 3) / 2) / 2)
-
-
-def test_revisitop_ground_truth_errors(tmp_path):
-    (tmp_path / "gnd_roxford5k.pkl").write_bytes(b"not read")
-    with pytest.raises(DataError, match="convert gnd_roxford5k.pkl to JSON"):
-        load_revisitop_gnd(tmp_path / "gnd_roxford5k.json")
-    (tmp_path / "gnd_bad.json").write_text(json.dumps({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [5]}]}))
-    with pytest.raises(DataError, match="outside the 1 database images"):
-        load_revisitop_gnd(tmp_path / "gnd_bad.json")
-
-
-def test_evaluate_revisitop_reads_images_and_crops_queries(tmp_path):
-    (tmp_path / "jpg").mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("d0", "d1", "d2", "q0"):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "jpg" / f"{name}.jpg")
-    gnd = {"imlist": ["d0", "d1", "d2"], "qimlist": ["q0"], "gnd": [{"bbx": [2, 2, 30, 30], "easy": [0], "hard": [1], "junk": []}]}
-    (tmp_path / "gnd_toy.json").write_text(json.dumps(gnd))
-    res = evaluate_revisitop(create_student("leapkit_demo_student", 32), tmp_path, 32, (0.5,) * 3, (0.5,) * 3)
-    assert res["dataset"] == "toy" and all(0 <= res[p] <= 100 for p in ("easy", "medium", "hard"))
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
 def demo_config(tmp_path: Path | None = None) -> Config:
     cfg = Config(recipe="test")
     cfg.data.source = "digits"
@@ -147,7 +93,8 @@ def image_folder(root: Path, classes: dict[str, list[str]], per_class: int = 4) 
         for c in names:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                Image.new("RGB", (36, 36), tuple(max(0, v - 10 * i) for v in colours[c])).save(root / split / c / f"{i}.png")
+                colour = tuple(max(0, v - 10 * i) for v in colours[c])
+                Image.new("RGB", (36, 36), colour).save(root / split / c / f"{i}.png")
     return root
 
 
@@ -220,7 +167,10 @@ def test_evaluate_run_writes_eval_json(tmp_path):
     data = image_folder(tmp_path / "data", {"train": ["a", "b", "c"], "val": ["a", "b", "c"]}, per_class=3)
     out = evaluate_run(run, data=data)
     saved = json.loads((run / "eval.json").read_text())
-    assert saved == out
+    assert saved == out.to_dict() and EvalReport.load(run) == out
+    assert out.teacher is not None and out.gap is not None and set(out.gap) == {
+        "linear_probe_top1", "linear_probe_top5", "knn_top1", "retrieval_map"
+    }
     for key in ("linear_probe_top1", "knn_top1", "retrieval_map"):
         assert 0 <= saved[key] <= 100 and 0 <= saved["teacher"][key] <= 100
         assert saved["gap"][key] == pytest.approx(saved["teacher"][key] - saved[key], abs=1e-3)
@@ -256,19 +206,35 @@ def test_cli_eval_bad_run_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "is not a leapkit run" in lines[0]
 
 
-@pytest.mark.parametrize(
-    "args, error, message",
-    [
-        (["--data", "{tmp}/nodata"], DataError, "evaluation data folder not found"),
-        (["--pool", "max"], ConfigError, "--pool must be cls or avg"),
-    ],
-)
-def test_cli_eval_bad_options(tmp_path, args, error, message):
+def test_cli_eval_bad_data_folder(tmp_path):
     from typer.testing import CliRunner
 
-    from leapkit.cli.main import _register, app
+    from leapkit.cli.main import app
 
-    _register()
     run = make_run(tmp_path / "run")
-    result = CliRunner().invoke(app, ["eval", str(run), *(a.format(tmp=tmp_path) for a in args)])
-    assert isinstance(result.exception, error) and message in str(result.exception)
+    result = CliRunner().invoke(app, ["eval", str(run), "--data", str(tmp_path / "nodata")])
+    assert isinstance(result.exception, DataError) and "evaluation data folder not found" in str(result.exception)
+
+
+def test_cli_eval_bad_pool_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from leapkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--pool", "max"])
+    assert result.exit_code == 2 and "'max' is not one of 'cls', 'avg'" in result.output
+
+
+def test_eval_report_keeps_the_eval_json_keys():
+    """A student-only report writes no teacher, gap or revisitop keys; an unknown key survives a round trip."""
+    raw = {
+        "linear_probe_top1": 90.0, "linear_probe_top5": 99.0, "knn_top1": 89.0, "knn_top5": 98.0, "retrieval_map": 70.0,
+        "n_train": 10, "n_val": 5, "feature_dim": 32, "pool": "cls", "data": "digits", "newer_key": 1,
+    }
+    report = EvalReport.from_dict(raw)
+    assert report.to_dict() == raw and report.teacher is None
+    table = report.table()
+    assert [c.title for c in table.columns] == ["metric", "student"]
+    assert table.rows[0] == ["linear probe top-1 (%)", "90.00"]
+    with_teacher = EvalReport.from_dict({**raw, "teacher": {**raw, "linear_probe_top1": 95.0}})
+    assert with_teacher.table().rows[0] == ["linear probe top-1 (%)", "90.00", "95.00", "+5.00"]

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import leapkit.run as rundir
-import leapkit.train as train_mod
+import leapkit.trainer as trainer_mod
 from leapkit.errors import DataError, Interrupted, RunError
 from leapkit.train import distill
 
@@ -27,19 +27,20 @@ def same_weights(a, b):
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
     distill(tiny_config, out=tmp_path / "full", show_progress=False)
 
-    real_lr_at = train_mod.lr_at
+    real_lr_at = trainer_mod.lr_at
 
     def signal_at_step_5(step, *args):
         if step == 4:  # during the 5th step (second epoch, second batch)
             os.kill(os.getpid(), signal.SIGTERM)
         return real_lr_at(step, *args)
 
-    monkeypatch.setattr(train_mod, "lr_at", signal_at_step_5)
-    with pytest.raises(Interrupted, match="stopped by a signal at step 5; checkpoint written, continue with `leapkit distill --resume"):
+    monkeypatch.setattr(trainer_mod, "lr_at", signal_at_step_5)
+    stopped = "stopped by a signal at step 5; checkpoint written, continue with `leapkit distill --resume"
+    with pytest.raises(Interrupted, match=stopped):
         distill(tiny_config, out=tmp_path / "cut", show_progress=False)
     ck = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["state"]["step"] == 5 and ck["state"]["epoch"] == 1 and ck["state"]["epoch_samples"] == 16
-    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+    monkeypatch.setattr(trainer_mod, "lr_at", real_lr_at)
     distill(None, out=tmp_path / "cut", resume=True, show_progress=False)
     assert same_weights(tmp_path / "full", tmp_path / "cut")
 
@@ -90,7 +91,8 @@ def test_full_disk_keeps_previous_checkpoint(tiny_config, tmp_path, monkeypatch)
 
     monkeypatch.setattr(rundir, "atomic_write_bytes", full_disk)
     tiny_config.train.epochs = 2
-    with pytest.raises(RunError, match=r"cannot write the checkpoint .* \(No space left on device\); the previous checkpoint is intact"):
+    full = r"cannot write the checkpoint .* \(No space left on device\); the previous checkpoint is intact"
+    with pytest.raises(RunError, match=full):
         distill(tiny_config, out=out, resume=True, show_progress=False)
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
@@ -107,7 +109,7 @@ def test_odd_image_modes_are_converted(tiny_config, tmp_path):
     tiny_config.data.path = str(tmp_path / "modes")
     tiny_config.train.epochs, tiny_config.train.batch_size = 1, 5
     summary = distill(tiny_config, out=tmp_path / "run", show_progress=False)
-    assert summary["images_seen"] == 4 and summary["images_skipped"] == 1
+    assert summary.images_seen == 4 and summary.images_skipped == 1
 
 
 def test_folder_of_only_bad_files_is_an_error(tiny_config, tmp_path):

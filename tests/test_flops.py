@@ -13,15 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from leapkit.config import Config, save_config
 from leapkit.errors import RunError
-from leapkit.flops import (
-    activation_bytes,
-    cumulative_train_flops,
-    model_flops,
-    run_flops,
-    teacher_block_flops,
-    vit_closed_form_macs,
-)
+from leapkit.flops import FlopsReport, cumulative_train_flops, inference_table, run_flops, train_flops_table
+from leapkit.macs import activation_bytes, model_flops, teacher_block_flops, vit_closed_form_macs
 from leapkit.models import create_student, create_teacher
+from leapkit.tables import si
 
 
 def torch_counter_macs(model: torch.nn.Module, img_size: int) -> float:
@@ -52,7 +47,8 @@ def test_fvcore_counts_attention_and_agrees_with_torch_and_closed_form(name, img
     # torch's counter ignores LayerNorm; fvcore counts 5 MACs per element (over 2% of a dim-32 ViT).
     layernorm = closed - vit_closed_form_macs(img_size, **shape, layernorm=False)
     assert res["macs"] == pytest.approx(torch_counter_macs(model, img_size) + layernorm, rel=0.02)
-    assert torch_counter_macs(model, img_size) == pytest.approx(vit_closed_form_macs(img_size, **shape, layernorm=False), rel=1e-6)
+    no_layernorm = vit_closed_form_macs(img_size, **shape, layernorm=False)
+    assert torch_counter_macs(model, img_size) == pytest.approx(no_layernorm, rel=1e-6)
 
 
 def test_attention_is_not_skipped():
@@ -97,7 +93,8 @@ def test_activation_memory_is_a_peak_not_a_sum():
 # --- a synthetic run ----------------------------------------------------------------------------
 
 # Closed-form per-image MACs of the demo pair at 32 px (65 tokens, 64 patches).
-EMBED, BLOCK, NORM = 64 * 3 * 16 * 96, vit_closed_form_macs(32, 4, 96, 1) - vit_closed_form_macs(32, 4, 96, 0), 5 * 65 * 96
+EMBED, NORM = 64 * 3 * 16 * 96, 5 * 65 * 96
+BLOCK = vit_closed_form_macs(32, 4, 96, 1) - vit_closed_form_macs(32, 4, 96, 0)
 STUDENT = vit_closed_form_macs(32, 4, 32, 4)
 HEAD = (64 + 1) * 32 * 96  # 64 patch tokens and the CLS token through the 32 -> 96 projection
 CKA = 3 * 64 * 96 * 96
@@ -111,7 +108,8 @@ def make_run(root: Path, blocks: list[int], mode: str = "leap", calibration: int
     cfg.curriculum.mode = mode
     cfg.train.batch_size = batch
     save_config(cfg, root / "config.yaml")
-    lines = [json.dumps({"step": i + 1, "target_block": k, "teacher_blocks_run": k, "images": batch}) for i, k in enumerate(blocks)]
+    lines = [json.dumps({"step": i + 1, "target_block": k, "teacher_blocks_run": k, "images": batch})
+             for i, k in enumerate(blocks)]
     (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     cal = {"scores": [0.1] * 8, "start_block": blocks[0], "images": calibration} if mode == "leap" else None
     (root / "curriculum.json").write_text(json.dumps({"num_blocks": 8, "calibration": cal, "level_ups": []}))
@@ -128,21 +126,51 @@ def test_run_training_flops_against_the_closed_form(tmp_path):
     calibration = 16 * (EMBED + 8 * BLOCK + NORM + STUDENT + HEAD + 8 * CKA)
     leap = teacher + student_head + len(blocks) * b * CKA + calibration
     baseline = len(blocks) * b * (EMBED + 8 * BLOCK + NORM) + student_head
-    assert res["train_macs_leap"] == leap and res["train_flops_leap"] == 2 * leap
-    assert res["train_macs_baseline"] == baseline and res["train_flops_baseline"] == 2 * baseline
-    assert res["train_flops_saving_pct"] == pytest.approx(100 * (1 - leap / baseline), abs=1e-3)
-    assert res["student_inference_macs"] == STUDENT and res["student_inference_flops"] == 2 * STUDENT
-    assert res["student_params"] == sum(p.numel() for p in create_student("leapkit_demo_student", 32).parameters())
-    assert set(res["student_activation_bytes"]) == {"1", "4"}
-    assert json.loads((run / "flops.json").read_text()) == res
+    assert res.train_macs_leap == leap and res.train_flops_leap == 2 * leap
+    assert res.train_macs_baseline == baseline and res.train_flops_baseline == 2 * baseline
+    assert res.train_flops_saving_pct == pytest.approx(100 * (1 - leap / baseline), abs=1e-3)
+    assert res.student_inference_macs == STUDENT and res.student_inference_flops == 2 * STUDENT
+    assert res.student_params == sum(p.numel() for p in create_student("leapkit_demo_student", 32).parameters())
+    assert set(res.student_activation_bytes) == {"1", "4"}
+    assert json.loads((run / "flops.json").read_text()) == res.to_dict()
+    assert FlopsReport.load(run) == res
+    parts = res.train_flops_breakdown.run
+    assert parts.calibration == 2 * calibration and parts.signal == 2 * len(blocks) * b * CKA
+    assert parts.total() == res.train_flops_run == res.train_flops_leap
     curve = cumulative_train_flops(run)
-    assert curve["run"][-1] == 2 * leap and curve["baseline"][-1] == 2 * baseline and curve["step"] == [1, 2, 3, 4, 5, 6]
+    assert curve["run"][-1] == 2 * leap and curve["baseline"][-1] == 2 * baseline
+    assert curve["step"] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_baseline_run_has_no_saving(tmp_path):
     res = run_flops(make_run(tmp_path / "run", [8, 8, 8], mode="baseline"))
-    assert res["train_flops_leap"] is None and res["train_flops_saving_pct"] is None
-    assert res["train_flops_run"] == res["train_flops_baseline"]
+    assert res.train_flops_leap is None and res.train_flops_saving_pct is None
+    assert res.train_flops_run == res.train_flops_baseline
+    assert res.train_flops_breakdown.run.calibration == 0 and res.train_flops_breakdown.run.signal == 0
+
+
+def test_flops_json_carries_the_design_keys(tmp_path):
+    data = json.loads(run_flops(make_run(tmp_path / "run", [1, 8])).save(tmp_path / "f.json").read_text())
+    for key in ("train_flops_leap", "train_flops_baseline", "train_flops_saving_pct", "student_inference_flops",
+                "student_params", "train_macs_leap", "train_macs_baseline", "student_inference_macs"):
+        assert key in data, key
+
+
+def test_tables_render_the_same_rows_to_rich_and_markdown(tmp_path):
+    from rich.console import Console
+
+    res = run_flops(make_run(tmp_path / "run", [2, 8]), write=False)
+    train, infer = train_flops_table(res), inference_table(res)
+    md = train.to_markdown()
+    assert f"| **total** | **{si(res.train_flops_run)}** | **{si(res.train_flops_baseline)}** |" in md
+    assert f"| **saving** | **{res.train_flops_saving_pct:.1f} %** |" in md
+    assert "| curriculum cka |" in md and "| calibration scan |" in md
+    assert f"| student | {si(res.student_params)} | {si(res.student_inference_macs)} |" in infer.to_markdown()
+    console = Console(record=True, width=200)
+    console.print(train.to_rich())
+    console.print(infer.to_rich())
+    text = console.export_text()
+    assert si(res.train_flops_run) in text and "teacher leapkit_demo_teacher" in text
 
 
 def test_bad_runs(tmp_path):

@@ -13,34 +13,40 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_training_on_cuda(tiny_config, tmp_path, amp):
-    tiny_config.train.device, tiny_config.train.amp = "cuda", amp
-    summary = distill(tiny_config, out=tmp_path / amp, show_progress=False)
-    assert summary["steps"] == 9
-    assert summary["train_flops"] > 0 and summary["achieved_tflops_per_s"] > 0
     import json
 
-    losses = [json.loads(l)["loss"] for l in (tmp_path / amp / "metrics.jsonl").read_text().splitlines()]
-    assert all(l == l and l < float("inf") for l in losses)
+    from leapkit.cli.distill import add_evidence
+
+    tiny_config.train.device, tiny_config.train.amp = "cuda", amp
+    summary = add_evidence(distill(tiny_config, out=tmp_path / amp, show_progress=False), tiny_config)
+    assert summary.steps == 9 and summary.device == "cuda:0"
+    assert summary.train_flops > 0 and summary.achieved_tflops_per_s > 0
+    losses = [json.loads(line)["loss"] for line in (tmp_path / amp / "metrics.jsonl").read_text().splitlines()]
+    assert all(loss == loss and loss < float("inf") for loss in losses)
+    # fp16 scales the loss (the scaler's state is checkpointed); bf16 needs no scaling
+    scaler = torch.load(tmp_path / amp / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (amp == "fp16")
 
 
-def test_cuda_resume_matches(tiny_config, tmp_path, monkeypatch):
-    """Killed after the first epoch's checkpoint and resumed: the same weights as one run."""
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_cuda_resume_matches(tiny_config, tmp_path, monkeypatch, amp):
+    """Killed after the first epoch's checkpoint and resumed: the same weights as one run (loss scale included)."""
     from safetensors.torch import load_file
 
-    import leapkit.train as train_mod
+    from leapkit.run import RunWriter
 
-    tiny_config.train.device, tiny_config.train.amp, tiny_config.train.epochs = "cuda", "off", 2
+    tiny_config.train.device, tiny_config.train.amp, tiny_config.train.epochs = "cuda", amp, 2
     distill(tiny_config, out=tmp_path / "a", show_progress=False)
-    real_save = train_mod.save_checkpoint
+    real_save = RunWriter.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(RunWriter, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         distill(tiny_config, out=tmp_path / "b", show_progress=False)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(RunWriter, "save_checkpoint", real_save)
     distill(None, out=tmp_path / "b", resume=True, show_progress=False)
     a, b = load_file(tmp_path / "a" / "student.safetensors"), load_file(tmp_path / "b" / "student.safetensors")
     for k in a:

@@ -59,7 +59,7 @@ def test_load_weights_round_trip(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(path))
     b = create_teacher("leapkit_demo_teacher", 16, weights=str(path))
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(va, vb, msg=k)
 
 

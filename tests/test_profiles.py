@@ -20,7 +20,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_required_targets_ship():
-    assert REQUIRED_TARGETS <= set(P.list_targets())
+    assert set(P.list_targets()) >= REQUIRED_TARGETS
     families = {P.load_target(n).family for n in P.list_targets()}
     assert {"jetson", "cpu", "gpu"} <= families
 
@@ -42,7 +42,8 @@ def test_every_peak_figure_cites_a_source():
     for name in P.list_targets():
         lines = (P.targets_dir() / f"{name}.yaml").read_text().splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("peak_tops:"))
-        block = lines[start + 1 : start + 1 + next(i for i, line in enumerate(lines[start + 1 :]) if not line.startswith(" "))]
+        length = next(i for i, line in enumerate(lines[start + 1 :]) if not line.startswith(" "))
+        block = lines[start + 1 : start + 1 + length]
         assert any(line.strip().startswith("#") for line in block), name
 
 
@@ -95,11 +96,13 @@ def test_custom_file_loads(tmp_path):
 
 
 def test_all_problems_reported_at_once(tmp_path):
-    path = _write(tmp_path, precision="int4", batch=0, latency_budget_ms=-1, budget_stat="p42", speed="fast", memory_gb="DROP")
+    path = _write(tmp_path, precision="int4", batch=0, latency_budget_ms=-1, budget_stat="p42", speed="fast",
+                  memory_gb="DROP")
     problems = P.validate_target(path)
     text = "\n".join(problems)
-    for needle in ("precision must be one of fp32|fp16|int8", "batch must be an integer >= 1", "latency_budget_ms must be a number > 0",
-                   "budget_stat must be one of", "unknown key 'speed'", "missing key 'memory_gb'"):
+    for needle in ("precision must be one of fp32|fp16|int8", "batch must be an integer >= 1",
+                   "latency_budget_ms must be a number > 0", "budget_stat must be one of", "unknown key 'speed'",
+                   "missing key 'memory_gb'"):
         assert needle in text
     with pytest.raises(ConfigError, match="is invalid: .*batch must be.*latency_budget_ms"):
         P.load_target(path)
@@ -141,3 +144,36 @@ def test_cli_validate_bad_file_exits_2(tmp_path):
     assert "1 of 2 profiles are invalid" in r.stderr
     r = cli("profiles", "show", "orin-mega")
     assert r.returncode == 2 and "neither a target nor a recipe" in r.stderr
+
+
+def test_cli_validate_lists_every_recipe_problem_on_its_own_line(tmp_path):
+    recipe = tmp_path / "typos.yaml"
+    recipe.write_text("data:\n  source: digits\ntrain:\n  epoch: 3\n  batchsize: 8\ncurriculum:\n  treshold: 0.5\n")
+    r = cli("profiles", "validate", str(recipe))
+    assert r.returncode == 2
+    assert f"recipe {recipe}: 3 problem(s)" in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("  - ")]
+    assert lines == [
+        "  - unknown key 'train.epoch' (did you mean 'train.epochs'?)",
+        "  - unknown key 'train.batchsize' (did you mean 'train.batch_size'?)",
+        "  - unknown key 'curriculum.treshold' (did you mean 'curriculum.threshold'?)",
+    ]
+
+
+def test_type_problems_come_from_the_shared_checker(tmp_path):
+    path = _write(tmp_path, batch="four", input_size=6.5, jetpack=6.2, precisions="fp16", peak_tops={"fp32": "fast"},
+                  runtme="onnxruntime")
+    text = "\n".join(P.validate_target(path))
+    for needle in ("batch must be an integer, got 'four'", "input_size must be an integer or null, got 6.5",
+                   "jetpack must be a string (quote numbers in YAML) or null, got 6.2",
+                   "precisions must be a list of fp32|fp16|int8, got 'fp16'", "peak_tops.fp32 must be a number or null",
+                   "unknown key 'runtme' (did you mean 'runtime'?)"):
+        assert needle in text
+
+
+def test_profile_types_are_the_shared_vocabulary():
+    from leapkit import types
+
+    assert P.Precision is types.Precision and P.Stat is types.Stat
+    assert P.Family is types.Family and P.TargetRuntime is types.TargetRuntime
+    assert P.PRECISIONS is types.PRECISIONS and P.STATS is types.STATS

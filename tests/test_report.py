@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_images
 from PIL import Image
 
-from conftest import make_images
 from leapkit.config import resolve_config, save_config
 from leapkit.errors import ConfigError, MissingDependency, RunError
 from leapkit.plots import FILES, plot_run
@@ -98,8 +98,8 @@ def test_missing_sections_name_their_commands(leap_run, tmp_path):
 
 
 def test_full_report_has_every_section(leap_run, tmp_path):
-    from leapkit.bench import bench
-    from leapkit.export import export
+    from leapkit.deploy.export import export
+    from leapkit.latency.bench import bench
 
     run = copy_run(leap_run, tmp_path / "run")
     (run / "flops.json").unlink(missing_ok=True)
@@ -111,7 +111,8 @@ def test_full_report_has_every_section(leap_run, tmp_path):
     assert report.missing == {}
     for title in ("Run", "Curriculum", "Training FLOPs", "Evaluation", "Export", "Latency"):
         assert f"\n## {title}\n" in text, title
-    assert "`leapkit_demo_student`" in section(text, "Run") and "Finished: 6 steps over 2 epochs" in section(text, "Run")
+    assert "`leapkit_demo_student`" in section(text, "Run")
+    assert "Finished: 6 steps over 2 epochs" in section(text, "Run")
 
     curriculum = json.loads((run / "curriculum.json").read_text())
     visited = " \u2192 ".join(map(str, curriculum["blocks_visited"]))
@@ -126,26 +127,41 @@ def test_full_report_has_every_section(leap_run, tmp_path):
     assert "![train flops](train_flops.png)" in text
 
     ev = json.loads((run / "eval.json").read_text())
-    assert f"| linear probe top-1 | {ev['linear_probe_top1']:.2f} | {ev['teacher']['linear_probe_top1']:.2f} |" in section(text, "Evaluation")
+    student, teacher = ev["linear_probe_top1"], ev["teacher"]["linear_probe_top1"]
+    assert f"| linear probe top-1 (%) | {student:.2f} | {teacher:.2f} |" in section(text, "Evaluation")
 
     exp = section(text, "Export")
-    assert "### x86-cpu: ok" in exp and "`model.onnx`" in exp and "(>= 0.9999)" in exp
+    assert "### x86-cpu: ok" in exp and "| model.onnx |" in exp and "worst cosine of at least 0.9999 for fp32" in exp
     lat = section(text, "Latency")
     verdict = json.loads((run / "bench" / "x86-cpu.json").read_text())["verdict"]
     assert f"**Verdict: {verdict}**" in lat and "| ONNX fp32 |" in lat
     assert set(report.plots) == set(FILES) and all(p.is_file() for p in report.plots.values())
 
+    # Every table is the one the commands print, read through the stage's record.
+    from leapkit.deploy.manifest import ExportManifest
+    from leapkit.deploy.summary import variants_table
+    from leapkit.evaluate import EvalReport
+    from leapkit.flops import FlopsReport, inference_table, train_flops_table
+    from leapkit.latency.report import BenchReport, latency_table
+
+    f = FlopsReport.load(run)
+    assert train_flops_table(f).to_markdown() in section(text, "Training FLOPs")
+    assert inference_table(f).to_markdown() in section(text, "Training FLOPs")
+    assert EvalReport.load(run).table().to_markdown() in section(text, "Evaluation")
+    assert variants_table(ExportManifest.load(run / "export" / "x86-cpu")).to_markdown() in exp
+    assert latency_table(BenchReport.load(run / "bench" / "x86-cpu.json")).to_markdown() in lat
+
 
 def test_stale_eval_is_flagged(leap_run, tmp_path):
     run = copy_run(leap_run, tmp_path / "run")
-    result = {"linear_probe_top1": 50.0, "linear_probe_top5": 100.0, "knn_top1": 40.0, "retrieval_map": 30.0,
-              "n_train": 24, "n_val": 12, "pool": "cls", "data": "folder"}
+    result = {"linear_probe_top1": 50.0, "linear_probe_top5": 100.0, "knn_top1": 40.0, "knn_top5": 90.0,
+              "retrieval_map": 30.0, "n_train": 24, "n_val": 12, "feature_dim": 32, "pool": "cls", "data": "folder"}
     (run / "eval.json").write_text(json.dumps(result))
     student = run / "student.safetensors"
     os.utime(run / "eval.json", (1, 1))  # written long before the student
     text = write_report(run, plots=False).path.read_text()
     ev = section(text, "Evaluation")
-    assert "`eval.json` is older than `student.safetensors`" in ev and "| linear probe top-1 | 50.00 |" in ev
+    assert "`eval.json` is older than `student.safetensors`" in ev and "| linear probe top-1 (%) | 50.00 |" in ev
     assert "The teacher was not evaluated" in ev
     assert student.is_file()
 
@@ -203,8 +219,7 @@ def test_cli_bad_run_is_one_line_exit_2(tmp_path):
 def test_cli_bad_input(leap_run, tmp_path, args, error, message):
     from typer.testing import CliRunner
 
-    from leapkit.cli.main import _register, app
+    from leapkit.cli.main import app
 
-    _register()
     result = CliRunner().invoke(app, ["report", *(a.format(tmp=tmp_path, run=leap_run) for a in args)])
     assert isinstance(result.exception, error) and message in str(result.exception)

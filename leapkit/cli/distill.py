@@ -1,77 +1,137 @@
-"""`leapkit distill`: LEAP distillation (the demo recipe when called with no arguments)."""
+"""`leapkit distill`: LEAP distillation (the demo recipe when called with no arguments).
+
+The command resolves the config (recipe <- ``--set`` items <- flags), trains through
+:func:`leapkit.train.distill`, then adds the closing evidence to summary.json: the training FLOPs
+(flops.json), the achieved rate, MFU on a known GPU and the closing evaluation.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from leapkit.cli.options import ModeOpt
+from leapkit.types import Amp, Metric
 
-log = logging.getLogger("leapkit")
+if TYPE_CHECKING:
+    from leapkit.config import Config
+    from leapkit.run import RunSummary
 
-Curriculum = Literal["leap", "baseline"]
+log = logging.getLogger(__name__)
+
+FLAG_KEYS: dict[str, str] = {
+    "teacher": "model.teacher",
+    "teacher_weights": "model.teacher_weights",
+    "student": "model.student",
+    "img_size": "model.img_size",
+    "data": "data.path",
+    "workers": "data.workers",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "amp": "train.amp",
+    "compile": "train.compile",
+    "lr": "optim.lr",
+    "curriculum": "curriculum.mode",
+    "metric": "curriculum.metric",
+    "cka_threshold": "curriculum.threshold",
+    "ema_alpha": "curriculum.ema_alpha",
+    "max_epochs_per_block": "curriculum.max_epochs_per_block",
+}
+"""Each config flag of the command and the config key it sets; every other key is reached with --set."""
+
+_SET_HELP = (
+    "Any config key as section.key=value, repeatable (e.g. --set optim.accum_steps=4 --set data.hflip=0). "
+    "Applied over the recipe; a key is given by its flag or by --set, not both."
+)
 
 
-def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
-    """Map CLI flags onto the nested config delta; flags left unset do not override the recipe."""
-    where = {
-        "teacher": ("model", "teacher"), "teacher_weights": ("model", "teacher_weights"), "student": ("model", "student"),
-        "img_size": ("model", "img_size"), "data": ("data", "path"), "workers": ("data", "workers"),
-        "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "seed": ("train", "seed"),
-        "device": ("train", "device"), "amp": ("train", "amp"), "lr": ("optim", "lr"),
-        "curriculum": ("curriculum", "mode"), "cka_threshold": ("curriculum", "threshold"),
-        "ema_alpha": ("curriculum", "ema_alpha"), "max_epochs_per_block": ("curriculum", "max_epochs_per_block"),
-        "metric": ("curriculum", "metric"), "compile": ("train", "compile"),
-    }
-    delta: dict[str, dict[str, Any]] = {}
-    for flag, value in flags.items():
-        if value is not None:
-            section, key = where[flag]
-            delta.setdefault(section, {})[key] = value
-    if flags.get("data") is not None:
-        delta["data"]["source"] = "folder"  # --data replaces the recipe's data source (e.g. the demo digits)
+def config_delta(params: Mapping[str, Any], sets: list[str]) -> dict[str, dict[str, Any]]:
+    """The nested config delta of a command line: the ``--set`` items and the flags that were given.
+
+    ``--data`` also sets ``data.source: folder``, replacing the recipe's source (e.g. the demo digits).
+
+    Args:
+        params: the command's parameter values by name; None means not given.
+        sets: the ``--set section.key=value`` items.
+
+    Raises:
+        ConfigError: an item is malformed, or a key is given both by a flag and by ``--set``.
+    """
+    from leapkit.config import parse_set
+    from leapkit.errors import ConfigError
+
+    delta = parse_set(sets)
+    given = {name: value for name, value in params.items() if name in FLAG_KEYS and value is not None}
+    keys = {FLAG_KEYS[name]: (name, str(value) if isinstance(value, Path) else value) for name, value in given.items()}
+    if "data" in given:
+        keys["data.source"] = ("data", "folder")
+    for key, (name, value) in keys.items():
+        section, field = key.split(".")
+        if field in delta.get(section, {}):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{key} is given twice, by {flag} and by --set {key}=...; pass it once")
+        delta.setdefault(section, {})[field] = value
     return delta
 
 
 def distill(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Option(help="Recipe name (see `leapkit profiles list`) or a YAML file.")] = "demo",
-    teacher: Annotated[Optional[str], typer.Option(help="timm teacher name, e.g. vit_giant_patch14_dinov2.lvd142m.")] = None,
-    teacher_weights: Annotated[Optional[Path], typer.Option(help="Local safetensors weights for the teacher (no hub download).")] = None,
-    student: Annotated[Optional[str], typer.Option(help="timm student name, e.g. vit_small_patch14_dinov2.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Folder of images (recursive), or an ImageFolder root with train/.")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Training resolution in pixels.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (per process).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    curriculum: Annotated[Optional[Curriculum], typer.Option(help="leap, or baseline (fixed last block, no early exit).")] = None,
-    metric: Annotated[Optional[Literal["cka", "cosine"]], typer.Option(help="Progress signal.")] = None,
-    cka_threshold: Annotated[Optional[float], typer.Option(help="Level up when the smoothed score reaches this.")] = None,
-    ema_alpha: Annotated[Optional[float], typer.Option(help="EMA weight of the newest score (1 = none).")] = None,
-    max_epochs_per_block: Annotated[Optional[float], typer.Option(help="Level up after this many epochs on a block.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    amp: Annotated[Optional[Literal["auto", "bf16", "fp16", "off"]], typer.Option(help="Mixed precision on CUDA.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student forward.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<recipe>-<mode>-<time>).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="timm teacher name, e.g. vit_giant_patch14_dinov2.lvd142m.")
+    ] = None,
+    teacher_weights: Annotated[
+        Path | None, typer.Option(help="Local safetensors weights for the teacher (no hub download).")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="timm student name, e.g. vit_small_patch14_dinov2.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of images (recursive), or an ImageFolder root with train/.")
+    ] = None,
+    img_size: Annotated[int | None, typer.Option(help="Training resolution in pixels.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per micro-batch (per process).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (optim.lr; see optim.scale_lr).")] = None,
+    curriculum: ModeOpt = None,
+    metric: Annotated[Metric | None, typer.Option(help="Progress signal.")] = None,
+    cka_threshold: Annotated[float | None, typer.Option(help="Level up when the smoothed score reaches this.")] = None,
+    ema_alpha: Annotated[float | None, typer.Option(help="EMA weight of the newest score (1 = none).")] = None,
+    max_epochs_per_block: Annotated[
+        float | None, typer.Option(help="Level up after this many epochs on a block.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    amp: Annotated[Amp | None, typer.Option(help="Mixed precision on CUDA.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data loader worker processes.")] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student forward.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", metavar="SECTION.KEY=VALUE", help=_SET_HELP, show_default=False)
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<recipe>-<mode>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the leapkit run in --out (never a folder that is not a run).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Distil a teacher into a student with the LEAP curriculum."""
     from leapkit.config import apply, load_config, resolve_config
+    from leapkit.distributed import is_main_process
     from leapkit.run import CONFIG
-    from leapkit.train import distill as run_distill, resume_dir
+    from leapkit.train import check_resume_overwrite, resume_dir
+    from leapkit.train import distill as run_distill
 
-    delta = _overrides(
-        teacher=teacher, teacher_weights=str(teacher_weights) if teacher_weights else None, student=student,
-        data=str(data) if data else None,
-        img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, curriculum=curriculum, metric=metric,
-        cka_threshold=cka_threshold, ema_alpha=ema_alpha, max_epochs_per_block=max_epochs_per_block, seed=seed,
-        device=device, amp=amp, workers=workers, compile=compile,
-    )
+    start = time.perf_counter()
+    check_resume_overwrite(resume, overwrite)
+    delta = config_delta(ctx.params, set_ or [])
     if resume:
         run_dir = resume_dir(out)
         cfg = apply(load_config(run_dir / CONFIG), delta, origin="command line")
@@ -79,32 +139,74 @@ def distill(
     else:
         cfg = resolve_config(recipe, delta)
     summary = run_distill(cfg, out=out, resume=resume, overwrite=overwrite, show_progress=progress)
-    print_summary(summary)
+    if is_main_process():
+        summary = add_evidence(summary, cfg)
+        summary.wall_seconds = round(time.perf_counter() - start, 1)  # setup, training and the evidence
+        summary.save(folder=Path(summary.run_dir))
+        print_summary(summary)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def add_evidence(summary: RunSummary, cfg: Config) -> RunSummary:
+    """The run's training FLOPs (writes flops.json), achieved rate, MFU and closing evaluation.
+
+    Args:
+        summary: what training returned; updated in place and returned.
+        cfg: the run's config (``train.eval_at_end`` turns the evaluation on).
+    """
+    import torch
+
+    from leapkit.devices import gpu_peak_tflops
+    from leapkit.errors import DataError
+    from leapkit.evaluate import EvalReport, evaluate_model, labelled_splits
+    from leapkit.flops import run_flops
+    from leapkit.run import load_student
+
+    f = run_flops(summary.run_dir, export_batch=1, write=True)
+    summary.train_flops = f.train_flops_run
+    summary.train_flops_baseline = f.train_flops_baseline
+    summary.train_flops_saving_pct = f.train_flops_saving_pct
+    summary.achieved_tflops_per_s = round(f.train_flops_run / max(summary.train_seconds, 1e-9) / 1e12, 4)
+    device = torch.device(summary.device or "cpu")
+    peak = gpu_peak_tflops(device)
+    if peak:
+        summary.mfu_pct = round(100 * summary.achieved_tflops_per_s / (peak * summary.world_size), 2)
+    if cfg.train.eval_at_end:
+        try:
+            train_set, val_set = labelled_splits(cfg)
+        except DataError as e:
+            log.info("no labelled split for the closing evaluation (%s)", e)
+        else:
+            student = load_student(summary.run_dir, device=device)
+            summary.eval = EvalReport.from_dict(evaluate_model(student, train_set, val_set, device=device))
+    return summary
+
+
+def print_summary(summary: RunSummary) -> None:
     """The closing summary: time, throughput, curriculum, teacher work saved, probe accuracy."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"leapkit distill: {summary['run_dir']}", show_header=False)
-    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s, of which training {summary['train_seconds']:.1f} s ({summary['steps']} steps, {summary['epochs']} epochs)")
-    table.add_row("throughput", f"{summary['images_per_s']:.0f} images/s")
-    table.add_row("curriculum", summary["mode"])
-    table.add_row("blocks visited", " -> ".join(map(str, summary["blocks_visited"])) + f"  (of {summary['teacher_blocks']})")
-    table.add_row(
-        "teacher blocks saved",
-        f"{summary['teacher_blocks_saved_pct']:.1f}% of the block evaluations of the fixed-target baseline",
-    )
-    if summary.get("train_flops_saving_pct") is not None:
-        table.add_row("training FLOPs", f"{summary['train_flops'] / 1e12:.2f} TFLOPs, {summary['train_flops_saving_pct']:.1f}% below the baseline's {summary['train_flops_baseline'] / 1e12:.2f}")
-    if summary.get("mfu_pct") is not None:
-        table.add_row("model FLOP utilisation", f"{summary['mfu_pct']:.1f}%")
-    if summary.get("images_skipped"):
-        table.add_row("unreadable images skipped", str(summary["images_skipped"]))
-    ev = summary.get("eval")
-    if ev:
-        table.add_row("student linear probe", f"{ev['linear_probe_top1']:.2f}% top-1 on {ev.get('n_val', '?')} held-out images")
-        if "knn_top1" in ev:
-            table.add_row("student kNN (k=20)", f"{ev['knn_top1']:.2f}% top-1")
-    Console().print(table)
+    from leapkit.tables import Table
+
+    s = summary
+    table = Table.of("measure", "value", title=f"leapkit distill: {s.run_dir}")
+    wall = f"{s.wall_seconds:.1f} s, of which training" if s.wall_seconds is not None else "training"
+    table.add("wall time", f"{wall} {s.train_seconds:.1f} s ({s.steps} steps, {s.epochs} epochs)")
+    table.add("throughput", f"{s.images_per_s:.0f} images/s")
+    table.add("curriculum", s.mode)
+    table.add("blocks visited", " -> ".join(map(str, s.blocks_visited)) + f"  (of {s.teacher_blocks})")
+    saved = f"{s.teacher_blocks_saved_pct:.1f}% of the block evaluations of the fixed-target baseline"
+    table.add("teacher blocks saved", saved)
+    if s.train_flops is not None and s.train_flops_saving_pct is not None and s.train_flops_baseline is not None:
+        table.add(
+            "training FLOPs",
+            f"{s.train_flops / 1e12:.2f} TFLOPs, {s.train_flops_saving_pct:.1f}% below the baseline's "
+            f"{s.train_flops_baseline / 1e12:.2f}",
+        )
+    if s.mfu_pct is not None:
+        table.add("model FLOP utilisation", f"{s.mfu_pct:.1f}%")
+    if s.images_skipped:
+        table.add("unreadable images skipped", str(s.images_skipped))
+    if s.eval is not None:
+        table.add("student linear probe", f"{s.eval.linear_probe_top1:.2f}% top-1 on {s.eval.n_val} held-out images")
+        table.add("student kNN (k=20)", f"{s.eval.knn_top1:.2f}% top-1")
+    Console().print(table.to_rich())

@@ -74,7 +74,8 @@ def main() -> None:
         if debug:
             raise
         typer.secho(
-            f"internal error: {type(e).__name__}: {e} (a bug in leapkit: set LEAPKIT_DEBUG=1 for the traceback and report it)",
+            f"internal error: {type(e).__name__}: {e} "
+            "(a bug in leapkit: set LEAPKIT_DEBUG=1 for the traceback and report it)",
             fg="red", err=True,
         )
         sys.exit(INTERNAL_ERROR_EXIT)

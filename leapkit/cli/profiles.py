@@ -3,56 +3,62 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from leapkit import config, profiles as P
+from leapkit import config
+from leapkit import profiles as P
 from leapkit.errors import ConfigError
+from leapkit.tables import Table, fmt
+from leapkit.types import PRECISIONS
 
 profiles_app = typer.Typer(help="List, show and validate recipes and target profiles.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="A target (or family such as 'jetson'), a recipe, or a .yaml file.")]
-NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Targets, recipes or .yaml files (default: every shipped one).", show_default=False)]
+NamesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Targets, recipes or .yaml files (default: every shipped one).", show_default=False),
+]
 
 
-def _fmt(v: object) -> str:
-    return "-" if v is None else str(v)
+def targets_table() -> Table:
+    """The shipped target profiles, one row each; an invalid one says so."""
+    caption = "families: " + ", ".join(f"{k} -> {v}" for k, v in P.FAMILY_DEFAULTS.items())
+    table = Table.of("name", "family", "runtime", "prec", "budget", *PRECISIONS, "mem BW GB/s",
+                     title="Target profiles (peaks: dense TFLOPS, int8 TOPS)", caption=caption)
+    table.columns[0].no_wrap = True
+    for name in P.list_targets():
+        try:
+            t = P.load_target(name)
+        except ConfigError:
+            table.add(name, "invalid: see `leapkit profiles validate`", *[""] * 7)
+            continue
+        peaks = [fmt(t.peak_tops.get(k), "g") for k in PRECISIONS]
+        budget = f"{t.budget_stat}<={t.latency_budget_ms:g}ms"
+        table.add(name, t.family, t.runtime, t.precision, budget, *peaks, f"{t.memory_bandwidth_gbs:g}")
+    return table
 
 
-def _defaults_caption() -> str:
-    return "families: " + ", ".join(f"{k} -> {v}" for k, v in P.FAMILY_DEFAULTS.items())
+def recipes_table() -> Table:
+    """The shipped recipes: teacher, student, resolution and data."""
+    table = Table.of("name", "teacher", "student", "img size", "data", title="Recipes")
+    for name in P.list_recipes():
+        try:
+            cfg = config.resolve_config(name)
+            table.add(name, cfg.model.teacher, cfg.model.student, cfg.model.img_size, cfg.data.source)
+        except ConfigError as e:
+            table.add(name, f"invalid: {e}", "", "", "")
+    return table
 
 
 @profiles_app.command("list")
 def list_() -> None:
     """The shipped target profiles and recipes."""
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes are wider than 80
-    table = Table(title="Target profiles (peaks: dense TFLOPS, int8 TOPS)", title_justify="left", caption=_defaults_caption(), caption_justify="left")
-    for col in ("name", "family", "runtime", "prec", "budget", "fp32", "fp16", "int8", "mem BW GB/s"):
-        table.add_column(col, no_wrap=col == "name")
-    for name in P.list_targets():
-        try:
-            t = P.load_target(name)
-        except ConfigError:
-            table.add_row(name, "invalid: see `leapkit profiles validate`", *[""] * 7)
-            continue
-        peaks = [_fmt(t.peak_tops.get(k)) for k in P.PRECISIONS]
-        budget = f"{t.budget_stat}<={t.latency_budget_ms:g}ms"
-        table.add_row(name, t.family, t.runtime, t.precision, budget, *peaks, f"{t.memory_bandwidth_gbs:g}")
-    console.print(table)
-    recipes = Table(title="Recipes", title_justify="left")
-    for col in ("name", "teacher", "student", "img size", "data"):
-        recipes.add_column(col)
-    for name in P.list_recipes():
-        try:
-            cfg = config.resolve_config(name)
-            recipes.add_row(name, cfg.model.teacher, cfg.model.student, str(cfg.model.img_size), cfg.data.source)
-        except ConfigError as e:
-            recipes.add_row(name, f"invalid: {e}", "", "", "")
-    console.print(recipes)
+    console.print(targets_table().to_rich())
+    console.print(recipes_table().to_rich())
 
 
 @profiles_app.command("show")
@@ -69,9 +75,7 @@ def show(name: NameArg) -> None:
     else:
         cfg = config.resolve_config(name)
         typer.echo(f"# recipe {name} ({config.recipe_path(name)}), resolved over the defaults")
-        data = cfg.to_dict()
-        data["data"]["crop_scale"] = list(cfg.data.crop_scale)
-        typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+        typer.echo(config.to_yaml(cfg).rstrip())
 
 
 @profiles_app.command("validate")
@@ -93,4 +97,6 @@ def validate(names: NamesArg = None) -> None:
         else:
             typer.echo(f"{kind} {name}: ok")
     if failed:
-        raise ConfigError(f"{len(failed)} of {len(items)} profiles are invalid ({', '.join(failed)}); fix the problems listed above")
+        raise ConfigError(
+            f"{len(failed)} of {len(items)} profiles are invalid ({', '.join(failed)}); fix the problems listed above"
+        )

@@ -7,13 +7,24 @@ keys are a contract: ``files`` (name -> sha256), ``input`` (name, shape, dtype, 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from leapkit.records import Record
 from leapkit.types import Precision, Status
 
 MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -114,3 +125,13 @@ class ExportManifest(Record):
     @property
     def passed(self) -> bool:
         return not any(v.failed for v in self.variants)
+
+    def failures(self) -> list[str]:
+        """``file (why)`` for each failed variant."""
+        return [f"{v.file} ({v.why_failed()})" for v in self.variants if v.failed]
+
+    def record_files(self, folder: Path) -> None:
+        """Set ``files`` and ``sizes`` from every file in ``folder`` but the manifest itself."""
+        paths = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST]
+        self.files = {p.name: sha256(p) for p in paths}
+        self.sizes = {p.name: p.stat().st_size for p in paths}

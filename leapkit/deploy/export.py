@@ -1,0 +1,404 @@
+"""Export a run's student for a target: ONNX (fp32, fp16, int8 Q/DQ), checked against PyTorch, bundled.
+
+    leapkit.export(run, target="jetson") -> RUN/export/<target>/ and RUN/export/latest
+
+:func:`export` validates the request into an :class:`ExportPlan` before anything is written, then
+runs it: the fp32 graph (onnx_graph), its fp16 and int8 variants (onnx_fp16, onnx_int8), parity
+of each with ONNX Runtime against the PyTorch student on real images and the linear-probe
+accuracy of its CLS features (parity), TensorRT engines where TensorRT and a GPU exist
+(trt_build), the deploy bundle and README (bundle), and manifest.json (manifest). A variant that
+misses its threshold is kept, marked ``failed`` in manifest.json, and the export raises CheckFailed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from leapkit import __version__
+from leapkit.deploy.bundle import DEFAULT_TENSORRT, REFERENCE_INPUT, BatchRange, engine_file, readme, write_scripts
+from leapkit.deploy.calibration import ExportData, export_data, stack_images
+from leapkit.deploy.manifest import MANIFEST, ExportManifest, InputSpec, TargetInfo, Variant
+from leapkit.deploy.onnx_fp16 import convert_fp16
+from leapkit.deploy.onnx_graph import (
+    FILE_NAMES,
+    OPSET,
+    GraphSpec,
+    check_graph,
+    default_opset,
+    export_onnx,
+    quiet_exporters,
+    require_onnxslim,
+    simplify,
+    target_opset,
+)
+from leapkit.deploy.onnx_int8 import quantize_int8
+from leapkit.deploy.parity import (
+    MAX_TOP1_DROP,
+    MIN_COSINE,
+    check_accuracy,
+    check_parity,
+    device_tolerances,
+    overall_status,
+)
+from leapkit.deploy.plan import ExportPlan, load_student, resolve_precisions
+from leapkit.deploy.progress import Steps
+from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
+from leapkit.errors import CheckFailed, ExportError, ModelError, RunError
+from leapkit.models import normalization
+from leapkit.profiles import load_target
+from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_run
+from leapkit.runtimes import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    OrtRunner,
+    Outputs,
+    TensorRTRunner,
+    TorchRunner,
+    run_batched,
+)
+from leapkit.types import CalibMethod, Precision
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from leapkit.profiles import TargetProfile
+
+log = logging.getLogger(__name__)
+
+FP16_ON_CPU_NOTE = (
+    "checked on ONNX Runtime's CPU provider, which has no fp16 kernels for this graph's arithmetic: it casts "
+    "to fp32 around each op and rounds the results to fp16, so parity covers fp16 storage, not TensorRT's fp16 kernels"
+)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` produced; ``passed`` is False when any variant failed its checks."""
+
+    target: str
+    out_dir: Path
+    manifest: ExportManifest
+
+    @property
+    def variants(self) -> list[Variant]:
+        return self.manifest.variants
+
+    @property
+    def not_run(self) -> list[str]:
+        return self.manifest.not_run
+
+    @property
+    def passed(self) -> bool:
+        return self.manifest.passed
+
+    def failures(self) -> list[str]:
+        return self.manifest.failures()
+
+
+def export(
+    run: str | Path | None = None,
+    target: str | TargetProfile = "x86-cpu",
+    precision: str | Sequence[str] | None = None,
+    overwrite: bool = False,
+    *,
+    calib_images: int = 256,
+    calib_method: CalibMethod = "percentile",
+    parity_images: int = 64,
+    probe_images: int | None = 5000,
+    batch: int | None = None,
+    input_size: int | None = None,
+    slim: bool = False,
+    build_engine: bool | None = None,
+    check: bool = True,
+    progress: bool = False,
+) -> ExportResult:
+    """Export a run's student for a target and check every artefact against PyTorch.
+
+    Writes ``RUN/export/<target>/`` (model.onnx and its fp16/int8 variants, manifest.json,
+    README.md, the reference input, and for TensorRT targets build/bench/check scripts or, where
+    TensorRT and a GPU exist, engines) and points ``RUN/export/latest`` at it. The folder is built
+    aside and swapped in when complete, so an existing export survives a failed attempt.
+
+    Args:
+        run: the run directory (default ``runs/latest``).
+        target: target profile name, family (``jetson``), YAML path or a loaded profile.
+        precision: ``fp32``, ``fp16``, ``int8``, a list of them or ``all``; default: the profile's.
+            fp32 is always exported: the other variants derive from it.
+        overwrite: replace an existing export for this target.
+        calib_images: training images for INT8 calibration.
+        calib_method: how INT8 activation ranges are chosen (percentile or minmax).
+        parity_images: validation images for the parity check.
+        probe_images: cap on train images for the linear probe (val capped at half of it);
+            None uses all of them.
+        batch: the batch the engine is tuned for and accepts at most (default: the profile's).
+        input_size: image size to export at (default: the profile's, else the run's).
+        slim: simplify the fp32 graph with onnxslim before deriving the variants.
+        build_engine: build TensorRT engines here; None builds them when TensorRT and a GPU exist
+            and the target's runtime is TensorRT.
+        check: raise CheckFailed when a variant fails its checks (after writing everything).
+        progress: show a progress bar on stderr.
+
+    Raises:
+        ConfigError: unknown target.
+        ExportError: a precision the target cannot take, an input size the patch size does not divide.
+        RunError: no run, a run without weights, an existing export without ``overwrite``.
+        MissingDependency: --slim without onnxslim, --build-engine without tensorrt.
+        CheckFailed: a variant failed parity or accuracy (only with ``check``).
+    """
+    profile = load_target(target)
+    precisions = resolve_precisions(precision, profile)
+    run_dir = resolve_run(run, need=(CONFIG, STUDENT))
+    cfg = read_run_config(run_dir)
+    batch_size = batch if batch is not None else profile.batch
+    if batch_size < 1:
+        raise ExportError(f"batch must be >= 1, got {batch_size}; pass --batch N")
+    engines, no_engine = engines_wanted(build_engine) if profile.runtime == "tensorrt" else (False, None)
+    plan = ExportPlan(
+        run_dir=run_dir, cfg=cfg, profile=profile, precisions=precisions,
+        input_size=input_size or profile.resolve_input_size(cfg.model.img_size),
+        batch=BatchRange(1, batch_size, batch_size), calib_images=calib_images, calib_method=calib_method,
+        parity_images=parity_images, probe_images=probe_images, slim=slim, build_engine=engines,
+        no_engine_reason=no_engine, overwrite=overwrite, check=check, progress=progress,
+    )
+    return export_plan(plan)
+
+
+def export_plan(plan: ExportPlan) -> ExportResult:
+    """Run a validated plan: build the export aside, swap it in, point ``export/latest`` at it.
+
+    Raises:
+        RunError: the export exists and ``plan.overwrite`` is not set.
+        ExportError: the student cannot be exported at the plan's input size.
+        MissingDependency: ``plan.slim`` without onnxslim.
+        CheckFailed: a variant failed its checks and ``plan.check`` is set.
+    """
+    final = plan.out_dir
+    if final.exists() and not plan.overwrite:
+        raise RunError(
+            f"{final} already exists; pass --overwrite to replace it "
+            f"(the old export stays until the new one is complete)"
+        )
+    student = load_student(plan)
+    if plan.slim:
+        require_onnxslim()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        with Steps(plan.total_steps, plan.progress) as steps, quiet_exporters():
+            manifest = _Export(plan, student, tmp, steps).run()
+            manifest.save(tmp / MANIFEST)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, final)
+    point_latest(final)
+    log.info("export for %s written to %s", plan.profile.name, final)
+    result = ExportResult(target=plan.profile.name, out_dir=final, manifest=manifest)
+    if plan.check and not result.passed:
+        raise CheckFailed(
+            f"export for {result.target} failed its checks: {', '.join(result.failures())}; see {final / MANIFEST}"
+        )
+    return result
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by the complete folder ``tmp``; the old one is removed only afterwards."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class _Export:
+    """One export into a fresh folder: the steps in order, and the evidence they gather."""
+
+    def __init__(self, plan: ExportPlan, student: nn.Module, out: Path, steps: Steps) -> None:
+        self.plan, self.student, self.out, self.steps = plan, student, out, steps
+        self.spec = GraphSpec.of(student, plan.input_size)
+        self.mean, self.std = normalization(plan.cfg.model.teacher)
+        self.torch = TorchRunner(student)
+        self.variants: list[Variant] = []
+        self.ort: dict[Precision, OrtRunner] = {}
+        self.not_run: list[str] = []
+        self.calibration: dict[str, Any] | None = None
+        self.engines: list[dict[str, Any]] = []
+
+    def run(self) -> ExportManifest:
+        exporter = self.fp32_graph()
+        self.steps.step("loading parity and calibration images")
+        data = export_data(self.plan.cfg, self.plan.input_size, self.mean, self.std)
+        parity_x, _ = stack_images(data.parity, self.plan.parity_images)
+        reference = run_batched(self.torch, parity_x)
+        self.steps.done()
+        for precision in self.plan.precisions:
+            self.onnx_variant(precision, data, parity_x, reference)
+        self.steps.step("linear probe of the exported models")
+        reason = check_accuracy(self.variants, {"pytorch": self.torch, **self.ort}, data, self.plan.probe_images,
+                                seed=self.plan.cfg.train.seed)
+        if reason:
+            self.not_run.append(reason)
+        self.steps.done()
+        if self.plan.build_engine:
+            self.tensorrt_engines(parity_x, reference)
+        elif self.plan.tensorrt:
+            self.not_run += [
+                f"TensorRT engine build and parity: {self.plan.no_engine_reason}; "
+                f"build on the device with build_engine.sh",
+                f"build_engine.sh, check_engine.sh and bench_engine.sh: generated for TensorRT "
+                f"{self.plan.profile.tensorrt or DEFAULT_TENSORRT}, not executed here",
+                "engine latency: time it on the device with bench_engine.sh or `leapkit bench`",
+            ]
+        self.steps.step("writing the bundle")
+        manifest = self.bundle(exporter, data, parity_x)
+        self.steps.done()
+        return manifest
+
+    def fp32_graph(self) -> str:
+        """Export and check model.onnx; returns the exporter that wrote it."""
+        self.steps.step("exporting the fp32 ONNX graph")
+        path = self.out / FILE_NAMES["fp32"]
+        exporter = export_onnx(self.student, path, self.plan.input_size, opset=target_opset(self.plan.profile))
+        if self.plan.slim:
+            simplify(path)
+            exporter += ", simplified with onnxslim"
+        check_graph(path, self.spec.output_shapes())
+        self.steps.done()
+        return exporter
+
+    def onnx_variant(self, precision: Precision, data: ExportData, parity_x: np.ndarray, reference: Outputs) -> None:
+        """Derive the ``precision`` graph from fp32 (fp16, int8) and check its parity with ONNX Runtime."""
+        import onnx
+        import onnxruntime as ort
+
+        fp32, path = self.out / FILE_NAMES["fp32"], self.out / FILE_NAMES[precision]
+        if precision == "fp16":
+            self.steps.step("converting to fp16 (normalisations and softmax kept in fp32)")
+            onnx.save(convert_fp16(onnx.load(str(fp32))), str(path))
+            check_graph(path, self.spec.output_shapes())
+            self.steps.done()
+        elif precision == "int8":
+            self.steps.step(f"calibrating INT8 on {self.plan.calib_images} training images")
+            calib_x, _ = stack_images(data.calib, self.plan.calib_images)
+            info = quantize_int8(fp32, path, calib_x, method=self.plan.calib_method, runtime=self.plan.profile.runtime)
+            self.calibration = {**info, "split": "train"}
+            check_graph(path, self.spec.output_shapes())
+            self.steps.done()
+        self.steps.step(f"parity of {path.name} on {len(parity_x)} images")
+        variant = Variant(precision=precision, format="onnx", file=path.name, size_bytes=path.stat().st_size,
+                          checked_with=f"onnxruntime {ort.__version__} CPUExecutionProvider")
+        try:
+            runner = OrtRunner(path, self.plan.profile.threads)
+        except ModelError as e:  # ORT reports missing kernels as a generic runtime error
+            cause = str(e.__cause__ or e).splitlines()[0][:160]
+            variant.notes.append(f"ONNX Runtime's CPU provider cannot run it ({cause}); parity not run")
+            variant.checked_with = None
+            self.not_run.append(f"parity of {path.name}: ONNX Runtime CPU could not load it")
+        else:
+            self.ort[precision] = runner
+            check_parity(variant, runner, reference, parity_x)
+            if precision == "fp16":
+                variant.notes.append(FP16_ON_CPU_NOTE)
+        self.variants.append(variant)
+        self.steps.done()
+
+    def tensorrt_engines(self, parity_x: np.ndarray, reference: Outputs) -> None:
+        """Build an engine per ONNX variant on this machine's GPU and check its parity."""
+        plan, size = self.plan, self.plan.input_size
+        cache = plan.run_dir / "export" / timing_cache_name()
+        for v in [v for v in self.variants if v.format == "onnx"]:
+            engine = engine_file(v.file)
+            self.steps.step(f"building the TensorRT engine for {v.file}")
+            info = build_engine(
+                self.out / v.file, self.out / engine, input_name=INPUT_NAME, chw=(3, size, size), batch=plan.batch,
+                precision=v.precision, workspace_mb=plan.profile.workspace_mb, timing_cache=cache,
+            )
+            self.steps.done()
+            self.steps.step(f"parity of {engine}")
+            ev = Variant(precision=v.precision, format="tensorrt", file=engine,
+                         size_bytes=(self.out / engine).stat().st_size,
+                         checked_with=f"TensorRT {info.tensorrt_version} on {info.gpu}")
+            ev.notes.append(f"built for {info.gpu} (compute {info.compute_capability}); rebuild on the target device "
+                            f"with build_engine.sh")
+            runner = TensorRTRunner(self.out / engine)
+            try:
+                check_parity(ev, runner, reference, parity_x, batch_size=plan.batch.max)
+            finally:
+                runner.close()
+            self.variants.append(ev)
+            self.engines.append(info.to_dict())
+            self.steps.done()
+
+    def bundle(self, exporter: str, data: ExportData, parity_x: np.ndarray) -> ExportManifest:
+        """The reference input, the manifest, the scripts (TensorRT targets) and the README."""
+        ref_x = np.ascontiguousarray(parity_x[:1])  # a real image: int8 ranges are calibrated for real data
+        ref_x.astype("<f4").tofile(self.out / REFERENCE_INPUT)
+        ref_torch = self.torch(ref_x)
+        reference = {
+            "input": {"file": REFERENCE_INPUT, "shape": [1, 3, self.plan.input_size, self.plan.input_size],
+                      "dtype": "float32 little-endian",
+                      "description": f"the first parity image (val split of {data.source}), already normalised"},
+            "outputs": {name: {"shape": list(v.shape), "first": [float(f) for f in v.ravel()[:8]],
+                               "l2": float(np.linalg.norm(v))} for name, v in ref_torch.items()},
+            "outputs_from": "the PyTorch student (fp32)",
+            "tolerance": device_tolerances(ref_torch, self.ort, ref_x),
+        }
+        manifest = self.manifest(exporter, data, reference)
+        if self.plan.tensorrt:
+            write_scripts(self.out, manifest, self.plan.profile)
+        (self.out / "README.md").write_text(readme(manifest, self.plan.profile))
+        manifest.record_files(self.out)
+        return manifest
+
+    def manifest(self, exporter: str, data: ExportData, reference: dict[str, Any]) -> ExportManifest:
+        plan, spec, profile = self.plan, self.spec, self.plan.profile
+        opsets = {v.file: default_opset(self.out / v.file) for v in self.variants if v.format == "onnx"}
+        shapes, descriptions = spec.output_shapes(), spec.output_descriptions()
+        return ExportManifest(
+            format_version=1,
+            leapkit_version=__version__,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            status=overall_status(self.variants),
+            source_run=str(plan.run_dir),
+            target=TargetInfo(
+                name=profile.name, family=profile.family, runtime=profile.runtime, precision=profile.precision,
+                tensorrt=profile.tensorrt, jetpack=profile.jetpack, latency_budget_ms=profile.latency_budget_ms,
+            ),
+            student={
+                "model": plan.cfg.model.student, "trained_img_size": plan.cfg.model.img_size,
+                "img_size": spec.img_size, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim,
+                "num_prefix_tokens": spec.num_prefix_tokens, "num_patches": spec.num_patches,
+                "params": int(sum(p.numel() for p in self.student.parameters())),
+            },
+            exporter=exporter,
+            opset=opsets.get(FILE_NAMES["fp32"], OPSET),
+            opsets=opsets,
+            input=InputSpec(
+                name=INPUT_NAME, shape=spec.input_shape, dtype="float32", mean=[float(m) for m in self.mean],
+                std=[float(s) for s in self.std], layout="NCHW",
+                preprocessing="RGB scaled to [0, 1], then (x - mean) / std per channel",
+            ),
+            outputs=[{"name": n, "shape": shapes[n], "dtype": "float32", "description": descriptions[n]}
+                     for n in OUTPUT_NAMES],
+            batch=asdict(plan.batch),
+            variants=self.variants,
+            engines=self.engines,
+            calibration=self.calibration,
+            parity_data={"source": data.source, "split": "val"},
+            thresholds={"min_cosine": MIN_COSINE, "max_top1_drop": MAX_TOP1_DROP},
+            reference=reference,
+            not_run=self.not_run,
+        )

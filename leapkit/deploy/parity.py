@@ -1,0 +1,196 @@
+"""Does an exported artefact compute what the PyTorch student computes? Parity, probe accuracy, tolerances.
+
+Two checks decide a variant's status, each against a threshold per precision:
+
+- parity: the worst per-image cosine similarity to PyTorch, over every output, on real images,
+  must reach :data:`MIN_COSINE`;
+- accuracy: the linear-probe top-1 of its CLS features may fall at most :data:`MAX_TOP1_DROP`
+  points below the PyTorch student's.
+
+A variant that misses either is ``failed``; one whose parity could not run stays ``unchecked``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from leapkit.runtimes import Outputs, Runner, run_batched
+from leapkit.types import Precision, Status
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from leapkit.deploy.calibration import ExportData
+    from leapkit.deploy.manifest import Variant
+
+# Worst per-image cosine similarity to PyTorch a variant must reach, for every output.
+MIN_COSINE: dict[Precision, float] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
+# Largest linear-probe top-1 drop (percentage points) against the PyTorch student.
+MAX_TOP1_DROP: dict[Precision, float] = {"fp32": 0.5, "fp16": 1.0, "int8": 3.0}
+# Device-check tolerance floors (engines may use TF32 for fp32 and other kernels than ORT).
+TOL_FLOOR: dict[Precision, tuple[float, float]] = {"fp32": (1e-2, 5e-3), "fp16": (5e-2, 1e-2), "int8": (0.25, 0.05)}
+# The device check allows this multiple of what ONNX Runtime deviates on the reference input.
+TOL_FACTOR = 4
+
+
+def compare(reference: Outputs, got: Outputs) -> dict[str, dict[str, float]]:
+    """Per output: max and mean abs difference, worst and mean per-image cosine similarity."""
+    out = {}
+    for name, ref in reference.items():
+        a = ref.reshape(len(ref), -1).astype(np.float64)
+        b = got[name].reshape(len(ref), -1).astype(np.float64)
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        diff = np.abs(a - b)
+        finite = bool(np.isfinite(b).all())
+        out[name] = {
+            "max_abs": float(diff.max()) if finite else float("inf"),
+            "mean_abs": float(diff.mean()) if finite else float("inf"),
+            "cosine_min": float(cos.min()) if finite else float("nan"),
+            "cosine_mean": float(cos.mean()) if finite else float("nan"),
+        }
+    return out
+
+
+def parity_verdict(
+    stats: dict[str, dict[str, float]], precision: Precision, images: int, min_cosine: float | None = None
+) -> dict[str, Any]:
+    """The parity entry of a variant: passed when the worst cosine of every output reaches the threshold.
+
+    Args:
+        stats: :func:`compare`'s result.
+        precision: picks the threshold from :data:`MIN_COSINE`.
+        images: how many images were compared.
+        min_cosine: a threshold other than the precision's.
+    """
+    threshold = MIN_COSINE[precision] if min_cosine is None else min_cosine
+    worst = min(s["cosine_min"] for s in stats.values())
+    passed = bool(np.isfinite(worst) and worst >= threshold)
+    return {"images": images, "min_cosine_required": threshold, "cosine_min": worst, "passed": passed, "outputs": stats}
+
+
+def accuracy_passed(drop_top1: float, precision: Precision) -> bool:
+    """Whether a probe top-1 ``drop_top1`` points below PyTorch's is within :data:`MAX_TOP1_DROP`."""
+    return drop_top1 <= MAX_TOP1_DROP[precision]
+
+
+def check_parity(
+    variant: Variant, runner: Runner, reference: Outputs, images: np.ndarray, batch_size: int = 32
+) -> None:
+    """Run ``images`` through ``runner``, compare with ``reference`` and record the verdict on ``variant``."""
+    stats = compare(reference, run_batched(runner, images, batch_size))
+    variant.parity = parity_verdict(stats, variant.precision, len(images))
+    if variant.parity["passed"]:
+        variant.status = "ok"
+    else:
+        variant.status = "failed"
+        variant.notes.append(
+            f"parity: worst cosine {variant.parity['cosine_min']:.6f} < {variant.parity['min_cosine_required']}"
+        )
+
+
+def probe_accuracy(
+    features: dict[str, tuple[np.ndarray, np.ndarray]], train_y: np.ndarray, val_y: np.ndarray, seed: int
+) -> dict[str, dict[str, float]]:
+    """Linear-probe top-1/top-5 (percent) of each model's CLS features (name -> (train, val))."""
+    import torch
+
+    from leapkit.evaluate import linear_probe
+
+    ty, vy = torch.from_numpy(train_y).long(), torch.from_numpy(val_y).long()
+    return {
+        name: linear_probe(torch.from_numpy(tr).float(), ty, torch.from_numpy(va).float(), vy, seed=seed)
+        for name, (tr, va) in features.items()
+    }
+
+
+def _cls_features(
+    runners: Mapping[str, Runner], ds: Dataset, count: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    from leapkit.deploy.calibration import image_batches
+
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    labels = []
+    for x, y in image_batches(ds, count):  # streamed: a large split never sits in memory as pixels
+        for name, runner in runners.items():
+            feats[name].append(runner(x)["cls"])
+        labels.append(y)
+    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+
+
+def check_accuracy(
+    variants: Sequence[Variant], runners: Mapping[str, Runner], data: ExportData, probe_images: int | None, seed: int
+) -> str | None:
+    """Linear-probe accuracy of each variant's CLS features against the PyTorch student's.
+
+    Args:
+        variants: the variants to judge; those without a runner in ``runs`` are left alone.
+        runners: ``pytorch`` and one runner per precision.
+        data: the export's images; the probe needs its labelled splits.
+        probe_images: cap on train images (val: half of it); None uses all of them.
+        seed: the probe's seed.
+
+    Returns:
+        Why the probe did not run, or None when it did.
+    """
+    if data.train is None or data.val is None:
+        return f"linear-probe accuracy: the run's data has no labels ({data.no_labels})"
+    val_cap = None if probe_images is None else max(probe_images // 2, 1)
+    train_f, train_y = _cls_features(runners, data.train, probe_images)
+    val_f, val_y = _cls_features(runners, data.val, val_cap)
+    acc = probe_accuracy({name: (train_f[name], val_f[name]) for name in runners}, train_y, val_y, seed)
+    ref = acc["pytorch"]
+    for v in variants:
+        if v.precision not in acc:
+            continue
+        got = acc[v.precision]
+        drop = ref["top1"] - got["top1"]
+        v.accuracy = {
+            "metric": "linear_probe_top1", "top1": round(got["top1"], 3), "top5": round(got["top5"], 3),
+            "pytorch_top1": round(ref["top1"], 3), "pytorch_top5": round(ref["top5"], 3), "drop_top1": round(drop, 3),
+            "max_drop_top1": MAX_TOP1_DROP[v.precision], "n_train": int(len(train_y)), "n_val": int(len(val_y)),
+            "features": "cls",
+        }
+        if not accuracy_passed(drop, v.precision):
+            v.status = "failed"
+            v.notes.append(
+                f"accuracy: top-1 {got['top1']:.2f}% is {drop:.2f} points below PyTorch's {ref['top1']:.2f}%"
+            )
+    return None
+
+
+def overall_status(variants: Sequence[Variant]) -> Status:
+    """``failed`` when any variant failed, else ``unchecked`` when any is unchecked, else ``ok``."""
+    statuses = {v.status for v in variants}
+    return "failed" if "failed" in statuses else "unchecked" if "unchecked" in statuses else "ok"
+
+
+def device_tolerances(
+    reference: Outputs, runners: Mapping[Precision, Runner], x: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """What the device check (check_outputs.py) allows per precision, from ONNX Runtime's deviation on ``x``.
+
+    :data:`TOL_FACTOR` times the worst deviation of the first eight values and of the L2 norm, with
+    the floors of :data:`TOL_FLOOR`.
+
+    Args:
+        reference: the PyTorch outputs of ``x``.
+        runners: the ONNX variants that ONNX Runtime could load.
+        x: the reference input (one image).
+    """
+    out = {}
+    for prec, (floor_abs, floor_rel) in TOL_FLOOR.items():
+        worst_abs, worst_rel = 0.0, 0.0
+        if prec in runners:
+            got = runners[prec](x)
+            for name, ref in reference.items():
+                worst_abs = max(worst_abs, float(np.abs(got[name].ravel()[:8] - ref.ravel()[:8]).max()))
+                norm = float(np.linalg.norm(ref))
+                worst_rel = max(worst_rel, abs(float(np.linalg.norm(got[name])) - norm) / max(norm, 1e-12))
+        out[prec] = {
+            "first_max_abs": round(max(TOL_FACTOR * worst_abs, floor_abs), 6),
+            "l2_rel": round(max(TOL_FACTOR * worst_rel, floor_rel), 6),
+        }
+    return out

@@ -1,0 +1,248 @@
+"""What MODEL names: a run directory, an export folder, an ONNX file or a TensorRT engine.
+
+    resolve_model(model, target) -> ModelSource(kind, artifacts, out_dir, run_dir, export_dir, ...)
+
+A run contributes its PyTorch student and the files of its export for the target (or its newest
+export). An export folder is read through its manifest (:class:`ExportManifest`), which gives
+each file's precision, status and probe accuracy; a folder without a manifest is scanned for
+model files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from leapkit.deploy.manifest import MANIFEST, ExportManifest, Variant
+from leapkit.errors import ModelError, RunError
+from leapkit.records import read_json
+from leapkit.run import CONFIG, STUDENT, read_run_config, resolve_run
+from leapkit.types import PRECISIONS, Format, Runtime
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+MODEL_SUFFIXES = ONNX_SUFFIXES + ENGINE_SUFFIXES
+RUNTIME_OF: dict[Format, Runtime] = {"pytorch": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+EVAL = "eval.json"
+
+
+def export_failed(status: str) -> bool:
+    """Whether an artefact status (``ok``, ``unchecked``, ``failed: <why>``) says the export failed it."""
+    return status.startswith("failed")
+
+
+@dataclass
+class Artifact:
+    """One model file, or the in-memory PyTorch student, to benchmark.
+
+    Args:
+        format: pytorch, onnx or engine.
+        precision: fp32, fp16 or int8; ``unknown`` for an engine without a hint.
+        path: the file (None for the PyTorch student).
+        size_mb: file size in MB (external ONNX data included).
+        accuracy: linear-probe top-1 (%) when the run's evaluation or the export recorded it.
+        status: ``ok``, ``unchecked``, or ``failed: <why>`` as the export recorded it.
+    """
+
+    format: Format
+    precision: str
+    path: Path | None = None
+    size_mb: float | None = None
+    accuracy: float | None = None
+    status: str = "ok"
+
+    @property
+    def runtime(self) -> Runtime:
+        return RUNTIME_OF[self.format]
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "the PyTorch student"
+
+
+@dataclass
+class ModelSource:
+    """A resolved MODEL argument: what can be benched and where the report goes.
+
+    Args:
+        kind: what MODEL named.
+        artifacts: what can be benched, the PyTorch student first.
+        out_dir: where bench/<target>.* is written (the run, else the folder of the model).
+        run_dir: the run, when MODEL is one or an export names its source run.
+        export_dir: the export folder, when there is one.
+        img_size: input size: the run's training resolution, else the export's input size.
+        manifest: the export's manifest, when it has one.
+    """
+
+    kind: Literal["run", "export", "onnx", "engine"]
+    artifacts: list[Artifact]
+    out_dir: Path
+    run_dir: Path | None = None
+    export_dir: Path | None = None
+    img_size: int | None = None
+    manifest: ExportManifest | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str | None:
+        """The target the export was made for, when its manifest says."""
+        return self.manifest.target.name if self.manifest else None
+
+    def has(self, runtime: Runtime) -> bool:
+        """Whether something here runs in ``runtime`` (torch needs the run's student)."""
+        if runtime == "torch" and self.run_dir is None:
+            return False
+        return any(a.runtime == runtime for a in self.artifacts)
+
+
+def precision_from_name(name: str) -> str | None:
+    """fp32, fp16 or int8 when the file name says so (``model_int8.onnx``, ``model.fp16.engine``)."""
+    for p in reversed(PRECISIONS):
+        if re.search(rf"(^|[._-]){p}([._-]|$)", name):
+            return p
+    return None
+
+
+def onnx_precision(path: Path) -> str:
+    """fp32, fp16 or int8, from the file name or else from the graph (QDQ/QLinear ops, fp16 weights).
+
+    Raises:
+        ModelError: the file is not a valid ONNX model.
+    """
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelError(
+            f"{path} is not a valid ONNX file ({type(e).__name__}); re-export it with `leapkit export`"
+        ) from e
+    hint = precision_from_name(path.name)
+    if hint:
+        return hint
+    ops = {n.op_type for n in m.graph.node}
+    quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "MatMulInteger",
+                 "DynamicQuantizeLinear"}
+    if ops & quantized:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _file_mb(path: Path) -> float:
+    size = path.stat().st_size
+    data = path.with_name(path.name + ".data")  # ONNX external data saved next to the model
+    if data.is_file():
+        size += data.stat().st_size
+    return size / 1e6
+
+
+def _status(variant: Variant | None) -> str:
+    if variant is None or variant.status == "ok":
+        return "ok"
+    if variant.failed:
+        return "failed" + (f": {'; '.join(variant.notes)}" if variant.notes else "")
+    return variant.status
+
+
+def file_artifact(path: Path, manifest: ExportManifest | None = None) -> Artifact:
+    """One ONNX file or engine, with what the export recorded about it when there is a manifest."""
+    variant = manifest.variant(path.name) if manifest else None
+    if path.suffix in ONNX_SUFFIXES:
+        fmt: Format = "onnx"
+        precision = onnx_precision(path)  # also refuses a file that is not ONNX
+        precision = variant.precision if variant else precision
+    else:
+        fmt = "engine"
+        meta = path.with_name(path.name + ".json")  # written beside engines by leapkit's engine builder
+        built = read_json(meta) if meta.is_file() else {}
+        precision = (variant.precision if variant else None) or built.get("precision") or precision_from_name(path.name)
+        precision = precision or "unknown"
+    accuracy = variant.probe_top1 if variant else None
+    return Artifact(fmt, precision, path, _file_mb(path), accuracy, _status(variant))
+
+
+def export_artifacts(export_dir: Path) -> tuple[list[Artifact], ExportManifest | None]:
+    """The model files of an export folder (its manifest's files, else every model file in it).
+
+    Raises:
+        RunError: the manifest is not one that ``leapkit export`` writes.
+    """
+    try:
+        manifest = ExportManifest.load_optional(export_dir / MANIFEST)
+    except RunError as e:
+        raise RunError(f"{export_dir / MANIFEST}: {e}") from e
+    names = list(manifest.files) if manifest else []
+    if not names:
+        names = sorted(p.name for p in export_dir.iterdir() if p.suffix in MODEL_SUFFIXES)
+    paths = [export_dir / n for n in names if Path(n).suffix in MODEL_SUFFIXES and (export_dir / n).is_file()]
+    return [file_artifact(p, manifest) for p in paths], manifest
+
+
+def _run_export_dir(run_dir: Path, target: str | None) -> Path | None:
+    """The run's export for ``target`` when there is one, else its newest export (export/latest)."""
+    root = run_dir / "export"
+    for candidate in ([root / target] if target else []) + [root / "latest"]:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def resolve_model(model: str | Path | None, target: str | None = None) -> ModelSource:
+    """Work out what MODEL names: a run directory, an export folder, an ONNX file or an engine.
+
+    Args:
+        model: the path; None means runs/latest.
+        target: the profile name whose export a run contributes (else its newest export).
+
+    Raises:
+        RunError: no run at runs/latest.
+        ModelError: the path does not exist or is not ONNX, an engine, an export or a run.
+    """
+    if model is None:
+        return _from_run(resolve_run(None), target)
+    path = Path(model)
+    if not path.exists():
+        raise ModelError(
+            f"model not found: {path}; pass an .onnx file, a TensorRT engine, an export folder or a run directory"
+        )
+    if path.is_file():
+        if path.suffix not in MODEL_SUFFIXES:
+            raise ModelError(
+                f"{path.name} is not a model leapkit can bench; pass an .onnx file, a TensorRT engine "
+                f"({'/'.join(ENGINE_SUFFIXES)}), an export folder or a run directory"
+            )
+        art = file_artifact(path)
+        return ModelSource("onnx" if art.format == "onnx" else "engine", [art], out_dir=path.parent.resolve())
+    if (path / CONFIG).is_file():
+        return _from_run(resolve_run(path, need=(CONFIG,)), target)
+    if (path / MANIFEST).is_file() or any(p.suffix in MODEL_SUFFIXES for p in path.iterdir()):
+        export_dir = path.resolve()
+        artifacts, manifest = export_artifacts(export_dir)
+        source = Path(manifest.source_run) if manifest else None
+        run_dir = source if source and (source / CONFIG).is_file() and (source / STUDENT).is_file() else None
+        img_size = manifest.input.img_size if manifest else None
+        return ModelSource("export", artifacts, out_dir=run_dir or export_dir, run_dir=run_dir, export_dir=export_dir,
+                           img_size=img_size, manifest=manifest)
+    raise ModelError(f"{path} holds no run ({CONFIG}), export ({MANIFEST}) or model file; pass one of those")
+
+
+def _from_run(run_dir: Path, target: str | None) -> ModelSource:
+    cfg = read_run_config(run_dir)
+    artifacts: list[Artifact] = []
+    export_dir = _run_export_dir(run_dir, target)
+    files, manifest = export_artifacts(export_dir) if export_dir is not None else ([], None)
+    if (run_dir / STUDENT).is_file():
+        evaluated = read_json(run_dir / EVAL).get("linear_probe_top1") if (run_dir / EVAL).is_file() else None
+        # the export probes the PyTorch student on the same split as its ONNX files
+        accuracy = evaluated if evaluated is not None else manifest.pytorch_top1 if manifest else None
+        artifacts.append(Artifact("pytorch", "fp32", None, (run_dir / STUDENT).stat().st_size / 1e6, accuracy))
+    artifacts += files
+    if not artifacts:
+        raise ModelError(
+            f"{run_dir} has no {STUDENT} and no export; finish `leapkit distill` or run `leapkit export` first"
+        )
+    return ModelSource("run", artifacts, out_dir=run_dir, run_dir=run_dir, export_dir=export_dir,
+                       img_size=cfg.model.img_size, manifest=manifest)

@@ -1,0 +1,336 @@
+"""`leapkit bench [MODEL] --target T`: time every format of MODEL and judge the target's latency budget.
+
+    bench(model, target, ...) -> BenchReport          the Python API, keywords as the CLI flags
+      plan_bench(...) -> BenchPlan                    every option checked before anything runs
+      run_bench(plan) -> BenchReport                  resolve, measure, decide, write bench/<target>.*
+
+Beside every measured figure sits a roofline *estimate* for the target (see cost.py); the verdict
+is in verdict.py, the report and its tables in report.py.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, cast
+
+import torch
+from torch import nn
+
+from leapkit import __version__
+from leapkit.errors import ConfigError
+from leapkit.latency.artifacts import ModelSource, resolve_model
+from leapkit.latency.cost import ROOFLINE_NOTE, Cost, roofline, torch_cost
+from leapkit.latency.machine import environment, package_version
+from leapkit.latency.measure import measure
+from leapkit.latency.report import BenchReport, BenchResult, render_markdown
+from leapkit.latency.timing import (
+    Method,
+    auto_thread_candidates,
+    parse_threads,
+    usable_cores,
+)
+from leapkit.latency.verdict import decide, stat_key, warnings
+from leapkit.profiles import TargetProfile, load_target
+from leapkit.records import atomic_write_bytes
+from leapkit.run import load_student, read_run_config
+from leapkit.runtimes import import_tensorrt, ort_providers, require_cuda
+from leapkit.threads import torch_threads
+from leapkit.types import ORT_PROVIDERS, RUNTIMES, OrtProvider, Runtime, Stat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchPlan:
+    """Everything one benchmark needs, checked.
+
+    Args:
+        model: a run directory, an export folder, an .onnx file or an engine; None is runs/latest.
+        profile: the target.
+        runtimes: the runtimes asked for; None benches what MODEL has.
+        budget_ms: the latency budget.
+        budget_source: where the budget came from (``--budget-ms`` or the profile).
+        stat: the statistic judged against the budget.
+        precisions: only formats at these precisions; empty: all.
+        method: how every format is measured (the PyTorch device among it).
+        ort_provider: ONNX Runtime's execution provider choice.
+        out_dir: where bench/ goes; None: the run, else next to the model.
+        check: raise CheckFailed after writing the report when the verdict is FAIL.
+    """
+
+    model: str | Path | None
+    profile: TargetProfile
+    runtimes: list[Runtime] | None
+    budget_ms: float
+    budget_source: str
+    stat: Stat
+    precisions: tuple[str, ...]
+    method: Method
+    ort_provider: OrtProvider = "auto"
+    out_dir: Path | None = None
+    check: bool = True
+
+
+def _number_problems(budget_ms: float | None, method: Method) -> list[str]:
+    problems = method.problems()
+    valid = isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0
+    if budget_ms is not None and not valid:
+        problems.insert(0, f"the budget must be a positive number of ms, got {budget_ms!r} (--budget-ms)")
+    return problems
+
+
+def plan_bench(
+    model: str | Path | None = None,
+    target: str | Path | TargetProfile | None = None,
+    runtimes: Sequence[str] | None = None,
+    budget_ms: float | None = None,
+    stat: Stat | None = None,
+    precisions: Sequence[str] | None = None,
+    batch: int | None = None,
+    threads: int | str | None = None,
+    warmup_s: float = 0.5,
+    iterations: int | None = None,
+    duration_s: float = 3.0,
+    compile: bool = False,
+    ort_provider: OrtProvider = "auto",
+    device: str | None = None,
+    out_dir: str | Path | None = None,
+    check: bool = True,
+) -> BenchPlan:
+    """Check every option and resolve the defaults from the target profile (see :func:`bench`).
+
+    Raises:
+        ConfigError: an invalid number, statistic, runtime or provider, all named in one line.
+    """
+    wanted = list(dict.fromkeys(runtimes or []))
+    problems = [f"unknown runtime '{r}'; use {', '.join(RUNTIMES)} or all"
+                for r in wanted if r not in (*RUNTIMES, "all")]
+    if "all" in wanted and len(wanted) > 1:
+        problems.append("--runtime all cannot be combined with other --runtime values")
+    if ort_provider not in ORT_PROVIDERS:
+        problems.append(f"unknown --ort-provider '{ort_provider}'; use {', '.join(ORT_PROVIDERS)}")
+    n_threads: int | Literal["auto"] | None = None
+    try:
+        if stat is not None:
+            stat_key(stat)
+    except ConfigError as e:
+        problems.append(str(e))
+    try:
+        n_threads = parse_threads(threads)
+    except ConfigError as e:
+        problems.append(str(e))
+    # Explicit values are checked as given: a 0 is an error, not "the target's default".
+    given = Method(batch=1 if batch is None else batch, threads=n_threads if isinstance(n_threads, int) else 1,
+                   warmup_s=warmup_s, iterations=iterations, duration_s=duration_s)
+    problems += _number_problems(budget_ms, given)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+    profile = load_target(target if target is not None else _export_target(model))
+    candidates = auto_thread_candidates(usable_cores() or os.cpu_count() or 1) if n_threads == "auto" else ()
+    fixed = n_threads if isinstance(n_threads, int) else profile.threads or os.cpu_count() or 1
+    method = Method(
+        batch=profile.batch if batch is None else batch, threads=max(candidates) if candidates else fixed,
+        warmup_s=warmup_s, iterations=iterations, duration_s=duration_s, compile=compile,
+        device=device or ("cuda" if profile.family != "cpu" and torch.cuda.is_available() else "cpu"),
+        thread_candidates=candidates,
+    )
+    return BenchPlan(
+        model=model, profile=profile, runtimes=None if not wanted or "all" in wanted else cast(list[Runtime], wanted),
+        budget_ms=float(profile.latency_budget_ms if budget_ms is None else budget_ms),
+        budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
+        stat=stat or profile.budget_stat, precisions=tuple(precisions or ()), method=method, ort_provider=ort_provider,
+        out_dir=Path(out_dir) if out_dir is not None else None, check=check,
+    )
+
+
+def _export_target(model: str | Path | None) -> str:
+    """The target an export was made for, so that `leapkit bench` alone benches the newest export."""
+    target = resolve_model(model).target
+    if target is None:
+        raise ConfigError(
+            "no target given and none recorded by an export; pass --target T (see `leapkit profiles list`)"
+        )
+    return target
+
+
+def choose_runtimes(src: ModelSource, runtimes: Sequence[Runtime] | None) -> list[Runtime]:
+    """The runtimes to bench: those asked for (each must have something to run), else all MODEL has.
+
+    Without an explicit request, a TensorRT engine is skipped with a warning where TensorRT or a GPU
+    is missing, unless it is all there is.
+
+    Raises:
+        ConfigError: a requested runtime has nothing to run in MODEL.
+        MissingDependency: TensorRT is requested (or is all there is) and not installed.
+    """
+    if not runtimes:
+        chosen = [r for r in RUNTIMES if src.has(r)]
+        trt_ready = package_version("tensorrt") is not None and torch.cuda.is_available()
+        if chosen == ["tensorrt"] and not trt_ready:
+            import_tensorrt("benchmarking a TensorRT engine")
+            require_cuda("a TensorRT engine")
+        if "tensorrt" in chosen and not trt_ready:
+            log.warning("skipping the TensorRT engine: it needs tensorrt and a CUDA GPU (bench it on the device)")
+            chosen.remove("tensorrt")
+        return chosen
+    need = {"torch": "a run directory with student.safetensors",
+            "onnxruntime": "an .onnx file or an export holding one",
+            "tensorrt": "a TensorRT engine (.engine/.plan), built on the device with build_engine.sh"}
+    for r in runtimes:
+        if not src.has(r):
+            where = src.export_dir or src.out_dir
+            raise ConfigError(f"--runtime {r} needs {need[r]}; nothing of that kind was found in {where}")
+    if "tensorrt" in runtimes:
+        import_tensorrt("benchmarking a TensorRT engine")
+        require_cuda("--runtime tensorrt")
+    return list(runtimes)
+
+
+def _student_cost(student: nn.Module, img_size: int, method: Method) -> Cost | None:
+    """The student's cost at its training resolution; None (with a warning) when it cannot be counted."""
+    try:
+        with torch_threads(method.threads):
+            return torch_cost(student, img_size, method.batch)
+    except Exception as e:  # the roofline is an extra: a counter that fails must not stop a latency run
+        log.warning("could not count the student's FLOPs (%s); its roofline is left out", e)
+        return None
+
+
+def run_bench(plan: BenchPlan) -> BenchReport:
+    """Bench what ``plan`` names, write bench/<target>.json and .md, and judge the budget.
+
+    Raises:
+        ConfigError: nothing to bench for the runtimes and precisions asked for.
+        ModelError: MODEL is not a run, export, ONNX file or engine.
+        MissingDependency: a requested runtime is not installed.
+        CheckFailed: the verdict is FAIL and ``plan.check`` is set.
+    """
+    profile, method = plan.profile, plan.method
+    src = resolve_model(plan.model, profile.name)
+    chosen = choose_runtimes(src, plan.runtimes)
+    artifacts = [a for a in src.artifacts
+                 if a.runtime in chosen and (not plan.precisions or a.precision in plan.precisions)]
+    if not artifacts:
+        raise ConfigError(f"nothing to bench in {src.export_dir or src.out_dir} for runtimes {chosen or 'none'} "
+                          f"and precisions {list(plan.precisions) or 'any'}")
+    if "onnxruntime" in chosen:
+        method = replace(method, providers=tuple(ort_providers(plan.ort_provider, gpu_target=profile.family != "cpu")))
+    # The student runs at its training resolution (its position embeddings are fixed to it); the
+    # exported files run at whatever size they were exported for.
+    img_size = profile.resolve_input_size(src.img_size) if src.img_size else None
+    student, student_size, cost = None, None, None
+    if src.run_dir is not None:
+        student, student_size = load_student(src.run_dir), read_run_config(src.run_dir).model.img_size
+        cost = _student_cost(student, student_size, method)
+
+    results: list[BenchResult] = []
+    for art in artifacts:
+        log.info("benchmarking %s (%s, %s) for %s", art.name, art.format, art.precision, profile.name)
+        size = student_size if art.format == "pytorch" else img_size
+        result, used = measure(art, method, size, student, cost)
+        result.roofline = roofline(used, profile, art.precision) if used is not None else None
+        value = result.stat_ms(plan.stat)
+        result.budget_ok = value is not None and value <= plan.budget_ms
+        results.append(result)
+
+    verdict, reason, gated = decide(results, profile, plan.budget_ms, plan.stat)
+    env = environment()
+    notes = warnings(results, env)
+    for w in notes:
+        log.warning(w)
+    report = BenchReport(
+        target=profile.name,
+        target_description=profile.description,
+        model=str(plan.model) if plan.model is not None else "runs/latest",
+        source_run=str(src.run_dir) if src.run_dir else None,
+        export_dir=str(src.export_dir) if src.export_dir else None,
+        input_shape=next((r.input_shape for r in results if r.input_shape), None),
+        results=results,
+        budget_ms=plan.budget_ms,
+        budget_stat=plan.stat,
+        budget_source=plan.budget_source,
+        verdict=verdict,
+        verdict_reason=reason,
+        gated=gated.label if gated else None,
+        method=method,
+        roofline_note=ROOFLINE_NOTE,
+        warnings=notes,
+        environment=env,
+        leapkit_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    json_path = (plan.out_dir or src.out_dir) / "bench" / f"{profile.name}.json"
+    report.save(json_path)
+    report.json_path = json_path
+    atomic_write_bytes(json_path.with_suffix(".md"), render_markdown(report).encode())
+    log.info("wrote %s and %s", json_path, report.md_path)
+    if plan.check:
+        report.check()
+    return report
+
+
+def bench(
+    model: str | Path | None = None,
+    target: str | Path | TargetProfile | None = None,
+    runtimes: Sequence[str] | None = None,
+    budget_ms: float | None = None,
+    stat: Stat | None = None,
+    precisions: Sequence[str] | None = None,
+    batch: int | None = None,
+    threads: int | Literal["auto"] | str | None = None,
+    warmup_s: float = 0.5,
+    iterations: int | None = None,
+    duration_s: float = 3.0,
+    compile: bool = False,
+    ort_provider: OrtProvider = "auto",
+    device: str | None = None,
+    out_dir: str | Path | None = None,
+    check: bool = True,
+) -> BenchReport:
+    """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
+
+    Every option is checked before anything is measured or written.
+
+    Args:
+        model: a run directory, an export folder, an .onnx file or a TensorRT engine; None is
+            runs/latest (its PyTorch student plus its export for the target, or newest export).
+        target: profile name, family (``jetson``), YAML path, or a loaded profile; None takes
+            the target of MODEL's export (its manifest's ``target``).
+        runtimes: any of torch, onnxruntime, tensorrt, or ``["all"]``; None benches what MODEL has.
+        budget_ms: overrides the profile's latency budget.
+        stat: the statistic judged against the budget (default: the profile's, p99).
+        precisions: only bench formats at these precisions.
+        batch: batch size (default: the profile's).
+        threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores);
+            ``"auto"`` probes 1, 2, 4, ... up to the usable cores for PROBE_S seconds each, per
+            format, and measures each format with its fastest count (recorded per result).
+        warmup_s: warm-up time per format.
+        iterations: timed iterations; when None, run for ``duration_s``.
+        duration_s: timed duration per format when ``iterations`` is None.
+        compile: run the PyTorch student through torch.compile.
+        ort_provider: ONNX Runtime execution provider; auto picks CUDA for GPU targets when present.
+        device: device for the PyTorch student (default: cuda when the target is a GPU and one is
+            present, else cpu).
+        out_dir: where bench/ goes (default: the run, else next to the model).
+        check: raise CheckFailed after writing the report when the verdict is FAIL.
+
+    Raises:
+        ConfigError: bad budget, statistic, runtime or option values (nothing is written).
+        ModelError: MODEL is not a run, export, ONNX file or engine.
+        MissingDependency: a requested runtime is not installed.
+        CheckFailed: the verdict is FAIL and ``check`` is set.
+    """
+    plan = plan_bench(
+        model, target, runtimes=runtimes, budget_ms=budget_ms, stat=stat, precisions=precisions, batch=batch,
+        threads=threads, warmup_s=warmup_s, iterations=iterations, duration_s=duration_s, compile=compile,
+        ort_provider=ort_provider, device=device, out_dir=out_dir, check=check,
+    )
+    return run_bench(plan)
+

@@ -1,0 +1,458 @@
+"""The distillation loop: a :class:`Trainer` over the student, the truncated teacher and the curriculum.
+
+Each optimizer step (:meth:`Trainer.train_step`) reads top to bottom: schedule, teacher forward up
+to the target block, student forward and loss per micro-batch, backward, clip, step, curriculum
+update, one metrics row. :meth:`Trainer.fit` runs the epochs with a checkpoint after each. Under
+torchrun every rank runs the same loop on its shard; the step's score is averaged over ranks so
+that every rank levels up at the same step, and only rank 0 writes (its
+:class:`~leapkit.run.RunWriter` is the only active one).
+
+A metrics.jsonl row holds ``step``, ``epoch`` (fractional), ``loss`` and the score named for the
+metric (``cka``/``ema_cka``, or ``cosine``/``ema_cosine``; both averaged over the step's
+micro-batches and ranks), ``target_block``, ``lr``, ``teacher_blocks_run`` (teacher blocks each
+image of the step went through: the target block, where the truncated teacher exits),
+``images`` (over all ranks) and ``images_per_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from leapkit import __version__
+from leapkit.config import Config
+from leapkit.curriculum import METRICS, CurriculumController
+from leapkit.data import Batch, collate
+from leapkit.distributed import Dist
+from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
+from leapkit.models import TruncatedTeacher, resize_tokens, student_tokens
+from leapkit.optim import build_optimizer, lr_at, scaled_lr
+from leapkit.run import RunSummary, RunWriter
+from leapkit.types import Amp
+
+log = logging.getLogger(__name__)
+
+
+class Distiller(nn.Module):
+    """The trainable part: the student and its projection head (kept across level-ups)."""
+
+    def __init__(
+        self, student: nn.Module, teacher_dim: int, student_grid: tuple[int, int], teacher_grid: tuple[int, int]
+    ):
+        super().__init__()
+        self.student = student
+        self.head = nn.Linear(student.embed_dim, teacher_dim)
+        self.student_grid, self.teacher_grid = student_grid, teacher_grid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected student patch tokens on the teacher's grid (B, N_t, D_t) and CLS (B, D_t)."""
+        tokens = student_tokens(self.student, x)
+        patch = resize_tokens(tokens.patch, self.student_grid, self.teacher_grid)
+        return self.head(patch), self.head(tokens.cls)
+
+
+def distill_loss(
+    patch: torch.Tensor, cls: torch.Tensor, target_patch: torch.Tensor, target_cls: torch.Tensor, cls_weight: float
+) -> torch.Tensor:
+    """MSE to the teacher's patch tokens, plus ``cls_weight`` times the MSE to its CLS token."""
+    loss = F.mse_loss(patch.float(), target_patch.float())
+    if cls_weight > 0:
+        loss = loss + cls_weight * F.mse_loss(cls.float(), target_cls.float())
+    return loss
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that is a pure function of (seed, epoch), sharded over ranks.
+
+    ``skip`` drops the first indices of this rank's share, to continue an interrupted epoch. The
+    length is arithmetic: only iterating draws the permutation.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0):
+        self.n, self.seed, self.epoch, self.rank, self.world, self.skip = n, seed, epoch, rank, world, skip
+
+    def indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        perm = perm[: self.n - self.n % self.world]  # equal shares so that ranks step together
+        return perm[self.rank :: self.world][self.skip :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.world - self.skip)
+
+
+def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the student: bf16 or fp16 on CUDA, None (float32) elsewhere or when off."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+@dataclass
+class Setup:
+    """Everything the trainer needs, built and validated before anything is written."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    dist: Dist
+    teacher: TruncatedTeacher
+    model: Distiller
+    train_set: Dataset
+    resume_state: dict[str, Any] | None
+
+
+class StopRequested:
+    """Turns SIGTERM/SIGINT into a flag checked after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class TrainState:
+    """The position and counters that survive a restart (besides weights, optimizer and curriculum).
+
+    Counters are global: summed over ranks.
+    """
+
+    epoch: int = 0
+    epoch_samples: int = 0
+    """Samples consumed in the current epoch, readable or not (where a resumed epoch continues)."""
+    step: int = 0
+    restart_step: int = 0
+    """The step the current cosine segment started at (LR restart at a level-up), else 0."""
+    teacher_block_images: int = 0
+    """Teacher block evaluations: blocks run x images, the calibration scan included."""
+    images: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Distils the teacher into the student under the curriculum controller.
+
+    Args:
+        setup: the validated models, data and device from :func:`prepare`.
+        writer: where the run directory is written (inactive on ranks other than 0).
+    """
+
+    def __init__(self, setup: Setup, writer: RunWriter):
+        cfg, d = setup.cfg, setup.dist
+        self.cfg, self.dist, self.device, self.writer, self.train_set = cfg, d, setup.device, writer, setup.train_set
+        self.model = setup.model.to(self.device).train()
+        self.dtype = amp_dtype(cfg.train.amp, self.device)
+        half_teacher = self.dtype if cfg.train.teacher_half else None
+        self.teacher = setup.teacher.to(self.device, dtype=half_teacher)
+        self.teacher_dtype = next(self.teacher.parameters()).dtype
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=device_ids) if d.enabled else self.model
+        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.optimizer = build_optimizer(cfg.optim, [self.model])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        c = cfg.curriculum
+        self.controller = CurriculumController(
+            self.teacher.num_blocks, c.mode, c.threshold, c.ema_alpha, c.max_epochs_per_block, c.snap_to_last_at
+        )
+        self.metric_name, self.metric = c.metric, METRICS[c.metric]
+
+        self.batches_per_epoch = len(self.loader(0))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.global_batch = cfg.train.batch_size * cfg.optim.accum_steps * d.world
+        self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch, cfg.optim.scale_lr)
+        self.min_lr = min(cfg.optim.min_lr, self.peak_lr)
+        self.state = TrainState()
+
+    # --- data and precision ---------------------------------------------------------------------
+
+    def loader(self, epoch: int, skip: int = 0) -> DataLoader:
+        """This rank's batches of ``epoch``, without the first ``skip`` samples of its share."""
+        cfg, d, n = self.cfg, self.dist, len(self.train_set)
+        return DataLoader(
+            self.train_set,
+            batch_size=cfg.train.batch_size,
+            sampler=EpochSampler(n, cfg.train.seed, epoch, d.rank, d.world, skip=skip),
+            num_workers=cfg.data.workers,
+            collate_fn=collate,
+            pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
+            drop_last=n >= 2 * cfg.train.batch_size * d.world,
+            generator=torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 131 + d.rank),  # worker seeds
+        )
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def sync(self, last: bool) -> AbstractContextManager[Any]:
+        """DDP averages gradients on the last micro-batch of a step only."""
+        return self.ddp.no_sync() if self.dist.enabled and not last else nullcontext()
+
+    # --- the curriculum's start -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def calibrate(self) -> None:
+        """Layer skipping: score the untrained student against every teacher block on the first batch.
+
+        The student sees the batch under autocast as in training, the teacher in its own dtype. In
+        baseline mode, or with calibration off, the curriculum starts where its mode says.
+        """
+        first = next(iter(self.loader(0)))
+        if first.images.numel() == 0:
+            raise DataError("the first batch held no readable image; check the data folder for corrupt files")
+        c, d = self.cfg.curriculum, self.dist
+        if c.mode != "leap" or not c.calibrate:
+            self.controller.calibration = {"scores": [], "start_block": self.controller.block, "images": 0}
+            return
+        x = first.images.to(self.device)
+        self.model.eval()
+        with self.autocast():
+            patch, _ = self.model(x)
+            blocks = self.teacher.all_blocks(x.to(self.teacher_dtype))
+        self.model.train()
+        scores = d.mean_list([self.metric(patch, t.patch) for t in blocks], self.device)
+        images = len(x) * d.world
+        start = self.controller.calibrate(scores, images=images)
+        self.state.teacher_block_images += self.teacher.num_blocks * images
+        log.info(
+            "calibration: start at teacher block %d of %d (scores %s)",
+            start, self.controller.num_blocks, " ".join(f"{s:.2f}" for s in scores),
+        )
+
+    # --- one optimizer step ---------------------------------------------------------------------
+
+    def train_step(self, batches: Iterator[Batch], micro_steps: int, epoch: int) -> dict[str, Any] | None:
+        """One optimizer step over the next ``micro_steps`` batches; returns its metrics row.
+
+        Loss and score are averaged over the step's micro-batches and over ranks. Returns None when
+        every image of the step was unreadable (no step is taken).
+        """
+        cfg, d, s = self.cfg, self.dist, self.state
+        tic = time.perf_counter()
+        micro = [next(batches) for _ in range(micro_steps)]
+        s.epoch_samples += sum(len(b.images) + b.skipped for b in micro) * d.world
+        s.skipped += sum(b.skipped for b in micro) * d.world
+        micro = [b for b in micro if b.images.numel() > 0]
+        if not micro:
+            return None
+
+        k = self.controller.block
+        lr = lr_at(s.step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr, s.restart_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses, scores, images, block_images = [], [], 0, 0
+        for i, batch in enumerate(micro):
+            x = batch.images.to(self.device, non_blocking=True)
+            with torch.no_grad(), self.autocast():
+                target = self.teacher(x.to(self.teacher_dtype), k)  # early exit: blocks k+1..L never run
+            with self.sync(last=i == len(micro) - 1), self.autocast():
+                patch, cls = self.forward(x)
+                loss = distill_loss(patch, cls, target.patch, target.cls, cfg.curriculum.cls_weight)
+            self.scaler.scale(loss / len(micro)).backward()
+            losses.append(loss.detach())
+            scores.append(self.metric(patch.detach(), target.patch))
+            images += len(x) * d.world
+            block_images += k * len(x) * d.world
+
+        self.scaler.unscale_(self.optimizer)
+        if cfg.optim.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+        loss_value, score = d.mean_list([torch.stack(losses).mean().item(), sum(scores) / len(scores)], self.device)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"non-finite loss at step {s.step + 1} (epoch {epoch}, block {k}); the last good checkpoint is kept: "
+                f"lower optim.lr or the clipping threshold, then --resume"
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        s.step += 1
+        s.images += images
+        s.teacher_block_images += block_images
+        epoch_pos = epoch + min(1.0, s.epoch_samples / (self.batches_per_epoch * cfg.train.batch_size * d.world))
+        event = self.controller.update(score, s.step, epoch_pos)
+        if event is not None:
+            log.info(
+                "level-up at step %d (epoch %.2f): block %d -> %d (%s, ema %.3f)",
+                event.step, event.epoch, event.from_block, event.to_block, event.reason, event.ema,
+            )
+            if cfg.optim.lr_restart:
+                s.restart_step = s.step
+        elapsed = time.perf_counter() - tic
+        s.seconds += elapsed
+        return {
+            "step": s.step,
+            "epoch": round(epoch_pos, 4),
+            "loss": loss_value,
+            self.metric_name: score,
+            f"ema_{self.metric_name}": event.ema if event else self.controller.ema,
+            "target_block": k,
+            "lr": lr,
+            "teacher_blocks_run": block_images // images,
+            "images": images,
+            "images_per_s": images / max(elapsed, 1e-9),
+        }
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def fit(self, show_progress: bool = True) -> None:
+        """Train to the last epoch, a checkpoint after each; then save the student and curriculum.json.
+
+        Raises:
+            Interrupted: SIGTERM or SIGINT arrived; a checkpoint of the last step was written first.
+            TrainingDiverged: the loss became non-finite; the last epoch's checkpoint is kept.
+        """
+        cfg, d, s, c = self.cfg, self.dist, self.state, self.controller
+        progress = _progress(show_progress and d.is_main)
+        task = progress.add_task("distill", total=self.total_steps, completed=s.step, info="")
+        try:
+            with progress, StopRequested() as stop:
+                for epoch in range(s.epoch, cfg.train.epochs):
+                    s.epoch = epoch
+                    if s.epoch_samples == 0:
+                        torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 101 + d.rank)  # augmentations, drop path
+                    loader = self.loader(epoch, skip=s.epoch_samples // d.world)
+                    batches, remaining = iter(loader), len(loader)
+                    while remaining > 0:
+                        micro_steps = min(cfg.optim.accum_steps, remaining)
+                        remaining -= micro_steps
+                        row = self.train_step(batches, micro_steps, epoch)
+                        if row is not None:
+                            self.writer.log_step(row)
+                            progress.update(task, advance=1, info=self._progress_info(row, epoch))
+                        if d.any(stop.signal is not None, self.device):
+                            self.writer.save_checkpoint(self.state_dict())
+                            d.barrier()
+                            raise Interrupted(
+                                f"stopped by a signal at step {s.step}; checkpoint written, continue with "
+                                f"`leapkit distill --resume --out {self.writer.path}`"
+                            )
+                    s.epoch, s.epoch_samples = epoch + 1, 0
+                    self.writer.save_checkpoint(self.state_dict())
+                    self.writer.save_curriculum(c.summary())
+                    log.info("epoch %d/%d done: block %d, ema %.3f", epoch + 1, cfg.train.epochs, c.block, c.ema)
+        finally:
+            self.writer.close()
+
+        if s.images == 0:
+            raise DataError(
+                f"every image in the data was unreadable ({s.skipped} skipped); check the files under {cfg.data.path}"
+            )
+        log.info("rank %d of %d: blocks visited %s", d.rank, d.world, c.blocks_visited)
+        trajectories = d.gather([(e.step, e.to_block) for e in c.level_ups])
+        if any(t != trajectories[0] for t in trajectories):
+            raise RunError(f"ranks disagree on the curriculum ({trajectories}); this is a bug, please report it")
+        self.writer.save_student(self.model.student)
+        self.writer.save_curriculum(c.summary())
+        d.barrier()
+
+    def _progress_info(self, row: dict[str, Any], epoch: int) -> str:
+        return (
+            f"ep {epoch + 1}/{self.cfg.train.epochs} loss {row['loss']:.4f} "
+            f"{self.metric_name} {row[self.metric_name]:.3f} block {row['target_block']}/{self.teacher.num_blocks} "
+            f"{row['images_per_s']:.0f} img/s"
+        )
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything --resume needs: the checkpoint payload (tensors and plain types only)."""
+        return {
+            "leapkit_version": __version__,
+            "student": self.model.student.state_dict(),
+            "head": self.model.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # empty unless fp16 loss scaling is on
+            "curriculum": self.controller.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "state": asdict(self.state),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        """Continue from a checkpoint payload written by :meth:`state_dict`."""
+        self.model.student.load_state_dict(ck["student"])
+        self.model.head.load_state_dict(ck["head"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck["scaler"]:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.controller.load_state_dict(ck["curriculum"])
+        self.state = TrainState(**ck["state"])
+        torch.set_rng_state(ck["rng_torch"])
+        if ck["rng_cuda"] and torch.cuda.is_available() and not self.dist.enabled:
+            torch.cuda.set_rng_state_all(ck["rng_cuda"])
+
+    def summary(self) -> RunSummary:
+        """What the run did, for summary.json (the ``distill`` command adds FLOPs and evaluation)."""
+        s, c = self.state, self.controller
+        baseline = c.num_blocks * s.images
+        return RunSummary(
+            run_dir=str(self.writer.path),
+            mode=self.cfg.curriculum.mode,
+            world_size=self.dist.world,
+            epochs=self.cfg.train.epochs,
+            steps=s.step,
+            train_seconds=round(s.seconds, 2),
+            images_seen=s.images,
+            images_per_s=round(s.images / max(s.seconds, 1e-9), 1),
+            images_skipped=s.skipped,
+            teacher_blocks=c.num_blocks,
+            blocks_visited=c.blocks_visited,
+            final_block=c.block,
+            teacher_block_images=s.teacher_block_images,
+            teacher_block_images_baseline=baseline,
+            teacher_blocks_saved_pct=round(100.0 * (1 - s.teacher_block_images / baseline), 2),
+            device=str(self.device),
+            global_batch=self.global_batch,
+            peak_lr=self.peak_lr,
+        )
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+    )

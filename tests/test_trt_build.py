@@ -1,0 +1,139 @@
+"""leapkit.deploy.trt_build: guards without TensorRT, TensorRT's log level under -v, and (trt) a real build."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from leapkit.deploy import trt_build as tb
+from leapkit.deploy.bundle import BatchRange
+from leapkit.errors import ExportError, MissingDependency
+from leapkit.runtimes import TensorRTRunner
+
+CHW = (3, 224, 224)
+BATCH = BatchRange(1, 4, 8)
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_guards_without_tensorrt(tmp_path):
+    assert tb.unavailable_reason() == "the tensorrt package is not installed (pip install 'leapkit[trt]')"
+    message = r"building a TensorRT engine needs the 'tensorrt' package: pip install 'leapkit\[trt\]'"
+    with pytest.raises(MissingDependency, match=message):
+        tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
+                        precision="fp32")
+    with pytest.raises(MissingDependency, match="tensorrt"):
+        TensorRTRunner(tmp_path / "m.engine")
+    assert tb.engines_wanted(None) == (False, tb.unavailable_reason())
+    assert tb.engines_wanted(False) == (False, tb.unavailable_reason())
+    with pytest.raises(MissingDependency, match=r"building a TensorRT engine \(--build-engine\) needs the 'tensorrt'"):
+        tb.engines_wanted(True)
+
+
+def test_build_engine_without_a_gpu_names_the_bundle(monkeypatch):
+    monkeypatch.setattr(tb, "unavailable_reason", lambda: "no CUDA GPU is visible")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    message = "cannot build a TensorRT engine here: no CUDA GPU is visible; drop --build-engine"
+    with pytest.raises(ExportError, match=message):
+        tb.engines_wanted(True)
+
+
+class FakeTensorRT(SimpleNamespace):
+    """Just enough of the tensorrt module for build_engine to reach the parser, which rejects the graph."""
+
+    def __init__(self) -> None:
+        loggers: list = []
+
+        class Logger:
+            INFO, WARNING = 3, 2
+
+            def __init__(self, severity: int) -> None:
+                self.severity = severity
+                loggers.append(self)
+
+        class Builder:
+            def __init__(self, logger) -> None:
+                self.logger = logger
+
+            def create_network(self, flags):
+                return SimpleNamespace(flags=flags)
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network, logger) -> None:
+                pass
+
+            def parse_from_file(self, path):
+                return False
+
+            def get_error(self, i):
+                return "unsupported op FakeOp"
+
+        super().__init__(__version__="10.3.0", Logger=Logger, Builder=Builder, OnnxParser=OnnxParser,
+                         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0), loggers=loggers)
+
+
+@pytest.mark.parametrize("level,severity", [(logging.DEBUG, "INFO"), (logging.INFO, "WARNING")])
+def test_tensorrt_log_follows_verbose(level, severity, tmp_path, monkeypatch, caplog):
+    """"rerun with -v" must mean something: under -v (leapkit at DEBUG) the builder logs at TensorRT's INFO."""
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tb, "_require_gpu", lambda: None)
+    caplog.set_level(level, logger="leapkit")
+    with pytest.raises(ExportError, match="TensorRT's ONNX parser rejected m.onnx: unsupported op FakeOp"):
+        tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
+                        precision="fp32")
+    assert [lg.severity for lg in fake.loggers] == [getattr(fake.Logger, severity)]
+
+
+def test_cli_verbose_flag_raises_tensorrt_log_to_info():
+    """`leapkit -v ...` configures logging so that TensorRT's logger is created at INFO."""
+    from typer.testing import CliRunner
+
+    from leapkit.cli.main import app
+    from leapkit.runtimes import tensorrt_logger
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    fake = FakeTensorRT()
+    try:
+        assert CliRunner().invoke(app, ["-v", "profiles", "list"]).exit_code == 0
+        assert tensorrt_logger(fake).severity == fake.Logger.INFO
+        assert CliRunner().invoke(app, ["profiles", "list"]).exit_code == 0
+        assert tensorrt_logger(fake).severity == fake.Logger.WARNING
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not HAS_TRT, reason="needs TensorRT and a CUDA GPU")
+def test_build_and_run_engine(tmp_path):
+    """Build a strongly typed engine from a tiny exported student and compare it with ONNX Runtime."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from leapkit.deploy.onnx_graph import export_onnx
+    from leapkit.deploy.parity import compare
+    from leapkit.models import create_student
+    from leapkit.runtimes import OrtRunner, run_batched
+
+    model = create_student("leapkit_demo_student", 32).eval()
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(model, onnx_path, 32)
+    info = tb.build_engine(onnx_path, tmp_path / "model.engine", input_name="images", chw=(3, 32, 32),
+                           batch=BatchRange(1, 2, 4), precision="fp32", workspace_mb=256,
+                           timing_cache=tmp_path / "timing.cache")
+    assert (tmp_path / "model.engine.json").is_file() and (tmp_path / "timing.cache").is_file()
+    assert info.gpu and info.compute_capability and tb.timing_cache_name().startswith("timing-trt")
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    got = TensorRTRunner(tmp_path / "model.engine")(x)
+    ref = run_batched(OrtRunner(onnx_path), x)
+    assert min(s["cosine_min"] for s in compare(ref, got).values()) > 0.999
