@@ -168,7 +168,8 @@ def one_run(cfg: Config, out: Path) -> dict[str, Any]:
         "calibration_scores": [round(x, 4) for x in (curriculum.get("calibration") or {}).get("scores", [])],
         "level_up_noise": level_up_margins(steps, curriculum["level_ups"]),
         "level_ups": [
-            [e["step"], e["from_block"], e["to_block"], e["reason"], round(e["ema"], 4)] for e in curriculum["level_ups"]
+            [e["step"], e["from_block"], e["to_block"], e["reason"], round(e["ema"], 4)]
+            for e in curriculum["level_ups"]
         ],
         "epochs_per_block": epochs_per_block(steps, steps_per_epoch),
         "final_loss": steps[-1]["loss"],
@@ -228,7 +229,9 @@ def fmt(s: dict[str, float], scale: float = 1.0, digits: int = 2) -> str:
 
 def describe(overrides: dict[str, dict[str, Any]]) -> str:
     """A variant's overrides as ``section.key=value`` pairs."""
-    return ", ".join(f"{section}.{key}={value}" for section, values in overrides.items() for key, value in values.items())
+    return ", ".join(
+        f"{section}.{key}={value}" for section, values in overrides.items() for key, value in values.items()
+    )
 
 
 def flops_unit(value: float) -> tuple[float, str]:
@@ -270,15 +273,18 @@ def render(data: dict[str, Any], analysis: str | None) -> str:
         f"Load average (1 min) {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the commands"
         + (" (the machine was shared with other jobs, so wall times are noisy)." if max(loads) > m["cores"] else "."),
         "",
-        f"Recipe `{s['recipe']}`: teacher `{s['teacher']['name']}` (weights {s['teacher']['weights']}, sha256 {s['teacher']['sha256_16']}...), "
-        f"student `{s['student']}`, {s['img_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, seeds {s['seeds']}. "
-        f"LEAP: CKA threshold {s['threshold']:g}, EMA alpha {s['ema_alpha']:g}, at most {s['max_epochs_per_block']:g} epochs per block. "
-        "Accuracy: the student's CLS features, linear probe and kNN (k=20) on the 360 held-out digits, trained on the 1,437 "
-        "training digits. Training FLOPs: as executed, from `leapkit.flops` (FLOPs = 2 x MACs, backward = 2 x forward).",
+        f"Recipe `{s['recipe']}`: teacher `{s['teacher']['name']}` (weights {s['teacher']['weights']}, "
+        f"sha256 {s['teacher']['sha256_16']}...), student `{s['student']}`, {s['img_size']} px, {s['epochs']} epochs, "
+        f"batch {s['batch_size']}, seeds {s['seeds']}. LEAP: CKA threshold {s['threshold']:g}, "
+        f"EMA alpha {s['ema_alpha']:g}, at most {s['max_epochs_per_block']:g} epochs per block. "
+        "Accuracy: the student's CLS features, linear probe and kNN (k=20) on the 360 held-out digits, trained on "
+        "the 1,437 training digits. Training FLOPs: as executed, from `leapkit.flops` (FLOPs = 2 x MACs, "
+        "backward = 2 x forward).",
         "",
         "Mean ± sample standard deviation over the seeds.",
         "",
-        f"| schedule | linear probe top-1 % | kNN top-1 % | training {unit} | vs baseline | teacher-block evals saved % | train s | wall s | blocks visited |",
+        f"| schedule | linear probe top-1 % | kNN top-1 % | training {unit} | vs baseline | "
+        "teacher-block evals saved % | train s | wall s | blocks visited |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in data["rows"].items():
@@ -286,30 +292,35 @@ def render(data: dict[str, Any], analysis: str | None) -> str:
         visited = sorted({" \u2192 ".join(map(str, r["blocks_visited"])) for r in row["runs"]})
         lines.append(
             f"| {name} | {fmt(st['linear_probe_top1'])} | {fmt(st['knn_top1'])} | {fmt(st['train_flops'], scale, 1)} | "
-            f"{100 * (st['train_flops']['mean'] / base_flops - 1):+.1f}% | {fmt(st['teacher_blocks_saved_pct'], digits=1)} | "
+            f"{100 * (st['train_flops']['mean'] / base_flops - 1):+.1f}% | "
+            f"{fmt(st['teacher_blocks_saved_pct'], digits=1)} | "
             f"{fmt(st['train_seconds'], digits=0)} | {fmt(st['wall_seconds'], digits=0)} | {'; '.join(visited)} |"
         )
     te = data["teacher_eval"]
+    sd = {name: data["rows"][name]["stats"]["linear_probe_top1"]["sd"] for name in ("LEAP", "baseline")}
     variants = {name: row for name, row in data["rows"].items() if name not in ("LEAP", "baseline")}
     lines += [
         f"| teacher (reference) | {te['linear_probe_top1']:.2f} | {te['knn_top1']:.2f} | - | - | - | - | - | - |",
         "",
-        *[f"- `{name}`: {describe(row['overrides'])}, seeds {[r['seed'] for r in row['runs']]}" for name, row in variants.items()],
+        *[f"- `{name}`: {describe(row['overrides'])}, seeds {[r['seed'] for r in row['runs']]}"
+          for name, row in variants.items()],
         *([""] if variants else []),
         "## Targets",
         "",
-        f"- Training FLOPs: LEAP uses {abs(t['train_flops_saving_pct']):.1f}% {'fewer' if t['train_flops_saving_pct'] >= 0 else 'more'} "
+        f"- Training FLOPs: LEAP uses {abs(t['train_flops_saving_pct']):.1f}% "
+        f"{'fewer' if t['train_flops_saving_pct'] >= 0 else 'more'} "
         f"than the baseline (target: at least {FLOPS_TARGET_PCT:g}% fewer): "
         f"**{'met' if t['flops_target_met'] else 'missed'}**.",
-        f"- Accuracy: LEAP minus baseline, linear probe {t['linear_probe_delta']:+.2f} points, kNN {t['knn_delta']:+.2f} points "
-        f"(target: not below): **{'met' if t['accuracy_target_met'] else 'missed'}**. Seed-to-seed sd of the linear probe: "
-        f"LEAP {data['rows']['LEAP']['stats']['linear_probe_top1']['sd']:.2f}, baseline {data['rows']['baseline']['stats']['linear_probe_top1']['sd']:.2f} points.",
+        f"- Accuracy: LEAP minus baseline, linear probe {t['linear_probe_delta']:+.2f} points, "
+        f"kNN {t['knn_delta']:+.2f} points (target: not below): **{'met' if t['accuracy_target_met'] else 'missed'}**. "
+        f"Seed-to-seed sd of the linear probe: LEAP {sd['LEAP']:.2f}, baseline {sd['baseline']:.2f} points.",
         "",
         *where_flops_go(data["rows"], data.get("reference_pair")),
         *level_up_noise(data["rows"]),
         "## Per run",
         "",
-        f"| schedule | seed | probe % | kNN % | {unit} | calibration start | level-ups (step: from \u2192 to, reason) | epochs per block |",
+        f"| schedule | seed | probe % | kNN % | {unit} | calibration start | "
+        "level-ups (step: from \u2192 to, reason) | epochs per block |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in data["rows"].items():
@@ -317,7 +328,8 @@ def render(data: dict[str, Any], analysis: str | None) -> str:
             ups = ", ".join(f"{u[0]}: {u[1]}\u2192{u[2]} {u[3]}" for u in r["level_ups"]) or "-"
             per_block = ", ".join(f"{k}: {v:g}" for k, v in r["epochs_per_block"].items())
             lines.append(
-                f"| {name} | {r['seed']} | {r['linear_probe_top1']:.2f} | {r['knn_top1']:.2f} | {r['train_flops'] / scale:.1f} | "
+                f"| {name} | {r['seed']} | {r['linear_probe_top1']:.2f} | {r['knn_top1']:.2f} | "
+                f"{r['train_flops'] / scale:.1f} | "
                 f"{r['calibration_start_block'] if r['mode'] == 'leap' else '-'} | {ups} | {per_block} |"
             )
     text = "\n".join(lines) + "\n"
@@ -331,7 +343,8 @@ def pair_shares(recipe: str) -> dict[str, Any]:
     cfg = resolve_config(recipe)
     costs, _, _ = step_costs(cfg)
     step = costs.teacher_upto[-1] + (1 + BACKWARD_FACTOR) * (costs.student_fwd + costs.head_fwd)
-    return {"recipe": recipe, "teacher": cfg.model.teacher, "student": cfg.model.student, "img_size": cfg.model.img_size,
+    return {"recipe": recipe, "teacher": cfg.model.teacher, "student": cfg.model.student,
+            "img_size": cfg.model.img_size,
             "teacher_share": costs.teacher_upto[-1] / step, "signal_share": costs.signal / step}
 
 
@@ -346,31 +359,41 @@ def where_flops_go(rows: dict[str, dict[str, Any]], reference: dict[str, Any] | 
         if not runs:
             continue
         base_total = statistics.fmean(sum(r["flops_parts_fixed_target"].values()) for r in runs)
-        base_parts = {k: statistics.fmean(r["flops_parts_fixed_target"][k] for r in runs) for k in runs[0]["flops_parts_fixed_target"]}
+        base_parts = {
+            k: statistics.fmean(r["flops_parts_fixed_target"][k] for r in runs)
+            for k in runs[0]["flops_parts_fixed_target"]
+        }
         parts = {k: statistics.fmean(r["flops_parts"][k] for r in runs) for k in runs[0]["flops_parts"]}
         share = base_parts["teacher"] / base_total
         skipped = 1 - parts["teacher"] / base_parts["teacher"]
         overhead = (parts["signal"] + parts["calibration"]) / base_total
         need = (FLOPS_TARGET_PCT / 100 + overhead) / share
-        saving = (f"skipped {100 * skipped:.1f}% of the teacher's FLOPs, {100 * share * skipped:.1f}% of the total, and paid "
-                  f"{100 * overhead:.1f}% for the per-step CKA and the calibration scan: net {100 * (share * skipped - overhead):.1f}%.")
+        saving = (f"skipped {100 * skipped:.1f}% of the teacher's FLOPs, {100 * share * skipped:.1f}% of the total, "
+                  f"and paid {100 * overhead:.1f}% for the per-step CKA and the calibration scan: "
+                  f"net {100 * (share * skipped - overhead):.1f}%.")
         if lines:
             lines.append(f"- {name}: {saving}")
             continue
         lines.append(
-            f"- {name}: the teacher's forward is {100 * share:.1f}% of the fixed-target cost of the same steps (student forward + backward "
-            f"{100 * base_parts['student'] / base_total:.1f}%, head {100 * base_parts['head'] / base_total:.1f}%). LEAP {saving} "
-            f"A {FLOPS_TARGET_PCT:g}% net saving at this teacher share needs {100 * need:.1f}% of the teacher's FLOPs skipped."
+            f"- {name}: the teacher's forward is {100 * share:.1f}% of the fixed-target cost of the same steps "
+            f"(student forward + backward {100 * base_parts['student'] / base_total:.1f}%, "
+            f"head {100 * base_parts['head'] / base_total:.1f}%). LEAP {saving} "
+            f"A {FLOPS_TARGET_PCT:g}% net saving at this teacher share needs {100 * need:.1f}% of the teacher's FLOPs "
+            "skipped."
         )
     leap = [r for r in rows["LEAP"]["runs"] if "flops_parts" in r]
     if reference and leap:
-        skipped = 1 - statistics.fmean(r["flops_parts"]["teacher"] / r["flops_parts_fixed_target"]["teacher"] for r in leap)
+        skipped = 1 - statistics.fmean(
+            r["flops_parts"]["teacher"] / r["flops_parts_fixed_target"]["teacher"] for r in leap
+        )
         ref = reference
         lines.append(
-            f"- For comparison, the paper's pair (recipe `{ref['recipe']}`: `{ref['teacher']}` into `{ref['student']}` at {ref['img_size']} px) "
-            f"spends {100 * ref['teacher_share']:.1f}% of a fixed-target step in the teacher (and {100 * ref['signal_share']:.1f}% on the CKA): "
+            f"- For comparison, the paper's pair (recipe `{ref['recipe']}`: `{ref['teacher']}` into "
+            f"`{ref['student']}` at {ref['img_size']} px) spends {100 * ref['teacher_share']:.1f}% of a fixed-target "
+            f"step in the teacher (and {100 * ref['signal_share']:.1f}% on the CKA): "
             f"there, skipping the same {100 * skipped:.1f}% of the teacher's FLOPs would save about "
-            f"{100 * (ref['teacher_share'] * skipped - ref['signal_share']):.1f}% (estimate from the per-image costs, calibration not counted)."
+            f"{100 * (ref['teacher_share'] * skipped - ref['signal_share']):.1f}% "
+            "(estimate from the per-image costs, calibration not counted)."
         )
     return ["## Where the FLOPs go", "", *lines, ""] if lines else []
 
@@ -392,8 +415,9 @@ def level_up_noise(rows: dict[str, dict[str, Any]]) -> list[str]:
         text += f"; {ups:.1f} level-ups per run by threshold"
         if noise:
             text += (
-                f": the 5 batches before each averaged CKA {statistics.fmean(n['mean_cka_before_level_up'] for n in noise):.3f} and the "
-                f"triggering batch was {statistics.fmean(n['mean_margin'] for n in noise):+.3f} above that, against a median "
+                ": the 5 batches before each averaged CKA "
+                f"{statistics.fmean(n['mean_cka_before_level_up'] for n in noise):.3f} and the triggering batch was "
+                f"{statistics.fmean(n['mean_margin'] for n in noise):+.3f} above that, against a median "
                 f"step-to-step change of {statistics.fmean(n['median_step_change'] for n in noise):.3f}"
             )
         lines.append(text + ".")
@@ -413,19 +437,24 @@ def kept_analysis(path: Path) -> str | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="demo")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="Epochs for every run (default: the recipe's).")
     ap.add_argument("--teacher-weights", default=None, help="Teacher safetensors (default: the recipe's).")
-    ap.add_argument("--variant", action="append", default=[], help="Extra row: NAME:section.key=value[,...] (LEAP unless it sets curriculum.mode).")
-    ap.add_argument("--variant-seeds", type=int, nargs="+", default=None, help="Seeds for the variants (default: --seeds).")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="Extra row: NAME:section.key=value[,...] (LEAP unless it sets curriculum.mode).")
+    ap.add_argument("--variant-seeds", type=int, nargs="+", default=None,
+                    help="Seeds for the variants (default: --seeds).")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (the machine is shared).")
     ap.add_argument("--runs-dir", type=Path, default=Path("/tmp/leapkit-leap-vs-baseline"))
     ap.add_argument("--results", type=Path, default=RESULTS, help="Folder for leap_vs_baseline.{md,json}.")
-    ap.add_argument("--reference-recipe", default="imagenet100-vits14-from-vitg14", help="Model pair whose FLOPs shares are shown for comparison.")
+    ap.add_argument("--reference-recipe", default="imagenet100-vits14-from-vitg14",
+                    help="Model pair whose FLOPs shares are shown for comparison.")
     ap.add_argument("--render-only", action="store_true", help="Rewrite the .md from the existing .json (no runs).")
-    ap.add_argument("--extend", action="store_true", help="Add the --variant rows to the existing results instead of starting over.")
+    ap.add_argument("--extend", action="store_true",
+                    help="Add the --variant rows to the existing results instead of starting over.")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -442,7 +471,9 @@ def main() -> None:
     if args.teacher_weights is not None:
         common.setdefault("model", {})["teacher_weights"] = args.teacher_weights
     previous = read_previous(args.results / f"{NAME}.json") if args.extend else None
-    arms = [] if previous else [Arm("LEAP", {"curriculum": {"mode": "leap"}}), Arm("baseline", {"curriculum": {"mode": "baseline"}})]
+    arms = [] if previous else [
+        Arm("LEAP", {"curriculum": {"mode": "leap"}}), Arm("baseline", {"curriculum": {"mode": "baseline"}}),
+    ]
     arms += [parse_variant(v) for v in args.variant]
     names = [a.name for a in arms] + (list(previous["rows"]) if previous else [])
     if len(set(names)) != len(names):
@@ -453,13 +484,14 @@ def main() -> None:
     for arm in arms:
         seeds = args.seeds if arm.name in ("LEAP", "baseline") or args.variant_seeds is None else args.variant_seeds
         for seed in seeds:
-            cfg = resolve_config(args.recipe, merge(common, arm.overrides, {"train": {"seed": seed, "eval_at_end": True}}))
+            delta = merge(common, arm.overrides, {"train": {"seed": seed, "eval_at_end": True}})
+            cfg = resolve_config(args.recipe, delta)
             out = args.runs_dir / f"{arm.name}-s{seed}"
             log.info("%s, seed %d -> %s", arm.name, seed, out)
             arm.runs.append(one_run(cfg, out))
             r = arm.runs[-1]
-            log.info("  probe %.2f%%  kNN %.2f%%  %.1f GFLOPs  blocks %s  %.0f s", r["linear_probe_top1"], r["knn_top1"],
-                     r["train_flops"] / 1e9, r["blocks_visited"], r["wall_seconds"])
+            log.info("  probe %.2f%%  kNN %.2f%%  %.1f GFLOPs  blocks %s  %.0f s", r["linear_probe_top1"],
+                     r["knn_top1"], r["train_flops"] / 1e9, r["blocks_visited"], r["wall_seconds"])
     command = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     load = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     rows = {a.name: {"overrides": a.overrides, "stats": summarise(a), "runs": a.runs} for a in arms}
@@ -481,10 +513,12 @@ def main() -> None:
         "machine": machine(),
         "load_avg": [load],
         "settings": {
-            "recipe": args.recipe, "recipe_file": str(recipe_path(args.recipe).name), "teacher": teacher_fingerprint(ref_cfg),
+            "recipe": args.recipe, "recipe_file": str(recipe_path(args.recipe).name),
+            "teacher": teacher_fingerprint(ref_cfg),
             "student": ref_cfg.model.student, "img_size": ref_cfg.model.img_size, "epochs": ref_cfg.train.epochs,
-            "batch_size": ref_cfg.train.batch_size, "seeds": args.seeds, "variant_seeds": args.variant_seeds or args.seeds,
-            "threshold": c.threshold, "ema_alpha": c.ema_alpha, "max_epochs_per_block": c.max_epochs_per_block, "threads": args.threads,
+            "batch_size": ref_cfg.train.batch_size, "seeds": args.seeds,
+            "variant_seeds": args.variant_seeds or args.seeds, "threshold": c.threshold, "ema_alpha": c.ema_alpha,
+            "max_epochs_per_block": c.max_epochs_per_block, "threads": args.threads,
         },
         "teacher_eval": teacher_eval,
         "reference_pair": reference,
@@ -515,7 +549,8 @@ def read_previous(path: Path) -> dict[str, Any]:
 
 def check_same_settings(settings: dict[str, Any], cfg: Config, args: argparse.Namespace) -> None:
     """Rows are only comparable when the recipe, epochs and teacher are those of the existing results."""
-    now = {"recipe": args.recipe, "epochs": cfg.train.epochs, "teacher": teacher_fingerprint(cfg), "batch_size": cfg.train.batch_size}
+    now = {"recipe": args.recipe, "epochs": cfg.train.epochs, "teacher": teacher_fingerprint(cfg),
+           "batch_size": cfg.train.batch_size}
     differ = [k for k, v in now.items() if settings[k] != v]
     if differ:
         raise SystemExit(f"--extend: {', '.join(differ)} differ from the existing results; run without --extend")

@@ -2,23 +2,15 @@
 
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
 from leapkit.cli.distill import FLAG_KEYS, config_delta, distill
-from leapkit.cli.main import main
 from leapkit.config import SECTIONS, Config
 from leapkit.errors import ConfigError
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
 
 
 @pytest.fixture

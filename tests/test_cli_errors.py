@@ -7,16 +7,10 @@ a missed budget.
 import sys
 
 import pytest
+from helpers import run_cli
 
 from leapkit.cli.main import main
 from leapkit.errors import CHECK_FAILED_EXIT, INTERNAL_ERROR_EXIT, CheckFailed
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 """One device resolver: the same answer and the same one-line error for every command."""
 
-import sys
 
 import pytest
 import torch
+from helpers import run_cli
 
-from leapkit.cli.main import main
 from leapkit.devices import gpu_peak_tflops, resolve_device
 from leapkit.errors import ConfigError
 
@@ -17,11 +16,6 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
 
 
 def test_cpu_and_auto_without_cuda(no_cuda):

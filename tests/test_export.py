@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import run_cli
 from onnx import TensorProto, numpy_helper
 from safetensors.torch import save_file
 
@@ -62,11 +63,6 @@ def exported(run_dir) -> ex.ExportResult:
     return ex.export(run_dir, target="jetson", precision="all", check=False, **SMALL)
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
 
 
 def torchscript_export(model, path, img_size, opset=OPSET):

@@ -3,12 +3,11 @@
 import json
 import logging
 import os
-import sys
 
 import pytest
 import yaml
+from helpers import run_cli
 
-from leapkit.cli.main import main
 from leapkit.config import Config, save_config
 from leapkit.errors import RunError
 from leapkit.run import RunSummary, RunWriter, check_writable, is_run, point_latest, read_metrics
@@ -26,11 +25,6 @@ OLD_SUMMARY = {
 }
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["leapkit", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
 
 
 def fake_run(path, metrics: bool = True):

@@ -1,8 +1,8 @@
 """`leapkit bench [MODEL] --target T`: time every format of MODEL and judge the target's latency budget.
 
-    bench(model, target, ...) -> BenchReport          the Python API, keywords as the CLI flags
-      plan_bench(...) -> BenchPlan                    every option checked before anything runs
-      run_bench(plan) -> BenchReport                  resolve, measure, decide, write bench/<target>.*
+    bench(model, target, ...) -> BenchReport   the Python API, keywords as the CLI flags: every option is
+                                                checked before anything runs, then a BenchPlan is run
+      run_bench(plan) -> BenchReport           resolve, measure, decide, write bench/<target>.*
 
 Beside every measured figure sits a roofline *estimate* for the target (see cost.py); the verdict
 is in verdict.py, the report and its tables in report.py.
@@ -85,7 +85,7 @@ def _number_problems(budget_ms: float | None, method: Method) -> list[str]:
     return problems
 
 
-def plan_bench(
+def bench(
     model: str | Path | None = None,
     target: str | Path | TargetProfile | None = None,
     runtimes: Sequence[str] | None = None,
@@ -102,11 +102,39 @@ def plan_bench(
     device: str | None = None,
     out_dir: str | Path | None = None,
     check: bool = True,
-) -> BenchPlan:
-    """Check every option and resolve the defaults from the target profile (see :func:`bench`).
+) -> BenchReport:
+    """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
+
+    Every option is checked before anything is measured or written.
+
+    Args:
+        model: a run directory, an export folder, an .onnx file or a TensorRT engine; None is
+            runs/latest (its PyTorch student plus its export for the target, or newest export).
+        target: profile name, family (``jetson``), YAML path, or a loaded profile; None takes
+            the target of MODEL's export (its manifest's ``target``).
+        runtimes: any of torch, onnxruntime, tensorrt, or ``["all"]``; None benches what MODEL has.
+        budget_ms: overrides the profile's latency budget.
+        stat: the statistic judged against the budget (default: the profile's, p99).
+        precisions: only bench formats at these precisions.
+        batch: batch size (default: the profile's).
+        threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores);
+            ``"auto"`` probes 1, 2, 4, ... up to the usable cores for PROBE_S seconds each, per
+            format, and measures each format with its fastest count (recorded per result).
+        warmup_s: warm-up time per format.
+        iterations: timed iterations; when None, run for ``duration_s``.
+        duration_s: timed duration per format when ``iterations`` is None.
+        compile: run the PyTorch student through torch.compile.
+        ort_provider: ONNX Runtime execution provider; auto picks CUDA for GPU targets when present.
+        device: device for the PyTorch student (default: cuda when the target is a GPU and one is
+            present, else cpu).
+        out_dir: where bench/ goes (default: the run, else next to the model).
+        check: raise CheckFailed after writing the report when the verdict is FAIL.
 
     Raises:
-        ConfigError: an invalid number, statistic, runtime or provider, all named in one line.
+        ConfigError: bad budget, statistic, runtime or option values (nothing is written).
+        ModelError: MODEL is not a run, export, ONNX file or engine.
+        MissingDependency: a requested runtime is not installed.
+        CheckFailed: the verdict is FAIL and ``check`` is set.
     """
     wanted = list(dict.fromkeys(runtimes or []))
     problems = [f"unknown runtime '{r}'; use {', '.join(RUNTIMES)} or all"
@@ -141,13 +169,14 @@ def plan_bench(
         device=device or ("cuda" if profile.family != "cpu" and torch.cuda.is_available() else "cpu"),
         thread_candidates=candidates,
     )
-    return BenchPlan(
+    plan = BenchPlan(
         model=model, profile=profile, runtimes=None if not wanted or "all" in wanted else cast(list[Runtime], wanted),
         budget_ms=float(profile.latency_budget_ms if budget_ms is None else budget_ms),
         budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
         stat=stat or profile.budget_stat, precisions=tuple(precisions or ()), method=method, ort_provider=ort_provider,
         out_dir=Path(out_dir) if out_dir is not None else None, check=check,
     )
+    return run_bench(plan)
 
 
 def _export_target(model: str | Path | None) -> str:
@@ -274,63 +303,3 @@ def run_bench(plan: BenchPlan) -> BenchReport:
     if plan.check:
         report.check()
     return report
-
-
-def bench(
-    model: str | Path | None = None,
-    target: str | Path | TargetProfile | None = None,
-    runtimes: Sequence[str] | None = None,
-    budget_ms: float | None = None,
-    stat: Stat | None = None,
-    precisions: Sequence[str] | None = None,
-    batch: int | None = None,
-    threads: int | Literal["auto"] | str | None = None,
-    warmup_s: float = 0.5,
-    iterations: int | None = None,
-    duration_s: float = 3.0,
-    compile: bool = False,
-    ort_provider: OrtProvider = "auto",
-    device: str | None = None,
-    out_dir: str | Path | None = None,
-    check: bool = True,
-) -> BenchReport:
-    """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
-
-    Every option is checked before anything is measured or written.
-
-    Args:
-        model: a run directory, an export folder, an .onnx file or a TensorRT engine; None is
-            runs/latest (its PyTorch student plus its export for the target, or newest export).
-        target: profile name, family (``jetson``), YAML path, or a loaded profile; None takes
-            the target of MODEL's export (its manifest's ``target``).
-        runtimes: any of torch, onnxruntime, tensorrt, or ``["all"]``; None benches what MODEL has.
-        budget_ms: overrides the profile's latency budget.
-        stat: the statistic judged against the budget (default: the profile's, p99).
-        precisions: only bench formats at these precisions.
-        batch: batch size (default: the profile's).
-        threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores);
-            ``"auto"`` probes 1, 2, 4, ... up to the usable cores for PROBE_S seconds each, per
-            format, and measures each format with its fastest count (recorded per result).
-        warmup_s: warm-up time per format.
-        iterations: timed iterations; when None, run for ``duration_s``.
-        duration_s: timed duration per format when ``iterations`` is None.
-        compile: run the PyTorch student through torch.compile.
-        ort_provider: ONNX Runtime execution provider; auto picks CUDA for GPU targets when present.
-        device: device for the PyTorch student (default: cuda when the target is a GPU and one is
-            present, else cpu).
-        out_dir: where bench/ goes (default: the run, else next to the model).
-        check: raise CheckFailed after writing the report when the verdict is FAIL.
-
-    Raises:
-        ConfigError: bad budget, statistic, runtime or option values (nothing is written).
-        ModelError: MODEL is not a run, export, ONNX file or engine.
-        MissingDependency: a requested runtime is not installed.
-        CheckFailed: the verdict is FAIL and ``check`` is set.
-    """
-    plan = plan_bench(
-        model, target, runtimes=runtimes, budget_ms=budget_ms, stat=stat, precisions=precisions, batch=batch,
-        threads=threads, warmup_s=warmup_s, iterations=iterations, duration_s=duration_s, compile=compile,
-        ort_provider=ort_provider, device=device, out_dir=out_dir, check=check,
-    )
-    return run_bench(plan)
-
