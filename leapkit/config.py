@@ -19,6 +19,9 @@ from leapkit import schema
 from leapkit.errors import ConfigError
 from leapkit.types import Amp, Metric, Mode
 
+LogBackend = Literal["auto", "tensorboard", "none"]
+"""Where training is shown besides metrics.jsonl: auto is TensorBoard when its package is installed."""
+
 
 @dataclass
 class ModelConfig:
@@ -75,6 +78,7 @@ class TrainConfig:
     teacher_half: bool = True  # run the frozen teacher in the autocast dtype on CUDA
     compile: bool = False  # torch.compile the student forward (helps on recent GPUs; slow to start)
     eval_at_end: bool = True
+    log: LogBackend = "auto"  # TensorBoard scalars in RUN/tensorboard (see leapkit.dashboard)
 
 
 @dataclass

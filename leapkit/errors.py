@@ -35,6 +35,10 @@ class ExportError(LeapkitError):
     """An export cannot be produced for the requested target or precision."""
 
 
+class TrtexecError(LeapkitError):
+    """A trtexec log or JSON file cannot be read, or holds no timing figures."""
+
+
 class MissingDependency(LeapkitError):
     """An optional package is needed; the message names the extra that brings it."""
 

@@ -1,9 +1,10 @@
 """Target profiles (profiles/targets/*.yaml) and recipe look-ups.
 
 A target profile describes one deployment device: the runtime and precision to export for, the
-peak dense throughput and memory bandwidth a roofline estimate needs, the expected JetPack and
-TensorRT versions, and the latency budget ``leapkit bench`` gates on. Profiles ship inside the
-package (``leapkit._profiles/targets``); a path to any ``.yaml`` file in the same format works too.
+peak throughput, memory bandwidth and cache a latency lower bound needs, the expected JetPack,
+TensorRT and power mode, how to recognise the device (``device_match``), and the latency budget
+``leapkit bench`` gates on. Profiles ship inside the package (``leapkit._profiles/targets``); a
+path to any ``.yaml`` file in the same format works too.
 
 A family name (``jetson``, ``cpu``, ``gpu``) resolves to that family's default profile, listed in
 :data:`FAMILY_DEFAULTS`.
@@ -12,6 +13,7 @@ A family name (``jetson``, ``cpu``, ``gpu``) resolves to that family's default p
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,7 +43,17 @@ class TargetProfile:
     """One deployment target, as read from its YAML file.
 
     Throughput figures are dense peaks in 10^12 operations/s (TFLOPS for fp32/fp16, TOPS for
-    int8); ``None`` marks a precision the hardware has no fast path for.
+    int8); ``None`` marks a precision the hardware has no fast path for. They are the fastest rate
+    any kernel can reach at that precision, so that the latency lower bound built on them
+    (:mod:`leapkit.latency.cost`) is never above a real measurement.
+
+    ``device_match`` holds regular expressions (case-insensitive, searched) for the host that *is*
+    the target: they are tried on the device-tree model (Jetson, Raspberry Pi), the GPU names, the
+    CPU model and the machine architecture. ``power_modes`` lists the nvpmodel modes the figures
+    assume (a Jetson in another mode is measured with a warning). ``tf32_tops`` is the dense TF32
+    Tensor Core peak TensorRT uses for fp32 layers unless told ``--noTF32``. ``cache_mb`` is the
+    on-chip cache that could hold weights between inferences; without it the lower bound counts
+    compute only.
     """
 
     name: str
@@ -61,6 +73,10 @@ class TargetProfile:
     budget_stat: Stat = "p99"
     workspace_mb: int | None = None
     threads: int | None = None
+    device_match: tuple[str, ...] = ()
+    power_modes: tuple[str, ...] = ()
+    tf32_tops: float | None = None
+    cache_mb: float | None = None
     notes: str = ""
     path: Path | None = field(default=None, compare=False)
 
@@ -68,6 +84,20 @@ class TargetProfile:
         """Peak dense operations per second at ``precision``, or None when unknown."""
         tops = self.peak_tops.get(precision)
         return None if tops is None else tops * 1e12
+
+    def bound_ops(self, precision: Precision) -> float | None:
+        """The fastest operations per second any kernel reaches at ``precision`` (fp32 may run as TF32)."""
+        peak = self.peak_ops(precision)
+        if precision == "fp32" and self.runtime == "tensorrt" and self.tf32_tops is not None:
+            return max(peak or 0.0, self.tf32_tops * 1e12)
+        return peak
+
+    def matches(self, names: Sequence[str | None]) -> str | None:
+        """The first of ``names`` that one of ``device_match`` finds, or None (also without patterns)."""
+        for name in names:
+            if name and any(re.search(p, name, re.IGNORECASE) for p in self.device_match):
+                return name
+        return None
 
     def resolve_input_size(self, img_size: int) -> int:
         """The input size to export and bench at, given the run's training resolution."""
@@ -83,6 +113,7 @@ class TargetProfile:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["precisions"] = list(self.precisions)
+        d["device_match"], d["power_modes"] = list(self.device_match), list(self.power_modes)
         d["path"] = str(self.path) if self.path else None
         return d
 
@@ -144,6 +175,13 @@ def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
     need("threads", lambda x: x >= 1, "an integer >= 1 or null (all cores)")
     for key in ("jetpack", "tensorrt"):
         need(key, _VERSION.match, 'a quoted version such as "10.3", or null')
+    need("tf32_tops", lambda x: x > 0, "a number > 0 (dense TF32 Tensor Core TFLOPS) or null")
+    need("cache_mb", lambda x: x >= 0, "a number >= 0 (MB of on-chip cache) or null")
+    for i, pattern in enumerate(v.get("device_match") or ()):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            p.append(f"device_match[{i}] is not a regular expression ({e}): {pattern!r}")
 
     peak = v.get("peak_tops")
     if peak is not None:

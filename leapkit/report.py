@@ -309,7 +309,7 @@ def _export_section(run_dir: Path, q: str) -> Section:
 
 
 def _bench_section(run_dir: Path, q: str) -> Section:
-    from leapkit.latency.report import BenchReport, latency_table
+    from leapkit.latency.report import BenchReport, latency_table, latency_title
 
     files = sorted((run_dir / "bench").glob("*.json")) if (run_dir / "bench").is_dir() else []
     command = f"leapkit bench {q} --target T"
@@ -318,15 +318,13 @@ def _bench_section(run_dir: Path, q: str) -> Section:
     lines: list[str] = []
     for path in files:
         b = BenchReport.load(path)
-        env = b.environment
         shape = "x".join(map(str, b.input_shape)) if b.input_shape else "?"
-        gpu = f", GPU {env['gpu']['name']}" if env.get("gpu") else ""
         lines += [f"### {b.target}: {b.verdict}", ""]
         lines += _stale(path, run_dir / STUDENT, f"leapkit bench {q} --target {b.target}")
-        lines += [f"From `bench/{path.name}`: input {shape}, measured on {env['cpu']} ({env['cpu_cores']} cores{gpu}), "
+        lines += [f"From `bench/{path.name}`: input {shape}; evidence **{b.evidence}**: {latency_title(b)}; "
                   f"leapkit {b.leapkit_version}.", "", latency_table(b).to_markdown()]
         lines += ["", f"**Verdict: {b.verdict}** ({b.verdict_reason}); budget {b.budget_stat} <= {b.budget_ms:g} ms "
-                  f"from {b.budget_source}. Roofline figures are estimates for the target, not measurements."]
+                  f"from {b.budget_source}. The lower bound column is a bound for the target, not a measurement."]
         if b.warnings:
             lines += ["", *[f"- warning: {w}" for w in b.warnings]]
         lines.append("")

@@ -7,25 +7,30 @@ Every runner answers two questions about the same exported backbone:
                                                                       staged once, for the timer
 
 Export uses the first (parity, accuracy), bench the second (latency). The TensorRT runner is
-written against the TensorRT 10 Python API (named I/O tensors, ``execute_async_v3``) with torch
-CUDA tensors as device buffers; it has not run on this project's CI machine, which has neither
-TensorRT nor a GPU.
+written against TensorRT's named-tensor API (``set_input_shape``, ``execute_async_v3``, 8.5 and
+later) with cuda-python for device buffers, the stream and the copies: on a Jetson it runs with
+JetPack's TensorRT and a torch without CUDA. torch is imported only by the PyTorch runner and
+:class:`Backbone`. The TensorRT runner has not run on this project's CI machine, which has
+neither TensorRT nor a GPU; its guards are tested there.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from leapkit.errors import ConfigError, MissingDependency, ModelError
 from leapkit.types import Runtime
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +54,33 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-class Backbone(nn.Module):
-    """The student's ``forward_features`` with the three documented outputs (what ONNX exports)."""
+@functools.cache
+def _backbone_class() -> type[nn.Module]:
+    """:class:`Backbone`, defined on first use (it subclasses torch's nn.Module)."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+    class Backbone(nn.Module):
+        """The student's ``forward_features`` with the three documented outputs (what ONNX exports)."""
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tokens = self.model.forward_features(images)
-        return tokens, tokens[:, 0], tokens[:, self.num_prefix_tokens:]
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+            self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+
+        def forward(self, images: Any) -> tuple[Any, Any, Any]:
+            tokens = self.model.forward_features(images)
+            return tokens, tokens[:, 0], tokens[:, self.num_prefix_tokens:]
+
+    Backbone.__module__, Backbone.__qualname__ = __name__, "Backbone"
+    return Backbone
+
+
+def __getattr__(name: str) -> Any:
+    # Backbone subclasses torch's nn.Module: it is made on first use, so that importing this module
+    # for ONNX Runtime or TensorRT does not import torch.
+    if name == "Backbone":
+        return _backbone_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -72,34 +93,35 @@ def run_batched(runner: Callable[[np.ndarray], Outputs], images: np.ndarray, bat
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 class TorchRunner:
     """PyTorch eager (or torch.compile) under inference_mode, on the CPU or a CUDA device."""
 
     runtime: Runtime = "torch"
 
     def __init__(self, model: nn.Module, device: str = "cpu", compile: bool = False) -> None:
+        import torch
+
+        self._torch = torch
         self.device = device
         self.providers = [f"torch {torch.__version__} ({device})"]
-        self.module = Backbone(model).eval().to(device)
-        self.forward: Callable[[torch.Tensor], Any] = torch.compile(self.module) if compile else self.module
+        self.module = _backbone_class()(model).eval().to(device)
+        self.forward: Callable[[Any], Any] = torch.compile(self.module) if compile else self.module
 
     def __call__(self, x: np.ndarray) -> Outputs:
+        torch = self._torch
         with torch.inference_mode():
             outs = self.forward(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
         return {name: o.float().cpu().numpy() for name, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
     def timed(self, x: np.ndarray) -> Callable[[], None]:
+        torch = self._torch
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
         def run() -> None:
             with torch.inference_mode():
                 self.forward(xt)
-            _synchronize(self.device)
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
 
         return run
 
@@ -206,11 +228,39 @@ class OrtRunner:
         del self.session
 
 
+# --- TensorRT and CUDA without torch ----------------------------------------------------------
+
+JETSON_RELEASE = Path("/etc/nv_tegra_release")  # L4T's release file: present on every Jetson
+
+
+def is_jetson() -> bool:
+    return JETSON_RELEASE.is_file()
+
+
+def tensorrt_extra() -> str:
+    """The extra that brings TensorRT's companions here: ``jetson`` on a Jetson (cuda-python only), else ``trt``."""
+    return "jetson" if is_jetson() else "trt"
+
+
+class JetPackTensorRTMissing(MissingDependency):
+    """TensorRT's Python package is missing on a Jetson, where it comes from JetPack, not from pip."""
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__("tensorrt", "jetson", purpose)
+        self.args = (
+            f"{purpose} needs JetPack's TensorRT Python package (apt install python3-libnvinfer); pip's tensorrt "
+            f"wheels do not run on a Jetson: create the venv with --system-site-packages, then "
+            f"pip install 'leapkit[jetson]'",
+        )
+
+
 def import_tensorrt(purpose: str = "running a TensorRT engine") -> Any:
-    """The tensorrt module, or MissingDependency naming the extra that brings it."""
+    """The tensorrt module, or MissingDependency naming the extra that brings it (JetPack on a Jetson)."""
     try:
         import tensorrt
     except ImportError as e:
+        if is_jetson():
+            raise JetPackTensorRTMissing(purpose) from e
         raise MissingDependency("tensorrt", "trt", purpose) from e
     return tensorrt
 
@@ -221,73 +271,193 @@ def tensorrt_logger(trt: Any) -> Any:
     return trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
 
 
+def import_cudart(purpose: str = "running a TensorRT engine") -> Any:
+    """cuda-python's CUDA runtime module: ``cuda.bindings.runtime`` (12.6 and later), else ``cuda.cudart``.
+
+    Raises:
+        MissingDependency: cuda-python is not installed.
+    """
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart
+
+        return cudart
+    except ImportError as e:
+        raise MissingDependency("cuda-python", tensorrt_extra(), purpose) from e
+
+
+def cuda_call(cudart: Any, result: tuple[Any, ...], what: str) -> Any:
+    """The value of a cuda-python call that returns ``(error, value...)``.
+
+    Raises:
+        ModelError: the call failed; the message names CUDA's error.
+    """
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = cudart.cudaGetErrorName(err)[1]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        raise ModelError(f"CUDA failed {what}: {name}; check the GPU with nvidia-smi (tegrastats on a Jetson)")
+    return values[0] if len(values) == 1 else None
+
+
+def cuda_device_count() -> int | None:
+    """How many CUDA GPUs are visible (cuda-python, else torch); None when neither is installed."""
+    try:
+        cudart = import_cudart()
+    except MissingDependency:
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch.cuda.device_count()
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception:  # cuda-python raises when it cannot load the driver library at all
+        return 0
+    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
+
+
+def cuda_device() -> tuple[str, str]:
+    """Name and compute capability (``8.7``) of CUDA device 0.
+
+    Raises:
+        MissingDependency: cuda-python is not installed.
+        ModelError: no CUDA device answers.
+    """
+    cudart = import_cudart("naming the GPU")
+    prop = cuda_call(cudart, cudart.cudaGetDeviceProperties(0), "reading the GPU's properties")
+    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+    return name, f"{prop.major}.{prop.minor}"
+
+
 def require_cuda(what: str) -> None:
-    if not torch.cuda.is_available():
+    """Refuse to go on without a CUDA GPU, found through cuda-python (torch only where cuda-python is missing).
+
+    Raises:
+        MissingDependency: neither cuda-python nor torch is installed to look for a GPU.
+        ConfigError: no CUDA GPU is visible.
+    """
+    count = cuda_device_count()
+    if count is None:
+        raise MissingDependency("cuda-python", tensorrt_extra(), what)
+    if count == 0:
         raise ConfigError(
             f"{what} needs a CUDA GPU and none is visible here; run it on the device the engine was built on"
         )
 
 
+def tensorrt_ready() -> bool:
+    """Whether TensorRT engines can run here: tensorrt importable and a CUDA GPU visible."""
+    return importlib.util.find_spec("tensorrt") is not None and bool(cuda_device_count())
+
+
 class TensorRTRunner:
     """A serialized TensorRT engine run with ``execute_async_v3`` on a CUDA stream.
 
-    Untested on this project's CI machine (no GPU, no TensorRT); written against TensorRT 10's API.
+    Device buffers, the stream and the copies are cuda-python's (no torch). Untested on this
+    project's CI machine (no GPU, no TensorRT); written against TensorRT's named-tensor API.
     """
 
     runtime: Runtime = "tensorrt"
     device = "cuda"
 
     def __init__(self, path: Path) -> None:
+        path = Path(path)
         trt = import_tensorrt()
+        self._cudart = import_cudart(f"running {path.name}")
         require_cuda(f"running {path.name}")
+        self.path = path
         self._trt = trt
         self._runtime = trt.Runtime(tensorrt_logger(trt))
-        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ModelError(
-                f"TensorRT {trt.__version__} cannot load {Path(path).name}: engines only run on the GPU model and "
+                f"TensorRT {trt.__version__} cannot load {path.name}: engines only run on the GPU model and "
                 f"TensorRT version that built them; rebuild it on this machine with build_engine.sh from the export"
             )
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        self.stream = cuda_call(self._cudart, self._cudart.cudaStreamCreate(), "creating a stream")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         self.providers = [f"TensorRT {trt.__version__}"]
+        self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, bytes)
 
-    def _dtype(self, name: str) -> torch.dtype:
-        np_dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
-        return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+    def _dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
 
-    def _bind(self, x: np.ndarray) -> dict[str, torch.Tensor]:
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes`` for tensor ``name`` (grown for a larger batch), bound to it."""
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                cuda_call(self._cudart, self._cudart.cudaFree(ptr), "freeing GPU memory")
+            ptr = cuda_call(self._cudart, self._cudart.cudaMalloc(nbytes), f"allocating {nbytes} bytes on the GPU")
+            self._buffers[name] = (ptr, nbytes)
+        self.context.set_tensor_address(name, ptr)
+        return ptr
+
+    def _copy(self, dst: int, src: int, nbytes: int, to_gpu: bool) -> None:
+        kinds = self._cudart.cudaMemcpyKind
+        kind = kinds.cudaMemcpyHostToDevice if to_gpu else kinds.cudaMemcpyDeviceToHost
+        cuda_call(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream),
+                  f"copying {nbytes} bytes {'to' if to_gpu else 'from'} the GPU")
+
+    def _bind(self, x: np.ndarray) -> Outputs:
+        """Copy ``x`` to the GPU, set the shapes and addresses; host arrays for the outputs to land in.
+
+        Raises:
+            ModelError: the engine does not take this input shape.
+        """
         (name,) = self.inputs
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to("cuda", self._dtype(name))
-        self.context.set_input_shape(name, tuple(xt.shape))
-        self.context.set_tensor_address(name, xt.data_ptr())
-        buffers = {name: xt}
+        x = np.ascontiguousarray(x, dtype=self._dtype(name))
+        if not self.context.set_input_shape(name, tuple(x.shape)):
+            raise ModelError(
+                f"{self.path.name} does not take input shape {tuple(x.shape)}: it is outside the optimisation "
+                f"profile the engine was built with; bench it at a batch within that profile, or rebuild it with "
+                f"build_engine.sh"
+            )
+        self._copy(self._device_buffer(name, x.nbytes), x.ctypes.data, x.nbytes, to_gpu=True)
+        outs = {}
         for out in self.outputs:  # output shapes are known once every input shape is set
-            buffers[out] = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtype(out), device="cuda")
-            self.context.set_tensor_address(out, buffers[out].data_ptr())
-        return buffers
+            outs[out] = np.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtype(out))
+            self._device_buffer(out, max(outs[out].nbytes, 1))
+        return outs
 
     def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(int(self.stream)):
             raise ModelError("TensorRT could not run the engine; rerun with -v for TensorRT's log")
-        self.stream.synchronize()
+
+    def _synchronize(self) -> None:
+        cuda_call(self._cudart, self._cudart.cudaStreamSynchronize(self.stream), "waiting for the GPU")
 
     def __call__(self, x: np.ndarray) -> Outputs:
-        buffers = self._bind(x)
+        outs = self._bind(x)
         self._execute()
-        return {k: buffers[k].float().cpu().numpy() for k in self.outputs}
+        for name, host in outs.items():
+            self._copy(host.ctypes.data, self._buffers[name][0], host.nbytes, to_gpu=False)
+        self._synchronize()
+        return {k: v.astype(np.float32, copy=False) for k, v in outs.items()}
 
     def timed(self, x: np.ndarray) -> Callable[[], None]:
-        buffers = self._bind(x)  # kept alive by the closure: the context holds their addresses
+        self._bind(x)
+        self._synchronize()  # the input is on the GPU before the first timed run
 
         def run() -> None:
-            assert buffers
             self._execute()
+            self._synchronize()
 
         return run
 
     def close(self) -> None:
-        pass
+        for ptr, _ in self._buffers.values():
+            cuda_call(self._cudart, self._cudart.cudaFree(ptr), "freeing GPU memory")
+        self._buffers.clear()
+        if self.stream is not None:
+            cuda_call(self._cudart, self._cudart.cudaStreamDestroy(self.stream), "destroying a stream")
+            self.stream = None

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from leapkit import run as rundir
 from leapkit.config import Config, load_config
+from leapkit.dashboard import backend
 from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform, resolve_split, train_transform
 from leapkit.devices import resolve_device
 from leapkit.distributed import init_distributed, shutdown
@@ -71,6 +72,7 @@ def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite:
         run_dir = Path(out) if out is not None else rundir.RUNS_DIR / f"{cfg.recipe}-{cfg.curriculum.mode}-{stamp}"
         check_writable(run_dir, overwrite)
     cfg.validate()
+    backend(cfg.train.log)  # --log tensorboard without its package fails here, before anything is written
 
     d = init_distributed(cfg.train.device)
     run_dir = d.broadcast(run_dir)  # the timestamped name is rank 0's

@@ -5,7 +5,8 @@ to the target block, student forward and loss per micro-batch, backward, clip, s
 update, one metrics row. :meth:`Trainer.fit` runs the epochs with a checkpoint after each. Under
 torchrun every rank runs the same loop on its shard; the step's score is averaged over ranks so
 that every rank levels up at the same step, and only rank 0 writes (its
-:class:`~leapkit.run.RunWriter` is the only active one).
+:class:`~leapkit.run.RunWriter` is the only active one, and only it opens a
+:class:`~leapkit.dashboard.Dashboard`).
 
 A metrics.jsonl row holds ``step``, ``epoch`` (fractional), ``loss`` and the score named for the
 metric (``cka``/``ema_cka``, or ``cosine``/``ema_cosine``; both averaged over the step's
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from leapkit import __version__
 from leapkit.config import Config
 from leapkit.curriculum import METRICS, CurriculumController
+from leapkit.dashboard import Dashboard, NoDashboard, open_dashboard
 from leapkit.data import Batch, collate
 from leapkit.distributed import Dist
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
@@ -197,6 +199,7 @@ class Trainer:
         self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch, cfg.optim.scale_lr)
         self.min_lr = min(cfg.optim.min_lr, self.peak_lr)
         self.state = TrainState()
+        self.dashboard: Dashboard = NoDashboard()
 
     # --- data and precision ---------------------------------------------------------------------
 
@@ -304,14 +307,17 @@ class Trainer:
         s.images += images
         s.teacher_block_images += block_images
         epoch_pos = epoch + min(1.0, s.epoch_samples / (self.batches_per_epoch * cfg.train.batch_size * d.world))
-        event = self.controller.update(score, s.step, epoch_pos)
-        if event is not None:
+        seen = len(self.controller.level_ups)
+        self.controller.update(score, s.step, epoch_pos)
+        level_ups = self.controller.level_ups[seen:]  # two when a level-up lands on snap_to_last_at
+        for event in level_ups:
             log.info(
                 "level-up at step %d (epoch %.2f): block %d -> %d (%s, ema %.3f)",
                 event.step, event.epoch, event.from_block, event.to_block, event.reason, event.ema,
             )
-            if cfg.optim.lr_restart:
-                s.restart_step = s.step
+            self.dashboard.log_level_up(event)
+        if level_ups and cfg.optim.lr_restart:
+            s.restart_step = s.step
         elapsed = time.perf_counter() - tic
         s.seconds += elapsed
         return {
@@ -319,7 +325,7 @@ class Trainer:
             "epoch": round(epoch_pos, 4),
             "loss": loss_value,
             self.metric_name: score,
-            f"ema_{self.metric_name}": event.ema if event else self.controller.ema,
+            f"ema_{self.metric_name}": level_ups[0].ema if level_ups else self.controller.ema,
             "target_block": k,
             "lr": lr,
             "teacher_blocks_run": block_images // images,
@@ -340,6 +346,7 @@ class Trainer:
         progress = _progress(show_progress and d.is_main)
         task = progress.add_task("distill", total=self.total_steps, completed=s.step, info="")
         try:
+            self.dashboard = self.start_dashboard()
             with progress, StopRequested() as stop:
                 for epoch in range(s.epoch, cfg.train.epochs):
                     s.epoch = epoch
@@ -353,6 +360,7 @@ class Trainer:
                         row = self.train_step(batches, micro_steps, epoch)
                         if row is not None:
                             self.writer.log_step(row)
+                            self.dashboard.log_step(row)
                             progress.update(task, advance=1, info=self._progress_info(row, epoch))
                         if d.any(stop.signal is not None, self.device):
                             self.writer.save_checkpoint(self.state_dict())
@@ -367,6 +375,7 @@ class Trainer:
                     log.info("epoch %d/%d done: block %d, ema %.3f", epoch + 1, cfg.train.epochs, c.block, c.ema)
         finally:
             self.writer.close()
+            self.dashboard.close()
 
         if s.images == 0:
             raise DataError(
@@ -379,6 +388,18 @@ class Trainer:
         self.writer.save_student(self.model.student)
         self.writer.save_curriculum(c.summary())
         d.barrier()
+
+    def start_dashboard(self) -> Dashboard:
+        """The dashboard ``train.log`` asks for, on rank 0; it continues from the current step."""
+        if not self.dist.is_main:
+            return NoDashboard()
+        c = self.controller
+        calibration_images = int(c.calibration.get("images", 0))
+        dashboard = open_dashboard(self.cfg.train.log, self.writer.path, self.cfg, self.state.step, calibration_images)
+        if self.state.step == 0:
+            for event in c.level_ups:  # a snap at calibration levels up before the first step
+                dashboard.log_level_up(event)
+        return dashboard
 
     def _progress_info(self, row: dict[str, Any], epoch: int) -> str:
         return (

@@ -44,6 +44,10 @@ Status = Literal["ok", "failed", "unchecked"]
 Verdict = Literal["PASS", "FAIL", "UNCONFIRMED"]
 """A budget verdict."""
 
+Evidence = Literal["measured", "imported", "estimated"]
+"""Where a bench report's figures come from: timed on the target itself, read from the target's own
+tool output (trtexec), or neither (another machine's timings and the lower bound)."""
+
 OrtProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
 """ONNX Runtime execution provider choice; auto picks CUDA for GPU targets when the build has it."""
 
@@ -61,5 +65,6 @@ METRICS: tuple[Metric, ...] = get_args(Metric)
 AMPS: tuple[Amp, ...] = get_args(Amp)
 CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
 ORT_PROVIDERS: tuple[OrtProvider, ...] = get_args(OrtProvider)
+EVIDENCES: tuple[Evidence, ...] = get_args(Evidence)
 
 BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "int8": 1}

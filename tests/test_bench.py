@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_images
+from helpers import run_cli
 
 import leapkit
 from leapkit.cli.main import main
@@ -39,8 +40,8 @@ RESULT_KEYS = {
 }
 REPORT_KEYS = [
     "target", "target_description", "model", "source_run", "export_dir", "input_shape", "results", "budget_ms",
-    "budget_stat", "budget_source", "verdict", "verdict_reason", "gated", "method", "roofline_note", "warnings",
-    "environment", "leapkit_version", "created",
+    "budget_stat", "budget_source", "evidence", "evidence_reason", "measured_on", "verdict", "verdict_reason", "gated",
+    "method", "roofline_note", "warnings", "environment", "leapkit_version", "created",
 ]
 
 
@@ -147,6 +148,8 @@ def test_bench_run_writes_report(run_dir, manifest, tmp_path):
     data = json.loads(report.json_path.read_text())
     assert list(data) == REPORT_KEYS
     assert data["verdict"] == "PASS" and data["budget_stat"] == "p99" and data["budget_source"] == "--budget-ms"
+    assert data["evidence"] == "measured" and data["evidence_reason"].startswith("this host is x86-cpu: 'x86_64'")
+    assert all(r["budget_ok"] is True for r in data["results"])
     assert [(r["runtime"], r["format"], r["precision"]) for r in data["results"]] == [
         ("torch", "pytorch", "fp32"), ("onnxruntime", "onnx", "fp32"), ("onnxruntime", "onnx", "int8")]
     for r in data["results"]:
@@ -155,7 +158,7 @@ def test_bench_run_writes_report(run_dir, manifest, tmp_path):
                     "cv"):
             assert r[key] is not None, key
         assert r["iterations"] == 5 and r["threads"] == 1 and r["status"] == "ok" and r["input_shape"] == [1, 3, 16, 16]
-        assert r["roofline"]["estimate_ms"] > 0 and r["roofline"]["kind"].startswith("estimate")
+        assert r["roofline"]["estimate_ms"] > 0 and r["roofline"]["kind"] == "lower bound"
     assert data["results"][1]["accuracy"] == manifest.variant("model.onnx").probe_top1
     assert data["gated"] == "ONNX fp32"  # the x86-cpu profile deploys ONNX Runtime fp32
     assert data["method"]["threads"] == 1 and data["method"]["providers"] == ["CPUExecutionProvider"]
@@ -338,3 +341,200 @@ def test_bench_tensorrt_engine(run_dir, tmp_path):
     (result,) = report.results
     assert (result.runtime, result.status, result.precision) == ("tensorrt", "ok", "fp32")
     assert result.input_shape == [1, 3, 16, 16]
+
+
+# ---------------------------------------------------------------- evidence: judged only on the target's figures
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/trtexec-samples is absent")
+JETSON_HOST = {"host": "orin", "device_model": "NVIDIA Jetson Orin Nano Developer Kit", "gpu_names": [],
+               "cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64", "jetson": None}
+
+
+def test_cli_bench_for_a_jetson_on_this_machine_never_judges_its_own_timings(run_dir, tmp_path):
+    """`leapkit bench --target jetson-orin-nano` on an x86 laptop printed PASS or FAIL from the laptop's CPU."""
+    from leapkit.latency.machine import describe_host, environment
+
+    if "Jetson Orin Nano" in (environment()["device_model"] or ""):
+        pytest.skip("this machine is a Jetson Orin Nano")
+    common = ["--target", "jetson-orin-nano", "-n", "5", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)]
+    r = cli("bench", str(run_dir), *common)
+    assert r.returncode == 0, r.stderr
+    assert "UNCONFIRMED" in r.stdout and "PASS" not in r.stdout and "FAIL" not in r.stdout
+    data = json.loads((tmp_path / "bench" / "jetson-orin-nano.json").read_text())
+    assert (data["evidence"], data["verdict"]) == ("estimated", "UNCONFIRMED")
+    assert data["measured_on"] == describe_host(environment())
+    assert data["evidence_reason"] == (f"measured on {data['measured_on']}, not on jetson-orin-nano: nothing on "
+                                       f"{data['measured_on']} matches 'Jetson Orin Nano'")
+    assert all(res["budget_ok"] is None and res["p50_ms"] > 0 for res in data["results"])  # shown, not judged
+    md = (tmp_path / "bench" / "jetson-orin-nano.md").read_text()
+    assert f"Latency measured on {data['measured_on']}, not on jetson-orin-nano" in md and "PASS" not in md
+
+    r = cli("bench", str(run_dir), *common, "--budget-ms", "0.000001")  # below even the lower bound
+    assert r.returncode == 1
+    assert "bench verdict FAIL on jetson-orin-nano: even the lower bound of ONNX int8 on jetson-orin-nano" in r.stderr
+    assert json.loads((tmp_path / "bench" / "jetson-orin-nano.json").read_text())["verdict"] == "FAIL"
+
+    r = cli("bench", str(run_dir), *common, "--require-measured")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: bench verdict UNCONFIRMED on jetson-orin-nano and --require-measured is set: "
+                               f"measured on {data['measured_on']}, not on jetson-orin-nano")
+
+
+def jetson_environment() -> dict:
+    from leapkit.latency.machine import environment
+
+    return {**environment(), **JETSON_HOST}
+
+
+def test_on_a_jetson_cpu_timings_are_not_the_targets(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_module, "environment", jetson_environment)
+    report = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path, **FAST)
+    assert (report.evidence, report.verdict) == ("estimated", "UNCONFIRMED")
+    assert report.evidence_reason == (
+        "this host is jetson-orin-nano: 'NVIDIA Jetson Orin Nano Developer Kit' matches 'Jetson Orin Nano', but no "
+        "format ran on its GPU; bench a format that runs there")
+
+
+def test_a_cpu_target_away_from_its_class_is_unconfirmed(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_module, "environment", jetson_environment)
+    report = bench(run_dir, "x86-cpu", runtimes=["onnxruntime"], budget_ms=1e6, out_dir=tmp_path, **FAST)
+    assert (report.evidence, report.verdict, report.measured_on) == ("estimated", "UNCONFIRMED",
+                                                                     "orin (NVIDIA Jetson Orin Nano Developer Kit, "
+                                                                     "ARMv8 Processor rev 1 (v8l), aarch64)")
+    with pytest.raises(CheckFailed, match=r"^bench verdict UNCONFIRMED on x86-cpu and --require-measured is set: "):
+        bench(run_dir, "x86-cpu", runtimes=["onnxruntime"], budget_ms=1e6, out_dir=tmp_path, require_measured=True,
+              **FAST)
+
+
+# ---------------------------------------------------------------- --from-trtexec
+
+
+@needs_samples
+def test_cli_from_trtexec_judges_the_devices_own_figures(tmp_path):
+    log_file = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"
+    r = cli("bench", "--from-trtexec", str(log_file), "--target", "jetson-orin-nano", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in r.stdout and "evidence: imported" in r.stdout
+    data = json.loads((tmp_path / "bench" / "jetson-orin-nano.json").read_text())
+    assert (data["evidence"], data["verdict"], data["budget_stat"]) == ("imported", "PASS", "p99")
+    (res,) = data["results"]
+    assert (res["runtime"], res["format"], res["precision"], res["batch"]) == ("tensorrt", "engine", "fp16", 1)
+    expected = {"min_ms": 10.642, "max_ms": 10.9861, "mean_ms": 10.7971, "p50_ms": 10.7972, "p90_ms": 10.9329,
+                "p95_ms": 10.949, "p99_ms": 10.9744, "throughput": 97.8649}
+    assert {k: res[k] for k in expected} == pytest.approx(expected, rel=1e-4)
+    assert res["gpu_compute_ms"] == pytest.approx({"min": 10.0343, "max": 10.3575, "mean": 10.1824, "p50": 10.1851,
+                                                  "p90": 10.3206, "p95": 10.338, "p99": 10.356}, rel=1e-4)
+    assert res["budget_ok"] is True and data["verdict_reason"].startswith("TensorRT engine fp16 (tensorrt) p99 10.974")
+    # a truncated log names no device: the target is taken as given, and the report says so
+    assert "the trtexec output names no device; it is taken to be jetson-orin-nano as --target says" in data["warnings"]
+    md = (tmp_path / "bench" / "jetson-orin-nano.md").read_text()
+    assert "GPU compute time (trtexec)" in md and "trtexec's host latency per query" in md
+
+
+@needs_samples
+def test_from_trtexec_records_another_device_and_release_as_warnings(tmp_path):
+    files = [SAMPLES / "trt8.6.3-rtx3090-resnet-cifar10-int8-verbose-full.log.gz",
+             SAMPLES / "trt8.6.3-rtx3090-resnet-cifar10-int8-exportProfile.json"]
+    report = bench(target="rtx-4090", from_trtexec=files, out_dir=tmp_path)
+    assert (report.evidence, report.verdict) == ("imported", "PASS")  # the user named the target: not refused
+    assert report.results[0].p99_ms == pytest.approx(0.694092, rel=1e-4)
+    assert report.measured_on == "NVIDIA GeForce RTX 3090"
+    notes = report.warnings
+    assert ("the trtexec figures name the device 'NVIDIA GeForce RTX 3090', which does not match rtx-4090 "
+            "('RTX 4090'); add the device's device.json (bench_engine.sh writes it) or check --target") in notes
+    assert any(w.startswith("timed with TensorRT 8.6.3, but the profile rtx-4090 expects 10.x") for w in notes)
+    assert json.loads(report.json_path.read_text())["environment"]["tensorrt"] == "8.6.3"
+    md = report.md_path.read_text()
+    assert "## Per-layer profile" in md and "Engine time per block" in md and "Engine time per op type" in md
+
+
+@needs_samples
+def test_from_trtexec_over_the_budget_fails(tmp_path, monkeypatch, capsys):
+    code, err = run_cli(["bench", "--from-trtexec", str(SAMPLES / "trt10.3.0-rtxa5000-resnet50-fp16-full.log"),
+                         "--target", "rtx-4090", "--budget-ms", "5", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert code == 1 and err.startswith("error: bench verdict FAIL on rtx-4090: TensorRT engine fp16 (tensorrt) p99 "
+                                        "6.443 ms > 5 ms")
+
+
+@needs_samples
+def test_from_trtexec_bad_inputs_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys):
+    no_summary = SAMPLES / "trt8.5.2-xavier-nx-lprnet-dumpProfile-nosummary.log"
+    only_p99 = SAMPLES / "trt8.2.5-a100class-mobilenetv2-qat-int8-full.log"
+    for args, message in (
+        ([str(no_summary)], str(no_summary)),
+        ([str(only_p99), "--stat", "p95"], "has no p95 latency"),
+        ([str(tmp_path / "gone.log")], "gone.log: no such file or folder"),
+    ):
+        code, err = run_cli(["bench", "--from-trtexec", *args, "--target", "jetson-orin-nano", "--out", str(tmp_path)],
+                            monkeypatch, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
+    for args, message in (
+        (["runs/x", "--from-trtexec", str(only_p99), "--target", "rtx-4090"], "pass either MODEL"),
+        (["--from-trtexec", str(only_p99)], "--from-trtexec needs --target T"),
+        (["--from-trtexec", str(only_p99), "--target", "rtx-4090", "--threads", "2", "-n", "3"],
+         "--threads, --iterations time MODEL on this machine and do not apply to --from-trtexec"),
+        (["--from-trtexec", str(only_p99), "--target", "rtx-4090", "--host", "orin"], "pass one"),
+    ):
+        code, err = run_cli(["bench", *args, "--out", str(tmp_path)], monkeypatch, capsys)
+        assert code == 2 and message in err, (args, err)
+    assert not (tmp_path / "bench").exists()
+
+
+@needs_samples
+def test_from_trtexec_writes_beside_the_input_or_into_its_run(tmp_path):
+    log_file = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"
+    loose = tmp_path / "copied"
+    loose.mkdir()
+    shutil.copy(log_file, loose / "trtexec.log")
+    assert bench(target="jetson-orin-nano", from_trtexec=[loose / "trtexec.log"]).json_path == \
+        loose / "bench" / "jetson-orin-nano.json"
+    run = tmp_path / "run"
+    results = run / "export" / "jetson-orin-nano" / "results" / "fp16"
+    results.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    shutil.copy(log_file, results / "trtexec.log")
+    report = bench(target="jetson-orin-nano", from_trtexec=[results])  # a folder copied back from the device
+    assert report.json_path == run / "bench" / "jetson-orin-nano.json" and report.md_path.is_file()
+
+
+# ---------------------------------------------------------------- --host (the SSH round trip is tested in test_remote)
+
+
+@needs_samples
+def test_cli_host_judges_the_figures_brought_back(run_dir, tmp_path, monkeypatch, capsys):
+    from leapkit.latency import imported
+    from leapkit.latency.remote import HostRun
+
+    run = shutil.copytree(run_dir, tmp_path / "run", symlinks=True)
+    leapkit.export(run, target="jetson-orin-nano", precision=["fp16"], check=False, calib_images=8, parity_images=4,
+                   probe_images=None)
+    calls = []
+
+    def fake_bench_on_host(export_dir, host, precision, out_dir, *, profile, ssh_options=()):
+        calls.append((export_dir, host, precision, out_dir, profile.name, tuple(ssh_options)))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log", out_dir / "trtexec.log")
+        device = {"host": "orin", "jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit", "power_mode": "15W"},
+                  "tensorrt": "8.5.2"}
+        (out_dir / "device.json").write_text(json.dumps(device))
+        return HostRun(host="nvidia@orin", files=[out_dir / "trtexec.log", out_dir / "device.json"],
+                       timing_cache_reused=True, device=device)
+
+    monkeypatch.setattr(imported, "bench_on_host", fake_bench_on_host)
+    code, err = run_cli(["bench", str(run), "--target", "jetson-orin-nano", "--host", "nvidia@orin",
+                         "--ssh-option", "-i /keys/orin", "--ssh-option", "StrictHostKeyChecking=accept-new"],
+                        monkeypatch, capsys)
+    assert code == 0, err
+    export = run / "export" / "jetson-orin-nano"
+    assert calls == [(export, "nvidia@orin", "fp16", export / "results" / "fp16", "jetson-orin-nano",
+                      ("-i", "/keys/orin", "StrictHostKeyChecking=accept-new"))]
+    data = json.loads((run / "bench" / "jetson-orin-nano.json").read_text())
+    assert (data["evidence"], data["verdict"]) == ("measured", "PASS")
+    assert data["measured_on"] == "nvidia@orin (NVIDIA Jetson Orin Nano Developer Kit)"
+    assert data["evidence_reason"] == "timed by trtexec on nvidia@orin over SSH"
+    assert data["results"][0]["p99_ms"] == pytest.approx(10.9744)
+    # the published log is from JetPack 5.1 (TensorRT 8.5.2): measured all the same, with a warning
+    assert data["warnings"] == ["timed with TensorRT 8.5.2, but the profile jetson-orin-nano expects 10.3: engines "
+                                "and their speed differ between releases"]
+    assert data["environment"]["fingerprint"]["jetson"]["power_mode"] == "15W"

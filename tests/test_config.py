@@ -156,3 +156,10 @@ def test_lr_scaling_is_an_option_recorded_in_config_yaml(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert "scale_lr: true" in (tmp_path / "config.yaml").read_text()
     assert load_config(tmp_path / "config.yaml").optim.scale_lr is True
+
+
+def test_train_log_is_one_of_its_backends_and_auto_by_default():
+    assert resolve_config("demo").train.log == "auto"
+    assert resolve_config("demo", {"train": {"log": "none"}}).train.log == "none"
+    with pytest.raises(ConfigError, match=r"command line: train\.log must be one of auto\|tensorboard\|none, got 'tb'"):
+        resolve_config("demo", {"train": {"log": "tb"}})

@@ -192,7 +192,7 @@ def test_scripts_and_readme(exported):
     out = exported.out_dir
     build = (out / "build_engine.sh").read_text()
     assert "--stronglyTyped" in build and "--fp16" not in build
-    assert "--minShapes=images:1x3x32x32" in build and "--memPoolSize=workspace:1024M" in build
+    assert "--minShapes=images:1x3x32x32" in build and "--memPoolSize=workspace:1024" in build
     for name in ("build_engine.sh", "bench_engine.sh", "check_engine.sh"):
         assert subprocess.run(["bash", "-n", str(out / name)]).returncode == 0, name
     readme = (out / "README.md").read_text()
@@ -371,13 +371,13 @@ def test_cli_success_prints_table_and_what_was_not_run(tmp_path, monkeypatch, ca
 
 
 def test_tensorrt8_target_gets_opset_17(tmp_path):
-    """A JetPack 5 device (TensorRT 8.6, whose parser documents opsets <= 17) gets an opset-17 graph."""
+    """A JetPack 6.0 device (TensorRT 8.6, whose parser documents opsets <= 17) gets an opset-17 graph."""
     from leapkit.profiles import targets_dir
 
-    lines = (targets_dir() / "jetson-orin-nano.yaml").read_text().replace("name: jetson-orin-nano", "name: orin-jp5")
-    lines = "\n".join('tensorrt: "8.6"' if line.startswith("tensorrt:") else 'jetpack: "5.1.2"'
+    lines = (targets_dir() / "jetson-orin-nano.yaml").read_text().replace("name: jetson-orin-nano", "name: orin-jp60")
+    lines = "\n".join('tensorrt: "8.6"' if line.startswith("tensorrt:") else 'jetpack: "6.0"'
                       if line.startswith("jetpack:") else line for line in lines.splitlines())
-    profile_path = tmp_path / "orin-jp5.yaml"
+    profile_path = tmp_path / "orin-jp60.yaml"
     profile_path.write_text(lines)
     result = ex.export(make_run(tmp_path / "run"), target=str(profile_path), precision="fp32", check=False, **SMALL)
     model = onnx.load(str(result.out_dir / "model.onnx"))

@@ -7,13 +7,24 @@ import json
 import pytest
 import torch
 
-from leapkit.latency.machine import driver_version, environment, package_version
+from leapkit.latency.machine import (
+    describe_host,
+    driver_version,
+    environment,
+    host_names,
+    package_version,
+    target_match,
+)
+from leapkit.profiles import load_target
+
+JETSON = {"host": "orin", "device_model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+          "gpu_names": ["Orin"], "cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
 
 
 def test_environment_fingerprint():
     env = environment()
     for key in ("host", "os", "machine", "cpu", "cpu_cores", "cpu_affinity", "cpu_flags", "load_avg_1m", "python",
-                "torch", "onnxruntime", "tensorrt", "leapkit", "gpu", "jetson"):
+                "torch", "onnxruntime", "tensorrt", "leapkit", "gpu", "gpu_names", "device_model", "jetson"):
         assert key in env, key
     assert env["torch"] == torch.__version__ and env["onnxruntime"] == package_version("onnxruntime")
     assert (env["gpu"] is None) == (not torch.cuda.is_available())
@@ -33,3 +44,30 @@ def test_package_version_of_a_missing_distribution():
 ])
 def test_driver_version_from_proc(text, version):
     assert driver_version(text) == version
+
+
+def test_a_jetson_is_its_module_and_nothing_else():
+    assert host_names(JETSON) == [JETSON["device_model"], "Orin", JETSON["cpu"], "aarch64"]
+    for name in ("jetson-orin-nano", "jetson-orin-nano-super"):
+        match = target_match(load_target(name), JETSON)
+        assert match.is_target and f"this host is {name}: '{JETSON['device_model']}' matches" in match.reason
+    for name in ("jetson-orin-nx", "jetson-agx-orin", "rtx-4090", "x86-cpu", "raspberry-pi-5"):
+        assert not target_match(load_target(name), JETSON).is_target, name
+
+
+def test_this_machine_is_judged_by_what_it_is():
+    env = environment()
+    x86 = env["machine"] == "x86_64"
+    assert target_match(load_target("x86-cpu"), env).is_target == x86
+    match = target_match(load_target("jetson-orin-nano"), env)
+    assert match.is_target == ("Jetson Orin Nano" in (env["device_model"] or ""))
+    if not match.is_target:
+        assert match.reason == f"nothing on {describe_host(env)} matches 'Jetson Orin Nano'"
+    assert describe_host(env).startswith(f"{env['host']} (") and env["cpu"] in describe_host(env)
+
+
+def test_a_gpu_box_is_the_gpu_target_and_the_cpu_class():
+    env = {"host": "ws", "device_model": None, "gpu_names": ["NVIDIA GeForce RTX 4090"], "cpu": "AMD Ryzen 9 7950X",
+           "machine": "x86_64"}
+    assert target_match(load_target("rtx-4090"), env).is_target and target_match(load_target("x86-cpu"), env).is_target
+    assert describe_host(env) == "ws (NVIDIA GeForce RTX 4090, AMD Ryzen 9 7950X, x86_64)"

@@ -177,3 +177,68 @@ def test_profile_types_are_the_shared_vocabulary():
     assert P.Precision is types.Precision and P.Stat is types.Stat
     assert P.Family is types.Family and P.TargetRuntime is types.TargetRuntime
     assert P.PRECISIONS is types.PRECISIONS and P.STATS is types.STATS
+
+
+# ---------------------------------------------------------------- recognising the device, the bound's figures
+
+
+@pytest.mark.parametrize("name, targets", [
+    ("NVIDIA Jetson Orin Nano Developer Kit", {"jetson-orin-nano", "jetson-orin-nano-super"}),
+    ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+     {"jetson-orin-nano", "jetson-orin-nano-super"}),
+    ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", {"jetson-orin-nx"}),
+    ("Jetson AGX Orin", {"jetson-agx-orin"}),
+    ("NVIDIA GeForce RTX 4090", {"rtx-4090"}),
+    ("Raspberry Pi 5 Model B Rev 1.0", {"raspberry-pi-5"}),
+    ("x86_64", {"x86-cpu"}),
+    ("Orin", set()),  # what trtexec prints on every Orin module: it names none of them
+    ("NVIDIA GeForce RTX 3090", set()),
+    ("aarch64", set()),
+])
+def test_device_match_names_exactly_its_devices(name, targets):
+    assert {t for t in P.list_targets() if P.load_target(t).matches([name])} == targets
+
+
+def test_every_shipped_target_can_recognise_its_device_and_bound_its_latency():
+    for name in P.list_targets():
+        t = P.load_target(name)
+        assert t.device_match and t.cache_mb is not None, name
+        if t.family == "jetson":
+            assert t.power_modes and t.tf32_tops == pytest.approx(t.peak_tops["fp16"] / 2, rel=0.01), name
+        assert all(t.bound_ops(p) >= t.peak_ops(p) for p in t.precisions), name
+
+
+def test_power_modes_tell_the_two_orin_nano_profiles_apart():
+    nano, sup = P.load_target("jetson-orin-nano"), P.load_target("jetson-orin-nano-super")
+    assert nano.device_match == sup.device_match and nano.power_modes == ("15W",)
+    assert sup.power_modes == ("MAXN_SUPER",)
+
+
+def test_orin_nano_super_memory_comment_matches_its_bandwidth():
+    """The header said "memory 3200 MT/s", which gives 51 GB/s on 128 bits, not the 102 GB/s below it."""
+    text = (P.targets_dir() / "jetson-orin-nano-super.yaml").read_text()
+    assert "3200 MT/s" not in text and "6400 MT/s" in text
+    bandwidth = P.load_target("jetson-orin-nano-super").memory_bandwidth_gbs
+    assert bandwidth == pytest.approx(6400e6 * 128 / 8 / 1e9, rel=0.01)
+
+
+def test_no_profile_says_jetpack_5_ships_tensorrt_8_6():
+    """JetPack 5.1.x ships TensorRT 8.5.2; 8.6 came with JetPack 6.0 DP only."""
+    for path in [*P.targets_dir().glob("*.yaml"), Path(P.__file__)]:
+        for line in path.read_text().splitlines():
+            assert not ("JetPack 5" in line and "8.6" in line), (path.name, line)
+
+
+def test_device_fields_are_checked(tmp_path):
+    path = _write(tmp_path, device_match=["Orin (Nano"], cache_mb=-1, tf32_tops=0, power_modes="MAXN")
+    text = "\n".join(P.validate_target(path))
+    for needle in ("device_match[0] is not a regular expression", "cache_mb must be a number >= 0",
+                   "tf32_tops must be a number > 0", "power_modes must be a list of"):
+        assert needle in text, text
+
+
+def test_fp32_bound_uses_tf32_only_for_tensorrt_targets():
+    orin, x86 = P.load_target("jetson-orin-nano"), P.load_target("x86-cpu")
+    assert orin.bound_ops("fp32") == pytest.approx(orin.tf32_tops * 1e12)
+    assert orin.bound_ops("fp16") == orin.peak_ops("fp16")
+    assert x86.bound_ops("fp32") == x86.peak_ops("fp32") and x86.bound_ops("fp16") is None

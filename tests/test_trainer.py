@@ -121,6 +121,7 @@ def test_teacher_blocks_run_is_what_the_teacher_ran(tiny_config, tmp_path):
         if isinstance(module, Block) and output.shape[-1] == 96:  # the demo teacher's width (the student's is 32)
             ran.append(output.shape[0])
 
+    tiny_config.train.log = "none"  # the dashboard's FLOPs count runs a teacher block on one image
     handle = torch.nn.modules.module.register_module_forward_hook(count)
     try:
         summary = distill(tiny_config, out=tmp_path / "run", show_progress=False)
@@ -139,3 +140,30 @@ def test_lr_scales_with_the_global_batch_when_asked(tiny_config, tmp_path):
     assert scaled.peak_lr == pytest.approx(tiny_config.optim.lr * 8 / 256)
     rows = read_metrics(tmp_path / "scaled")
     assert max(r["lr"] for r in rows) == pytest.approx(scaled.peak_lr)  # the end of the warm-up epoch
+
+
+def test_a_level_up_onto_snap_to_last_at_records_both_level_ups(tiny_config, tmp_path, caplog):
+    """A level-up that lands on snap_to_last_at is two level-ups: both are logged, and the row keeps the EMA.
+
+    Defect: the loop read the one event that controller.update returns (the snap), so the level-up
+    before it went unlogged and the step's ema_cka read the snap's reset EMA, 0.
+    """
+    import logging
+
+    from leapkit.run import read_json
+
+    c = tiny_config.curriculum
+    c.calibrate, c.threshold, c.snap_to_last_at = False, 0.999, 2  # from block 1, a level-up after one epoch
+    tiny_config.train.epochs = 2
+    with caplog.at_level(logging.INFO, logger="leapkit.trainer"):
+        distill(tiny_config, out=tmp_path / "run", show_progress=False)
+    level_ups = read_json(tmp_path / "run" / "curriculum.json")["level_ups"]
+    assert [(e["step"], e["from_block"], e["to_block"], e["reason"]) for e in level_ups] == [
+        (3, 1, 2, "max_epochs"), (3, 2, 8, "snap")
+    ]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("level-up")]
+    assert [m.split(" (", 1)[0] for m in logged] == ["level-up at step 3", "level-up at step 3"]
+    assert "block 1 -> 2 (max_epochs" in logged[0] and "block 2 -> 8 (snap" in logged[1]
+    row = read_metrics(tmp_path / "run")[2]
+    assert row["ema_cka"] == level_ups[0]["ema"] > 0
+    assert [r["target_block"] for r in read_metrics(tmp_path / "run")] == [1, 1, 1, 8, 8, 8]

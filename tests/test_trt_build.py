@@ -43,10 +43,24 @@ def test_build_engine_without_a_gpu_names_the_bundle(monkeypatch):
         tb.engines_wanted(True)
 
 
-class FakeTensorRT(SimpleNamespace):
-    """Just enough of the tensorrt module for build_engine to reach the parser, which rejects the graph."""
+def test_unavailable_reason_asks_cuda_python(monkeypatch):
+    """Whether a GPU is there is asked of cuda-python: a Jetson's torch has no CUDA."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(tb, "cuda_device_count", lambda: 0)
+    assert tb.unavailable_reason() == "no CUDA GPU is visible"
+    monkeypatch.setattr(tb, "cuda_device_count", lambda: None)
+    assert tb.unavailable_reason() == "cuda-python is not installed (pip install 'leapkit[trt]')"
+    with pytest.raises(MissingDependency, match=r"needs the 'cuda-python' package"):
+        tb.engines_wanted(True)
+    monkeypatch.setattr(tb, "cuda_device_count", lambda: 1)
+    assert tb.unavailable_reason() is None
 
-    def __init__(self) -> None:
+
+class FakeTensorRT(SimpleNamespace):
+    """Just enough of the tensorrt module for build_engine to reach the parser (which rejects the graph unless
+    ``parses``) and the optimisation profile (which ``add_optimization_profile`` refuses with -1)."""
+
+    def __init__(self, parses: bool = False) -> None:
         loggers: list = []
 
         class Logger:
@@ -63,6 +77,12 @@ class FakeTensorRT(SimpleNamespace):
             def create_network(self, flags):
                 return SimpleNamespace(flags=flags)
 
+            def create_builder_config(self):
+                return SimpleNamespace(add_optimization_profile=lambda profile: -1)
+
+            def create_optimization_profile(self):
+                return SimpleNamespace(set_shape=lambda name, lo, opt, hi: None)
+
         class OnnxParser:
             num_errors = 1
 
@@ -70,7 +90,7 @@ class FakeTensorRT(SimpleNamespace):
                 pass
 
             def parse_from_file(self, path):
-                return False
+                return parses
 
             def get_error(self, i):
                 return "unsupported op FakeOp"
@@ -90,6 +110,17 @@ def test_tensorrt_log_follows_verbose(level, severity, tmp_path, monkeypatch, ca
         tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
                         precision="fp32")
     assert [lg.severity for lg in fake.loggers] == [getattr(fake.Logger, severity)]
+
+
+def test_a_refused_optimisation_profile_stops_the_build(tmp_path, monkeypatch):
+    """add_optimization_profile returns -1 for a profile TensorRT cannot use: say so instead of building on."""
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(parses=True))
+    monkeypatch.setattr(tb, "_require_gpu", lambda: None)
+    with pytest.raises(ExportError, match=r"TensorRT rejected the optimisation profile images 1/4/8 x 3x224x224 for "
+                                          r"m.onnx; rerun with -v"):
+        tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
+                        precision="fp32")
+    assert not (tmp_path / "m.engine").exists()
 
 
 def test_cli_verbose_flag_raises_tensorrt_log_to_info():

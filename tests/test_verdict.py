@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from leapkit.errors import ConfigError
+from leapkit.latency.cost import Cost, roofline
 from leapkit.latency.report import BenchResult
-from leapkit.latency.verdict import decide, gated_result, stat_key, warnings
+from leapkit.latency.verdict import (
+    decide,
+    gated_result,
+    runs_on_target,
+    setting_warnings,
+    stat_key,
+    version_matches,
+    warnings,
+)
 from leapkit.profiles import load_target
 
 
@@ -44,7 +53,8 @@ def test_decide_pass_fail_and_reasons(x86):
     verdict, reason, _ = decide(results[:1], x86, 2.0, "p99")
     assert verdict == "PASS" and reason.endswith("measured with torch, not the target's onnxruntime")
     verdict, reason, gated = decide([result("torch", "fp32", None)], x86, 2.0, "p99")
-    assert (verdict, gated) == ("FAIL", None) and reason == "no format ran (PyTorch eager failed: RuntimeError: boom)"
+    assert (verdict, gated) == ("FAIL", None)
+    assert reason == "no format ran on x86-cpu (PyTorch eager failed: RuntimeError: boom)"
 
 
 def test_a_format_the_export_failed_fails_the_verdict_whatever_its_latency(x86):
@@ -61,4 +71,57 @@ def test_warnings(x86):
         "PyTorch eager: failed: RuntimeError: boom",
         "ONNX fp32: cv 0.50 > 0.1: the machine is too noisy to trust the tail latency",
         "load average 9.0 exceeds the 2 usable cores: other processes competed for the CPU",
+    ]
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return load_target("jetson-orin-nano")  # tensorrt fp16, 33.3 ms
+
+
+def bounded(runtime: str, precision: str, p99: float | None, flops: float, target) -> BenchResult:
+    r = result(runtime, precision, p99)
+    r.roofline = roofline(Cost(flops=flops, params=1e6, io_elements=1e5, source="test"), target, precision)
+    return r
+
+
+def test_away_from_the_target_timings_are_never_judged(nano):
+    """A CPU's 109 ms for a ViT-Ti was a FAIL on the Orin Nano; 1 ms on a workstation would have been a PASS."""
+    for p99 in (1.0, 109.0):
+        results = [bounded("onnxruntime", "fp16", p99, 2.5e9, nano)]
+        verdict, reason, gated = decide(results, nano, 33.3, "p99", "estimated")
+        assert verdict == "UNCONFIRMED" and gated is results[0]
+        assert reason == ("ONNX fp16 on jetson-orin-nano: lower bound 0.2441 ms <= 33.3 ms; only a measurement "
+                          "on the device can confirm it")
+        assert "PASS" not in reason and "FAIL" not in reason
+
+
+def test_a_lower_bound_over_the_budget_is_a_certain_fail(nano):
+    heavy = [bounded("onnxruntime", "fp16", 5.0, 1e12, nano), bounded("torch", "fp32", 4.0, 1e12, nano)]
+    verdict, reason, gated = decide(heavy, nano, 33.3, "p99", "estimated")
+    assert (verdict, gated) == ("FAIL", heavy[0])  # the target's precision, whatever the host timed
+    assert reason == "even the lower bound of ONNX fp16 on jetson-orin-nano, 97.66 ms, exceeds the 33.3 ms budget"
+    verdict, reason, _ = decide([result("onnxruntime", "fp16", 1.0)], nano, 33.3, "p99", "estimated")
+    assert verdict == "UNCONFIRMED" and "no lower bound" in reason
+
+
+def test_on_the_target_only_formats_on_its_processor_are_judged(nano, x86):
+    cpu_ort, engine = result("onnxruntime", "fp16", 1.0), result("tensorrt", "fp16", 50.0)
+    assert not runs_on_target(cpu_ort, nano) and runs_on_target(engine, nano)
+    assert runs_on_target(cpu_ort, x86) and not runs_on_target(engine, x86)
+    assert runs_on_target(result("onnxruntime", "fp16", 1.0, device="cuda"), nano)
+    verdict, reason, gated = decide([cpu_ort, engine], nano, 33.3, "p99", "measured")
+    assert (verdict, gated) == ("FAIL", engine) and reason == "TensorRT engine fp16 (tensorrt) p99 50.000 ms > 33.3 ms"
+
+
+def test_version_and_power_mode_mismatches_are_warnings(nano):
+    assert version_matches("10.3", "10.3.0") and version_matches("10.x", "10.7.1")
+    assert not version_matches("10.3", "8.5.2") and not version_matches("10.3.0", "10.3")
+    assert setting_warnings(nano, "10.3.0", "15W") == []
+    assert setting_warnings(nano, None, None) == []
+    assert setting_warnings(nano, "8.5.2", "MAXN_SUPER") == [
+        "timed with TensorRT 8.5.2, but the profile jetson-orin-nano expects 10.3: engines and their speed differ "
+        "between releases",
+        "the Jetson ran in power mode MAXN_SUPER, but the profile jetson-orin-nano assumes 15W "
+        "(`sudo nvpmodel -m <id>`, see `nvpmodel -q`)",
     ]

@@ -1,7 +1,12 @@
-"""`leapkit bench [MODEL] --target T`: latency report and budget verdict (exit 1 on FAIL)."""
+"""`leapkit bench [MODEL] --target T`: latency report and budget verdict (exit 1 on FAIL).
+
+Also `leapkit bench --from-trtexec FILE --target T` (the device's own trtexec output) and
+`leapkit bench RUN --target T --host [user@]host[:port]` (build and time on the device over SSH).
+"""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Annotated
 
@@ -37,9 +42,33 @@ BatchOpt = Annotated[
 CompileOpt = Annotated[bool, typer.Option("--compile", help="Run the PyTorch student through torch.compile.")]
 OutOpt = Annotated[
     str | None,
-    typer.Option("--out", help="Folder for bench/<target>.json|.md (default: the run, else next to the model).",
+    typer.Option("--out", help="Folder for bench/<target>.json|.md (default: the run, else next to the model; "
+                 "with --from-trtexec, the run whose export holds the first file, else beside it).",
                  show_default=False),
 ]
+FromTrtexecOpt = Annotated[
+    list[str] | None,
+    typer.Option("--from-trtexec", help="Read the target's own trtexec output instead of timing here: a log, its "
+                 "--exportTimes/--exportProfile JSON, device.json, or the results folder bench_engine.sh wrote "
+                 "(repeatable).", show_default=False),
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option("--host", help="\\[user@]host[:port] of the device: copy the bundle there over SSH, build, check and "
+                 "time the engine, and judge the budget on its figures.", show_default=False),
+]
+SshOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--ssh-option", help="Extra ssh/scp setting for --host: Key=Value as in ssh_config (e.g. "
+                 "IdentityFile=~/.ssh/jetson), or quoted ssh arguments ('-i ~/.ssh/jetson') (repeatable).",
+                 show_default=False),
+]
+RequireMeasuredOpt = Annotated[
+    bool,
+    typer.Option("--require-measured", help="Exit 1 when the verdict is UNCONFIRMED (no figures from the target "
+                 "itself), for CI jobs that must have a device figure."),
+]
+VERDICT_COLOUR = {"PASS": "green", "FAIL": "red", "UNCONFIRMED": "yellow"}
 
 
 def _runtimes(values: list[str] | None) -> list[str] | None:
@@ -64,8 +93,16 @@ def bench_cmd(
     compile: CompileOpt = False,
     ort_provider: OrtProviderOpt = "auto",
     out: OutOpt = None,
+    from_trtexec: FromTrtexecOpt = None,
+    host: HostOpt = None,
+    ssh_option: SshOptionOpt = None,
+    require_measured: RequireMeasuredOpt = False,
 ) -> None:
-    """Measure latency per format, estimate the target's roofline, and judge the latency budget."""
+    """Measure latency per format, bound it on the target, and judge the budget on the target's own figures.
+
+    Away from the target the timings are shown but not judged: the verdict is UNCONFIRMED, or FAIL
+    when even the lower bound misses the budget.
+    """
     from rich.console import Console
     from rich.markup import escape
 
@@ -77,11 +114,13 @@ def bench_cmd(
         model, target, runtimes=_runtimes(runtime), budget_ms=budget_ms, stat=stat,
         precisions=None if precisions == list(PRECISIONS) else precisions, batch=batch, threads=threads,
         warmup_s=warmup, iterations=iterations, duration_s=duration, compile=compile, ort_provider=ort_provider,
-        out_dir=out, check=False,
+        out_dir=out, check=False, from_trtexec=from_trtexec, host=host,
+        ssh_options=[arg for item in ssh_option or () for arg in shlex.split(item)],
     )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(latency_table(report).to_rich())
-    colour = "green" if report.verdict == "PASS" else "red"
+    console.print(f"evidence: {report.evidence} ({escape(report.evidence_reason)})", highlight=False)
+    colour = VERDICT_COLOUR[report.verdict]
     console.print(f"[bold {colour}]{report.verdict}[/]: {escape(report.verdict_reason)}", highlight=False)
     console.print(f"report: {report.md_path}", highlight=False, markup=False)
-    report.check()
+    report.check(require_measured)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from leapkit.cli.options import ModeOpt
+from leapkit.config import LogBackend
 from leapkit.types import Amp, Metric
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ FLAG_KEYS: dict[str, str] = {
     "cka_threshold": "curriculum.threshold",
     "ema_alpha": "curriculum.ema_alpha",
     "max_epochs_per_block": "curriculum.max_epochs_per_block",
+    "log": "train.log",
 }
 """Each config flag of the command and the config key it sets; every other key is reached with --set."""
 
@@ -111,6 +113,11 @@ def distill(
     workers: Annotated[int | None, typer.Option(help="Data loader worker processes.")] = None,
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student forward.")
+    ] = None,
+    log: Annotated[
+        LogBackend | None,
+        typer.Option(help="Training dashboard beside metrics.jsonl: TensorBoard scalars in RUN/tensorboard "
+                     "(auto: when the tensorboard package is installed)."),
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", metavar="SECTION.KEY=VALUE", help=_SET_HELP, show_default=False)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 18  # >= 17 keeps LayerNormalization as one op; 18 is the dynamo exporter's native opset
-# TensorRT 8.6's ONNX parser (JetPack 5) documents opsets up to 17; its targets get the graph converted
+# TensorRT 8.6's ONNX parser (JetPack 6.0) documents opsets up to 17; its targets get the graph converted
 # down. The ViT's ops (LayerNormalization, Erf, Softmax, MatMul, ...) are the same in 17 and 18.
 TRT8_OPSET = 17
 FILE_NAMES: dict[Precision, str] = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}

@@ -1,9 +1,9 @@
 """TensorRT engines built here, with the TensorRT Python API, where TensorRT and a CUDA GPU exist.
 
 The builder follows the TensorRT 10 named-tensor API, which 11.x keeps; engines are run (for
-parity) with :class:`leapkit.runtimes.TensorRTRunner`. This module imports without TensorRT; the
-builder has not run on this project's CI machine (no GPU, no TensorRT), only the guards and the
-logger level are tested there.
+parity) with :class:`leapkit.runtimes.TensorRTRunner`. The GPU is found and named through
+cuda-python, not torch. This module imports without TensorRT; the builder has not run on this
+project's CI machine (no GPU, no TensorRT), only the guards and the logger level are tested there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from leapkit.deploy.bundle import BatchRange
 from leapkit.errors import ExportError, MissingDependency
-from leapkit.runtimes import import_tensorrt, tensorrt_logger
+from leapkit.runtimes import cuda_device, cuda_device_count, import_tensorrt, is_jetson, tensorrt_logger
 from leapkit.types import Precision
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,14 @@ MIN_BUILDER_MAJOR = 10
 def unavailable_reason() -> str | None:
     """Why engines cannot be built here (None when TensorRT imports and a CUDA GPU is visible)."""
     if importlib.util.find_spec("tensorrt") is None:
+        if is_jetson():
+            return ("the tensorrt package is not installed (JetPack's python3-libnvinfer, in a venv made with "
+                    "--system-site-packages)")
         return "the tensorrt package is not installed (pip install 'leapkit[trt]')"
-    import torch
-
-    if not torch.cuda.is_available():
+    count = cuda_device_count()
+    if count is None:
+        return "cuda-python is not installed (pip install 'leapkit[trt]')"
+    if count == 0:
         return "no CUDA GPU is visible"
     return None
 
@@ -52,7 +56,9 @@ def engines_wanted(requested: bool | None) -> tuple[bool, str | None]:
     want = requested if requested is not None else reason is None
     if want and reason is not None:
         if importlib.util.find_spec("tensorrt") is None:
-            raise MissingDependency("tensorrt", "trt", f"{PURPOSE} (--build-engine)")
+            import_tensorrt(f"{PURPOSE} (--build-engine)")  # raises, naming where tensorrt comes from
+        if cuda_device_count() is None:
+            raise MissingDependency("cuda-python", "trt", f"{PURPOSE} (--build-engine)")
         raise ExportError(
             f"cannot build a TensorRT engine here: {reason}; drop --build-engine to write the deploy bundle only"
         )
@@ -60,9 +66,7 @@ def engines_wanted(requested: bool | None) -> tuple[bool, str | None]:
 
 
 def _require_gpu() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
+    if not cuda_device_count():
         raise ExportError(
             "building a TensorRT engine needs a CUDA GPU and none is visible; build on the device with build_engine.sh"
         )
@@ -71,9 +75,7 @@ def _require_gpu() -> None:
 def timing_cache_name() -> str:
     """A timing cache file name for this TensorRT version and GPU (caches do not transfer between them)."""
     trt = import_tensorrt(PURPOSE)
-    import torch
-
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower()
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", cuda_device()[0]).strip("-").lower()
     return f"timing-trt{trt.__version__}-{gpu}.cache"
 
 
@@ -147,8 +149,6 @@ def build_engine(
     """
     trt = import_tensorrt(PURPOSE)
     _require_gpu()
-    import torch
-
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if int(trt.__version__.split(".")[0]) < MIN_BUILDER_MAJOR:
         raise ExportError(
@@ -163,7 +163,11 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (batch.min, *chw), (batch.opt, *chw), (batch.max, *chw))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # TensorRT returns -1 for a profile it cannot use
+        raise ExportError(
+            f"TensorRT rejected the optimisation profile {input_name} {batch.min}/{batch.opt}/{batch.max} x "
+            f"{'x'.join(map(str, chw))} for {onnx_path.name}; rerun with -v for TensorRT's log"
+        )
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if cache_path is not None:
         _use_timing_cache(config, cache_path)
@@ -176,10 +180,10 @@ def build_engine(
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    cc = torch.cuda.get_device_capability()
+    gpu, capability = cuda_device()
     info = EngineInfo(
         engine=engine_path.name, onnx=onnx_path.name, precision=precision, tensorrt_version=trt.__version__,
-        gpu=torch.cuda.get_device_name(), compute_capability=f"{cc[0]}.{cc[1]}", batch=asdict(batch),
+        gpu=gpu, compute_capability=capability, batch=asdict(batch),
         workspace_mb=workspace_mb, strongly_typed=True, timing_cache=str(cache_path) if cache_path else None,
     )
     engine_path.with_suffix(engine_path.suffix + ".json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")

@@ -5,7 +5,9 @@
 A run contributes its PyTorch student and the files of its export for the target (or its newest
 export). An export folder is read through its manifest (:class:`ExportManifest`), which gives
 each file's precision, status and probe accuracy; a folder without a manifest is scanned for
-model files.
+model files. Engines built on the device with the bundle's build_engine.sh are not in the
+manifest: every export folder is also scanned for them, their precision read from the ``.json``
+beside each engine, else from the file name, else ``unknown``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from leapkit.deploy.bundle import CHECK, RESULTS
 from leapkit.deploy.manifest import MANIFEST, ExportManifest, Variant
 from leapkit.errors import ModelError, RunError
 from leapkit.records import read_json
@@ -156,16 +159,41 @@ def file_artifact(path: Path, manifest: ExportManifest | None = None) -> Artifac
         precision = variant.precision if variant else precision
     else:
         fmt = "engine"
-        meta = path.with_name(path.name + ".json")  # written beside engines by leapkit's engine builder
-        built = read_json(meta) if meta.is_file() else {}
-        precision = (variant.precision if variant else None) or built.get("precision") or precision_from_name(path.name)
-        precision = precision or "unknown"
+        precision = (variant.precision if variant else None) or engine_precision(path)
     accuracy = variant.probe_top1 if variant else None
-    return Artifact(fmt, precision, path, _file_mb(path), accuracy, _status(variant))
+    status = _status(variant) if variant or fmt == "onnx" else device_check_status(path, precision)
+    return Artifact(fmt, precision, path, _file_mb(path), accuracy, status)
+
+
+def engine_precision(path: Path) -> str:
+    """An engine's precision: from the ``<engine>.json`` beside it, else from its file name, else ``unknown``.
+
+    build_engine.sh and leapkit's engine builder write that ``.json``.
+    """
+    meta = path.with_name(path.name + ".json")
+    try:
+        built = read_json(meta) if meta.is_file() else {}
+    except (OSError, RunError):
+        built = {}
+    precision = built.get("precision") if isinstance(built, dict) else None
+    return precision if precision in PRECISIONS else precision_from_name(path.name) or "unknown"
+
+
+def device_check_status(engine: Path, precision: str) -> str:
+    """``failed: ...`` when check_engine.sh on the device recorded a failed check for this engine's precision."""
+    check = engine.parent / RESULTS / precision / CHECK
+    try:
+        record = read_json(check) if check.is_file() else {}
+    except (OSError, RunError):
+        return f"failed: {check} is unreadable; rerun check_engine.sh {precision}"
+    if record.get("passed", True):
+        return "ok"
+    problems = "; ".join(record.get("problems", [])) or "outputs differ from the reference"
+    return f"failed: check_engine.sh {precision} on the device: {problems}"
 
 
 def export_artifacts(export_dir: Path) -> tuple[list[Artifact], ExportManifest | None]:
-    """The model files of an export folder (its manifest's files, else every model file in it).
+    """The model files of an export folder: its manifest's files (else every model file in it) and its engines.
 
     Raises:
         RunError: the manifest is not one that ``leapkit export`` writes.
@@ -177,6 +205,7 @@ def export_artifacts(export_dir: Path) -> tuple[list[Artifact], ExportManifest |
     names = list(manifest.files) if manifest else []
     if not names:
         names = sorted(p.name for p in export_dir.iterdir() if p.suffix in MODEL_SUFFIXES)
+    names += sorted(p.name for p in export_dir.iterdir() if p.suffix in ENGINE_SUFFIXES and p.name not in names)
     paths = [export_dir / n for n in names if Path(n).suffix in MODEL_SUFFIXES and (export_dir / n).is_file()]
     return [file_artifact(p, manifest) for p in paths], manifest
 

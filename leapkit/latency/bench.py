@@ -1,11 +1,15 @@
 """`leapkit bench [MODEL] --target T`: time every format of MODEL and judge the target's latency budget.
 
     bench(model, target, ...) -> BenchReport   the Python API, keywords as the CLI flags: every option is
-                                                checked before anything runs, then a BenchPlan is run
-      run_bench(plan) -> BenchReport           resolve, measure, decide, write bench/<target>.*
+                                                checked before anything runs, then one of:
+      run_bench(plan) -> BenchReport           time here: resolve, measure, decide, write bench/<target>.*
+      bench_from_trtexec(paths, ...)           read the target's trtexec output (imported.py)
+      bench_over_ssh(model, host, ...)         build and time on the device over SSH (imported.py)
 
-Beside every measured figure sits a roofline *estimate* for the target (see cost.py); the verdict
-is in verdict.py, the report and its tables in report.py.
+A budget is judged only on the target's own figures: timings taken here count when this host is
+the target (:func:`leapkit.latency.machine.target_match`, evidence ``measured``); elsewhere they
+are shown, labelled, and the verdict rests on the lower bound beside them (cost.py, evidence
+``estimated``). The verdict is in verdict.py, the report and its tables in report.py.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -26,7 +30,8 @@ from leapkit import __version__
 from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import ModelSource, resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE, Cost, roofline, torch_cost
-from leapkit.latency.machine import environment, package_version
+from leapkit.latency.imported import bench_from_trtexec, bench_over_ssh, report_from_trtexec
+from leapkit.latency.machine import environment, target_match
 from leapkit.latency.measure import measure
 from leapkit.latency.report import BenchReport, BenchResult, render_markdown
 from leapkit.latency.timing import (
@@ -35,13 +40,15 @@ from leapkit.latency.timing import (
     parse_threads,
     usable_cores,
 )
-from leapkit.latency.verdict import decide, stat_key, warnings
+from leapkit.latency.verdict import decide, runs_on_target, setting_warnings, stat_key, warnings
 from leapkit.profiles import TargetProfile, load_target
 from leapkit.records import atomic_write_bytes
 from leapkit.run import load_student, read_run_config
-from leapkit.runtimes import import_tensorrt, ort_providers, require_cuda
+from leapkit.runtimes import import_tensorrt, ort_providers, require_cuda, tensorrt_ready
 from leapkit.threads import torch_threads
-from leapkit.types import ORT_PROVIDERS, RUNTIMES, OrtProvider, Runtime, Stat
+from leapkit.types import ORT_PROVIDERS, PRECISIONS, RUNTIMES, Evidence, OrtProvider, Precision, Runtime, Stat
+
+__all__ = ["BenchPlan", "bench", "bench_from_trtexec", "bench_over_ssh", "report_from_trtexec", "run_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,9 @@ class BenchPlan:
         method: how every format is measured (the PyTorch device among it).
         ort_provider: ONNX Runtime's execution provider choice.
         out_dir: where bench/ goes; None: the run, else next to the model.
-        check: raise CheckFailed after writing the report when the verdict is FAIL.
+        check: raise CheckFailed after writing the report when the verdict is FAIL (or UNCONFIRMED
+            with ``require_measured``).
+        require_measured: an UNCONFIRMED verdict (no figures from the target) fails too.
     """
 
     model: str | Path | None
@@ -75,6 +84,7 @@ class BenchPlan:
     ort_provider: OrtProvider = "auto"
     out_dir: Path | None = None
     check: bool = True
+    require_measured: bool = False
 
 
 def _number_problems(budget_ms: float | None, method: Method) -> list[str]:
@@ -102,10 +112,16 @@ def bench(
     device: str | None = None,
     out_dir: str | Path | None = None,
     check: bool = True,
+    require_measured: bool = False,
+    from_trtexec: Sequence[str | Path] | None = None,
+    host: str | None = None,
+    ssh_options: Sequence[str] = (),
 ) -> BenchReport:
     """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
 
-    Every option is checked before anything is measured or written.
+    Every option is checked before anything is measured or written. Timed here, the budget is
+    judged only when this host is the target; ``from_trtexec`` judges the target's own trtexec
+    output instead, ``host`` builds and times the bundle on the device over SSH.
 
     Args:
         model: a run directory, an export folder, an .onnx file or a TensorRT engine; None is
@@ -127,14 +143,23 @@ def bench(
         ort_provider: ONNX Runtime execution provider; auto picks CUDA for GPU targets when present.
         device: device for the PyTorch student (default: cuda when the target is a GPU and one is
             present, else cpu).
-        out_dir: where bench/ goes (default: the run, else next to the model).
+        out_dir: where bench/ goes (default: the run, else next to the model; with
+            ``from_trtexec``, the run whose export holds the first file, else beside it).
         check: raise CheckFailed after writing the report when the verdict is FAIL.
+        require_measured: with ``check``, an UNCONFIRMED verdict (no figures from the target)
+            raises CheckFailed too.
+        from_trtexec: trtexec logs, --exportTimes/--exportProfile JSON, device.json or folders of
+            them, from the target; replaces MODEL.
+        host: ``[user@]host[:port]`` of the device: build, check and time MODEL's bundle there.
+        ssh_options: extra ssh/scp arguments for ``host`` (``-i KEY``, ``-o Name=value``).
 
     Raises:
         ConfigError: bad budget, statistic, runtime or option values (nothing is written).
         ModelError: MODEL is not a run, export, ONNX file or engine.
         MissingDependency: a requested runtime is not installed.
-        CheckFailed: the verdict is FAIL and ``check`` is set.
+        TrtexecError: a trtexec file has no performance summary (nothing is written).
+        HostError: the device cannot be reached or lacks what the bundle needs.
+        CheckFailed: the verdict is FAIL (or UNCONFIRMED with ``require_measured``) and ``check`` is set.
     """
     wanted = list(dict.fromkeys(runtimes or []))
     problems = [f"unknown runtime '{r}'; use {', '.join(RUNTIMES)} or all"
@@ -157,10 +182,32 @@ def bench(
     given = Method(batch=1 if batch is None else batch, threads=n_threads if isinstance(n_threads, int) else 1,
                    warmup_s=warmup_s, iterations=iterations, duration_s=duration_s)
     problems += _number_problems(budget_ms, given)
+    local = {"--runtime": runtimes, "--batch": batch, "--threads": threads, "--iterations": iterations,
+             "--compile": compile or None, "--device": device,
+             "--ort-provider": ort_provider if ort_provider != "auto" else None}
+    if from_trtexec or host:
+        flag = "--from-trtexec" if from_trtexec else "--host"
+        used = [name for name, value in local.items() if value is not None]
+        if used:
+            problems.append(f"{', '.join(used)} time MODEL on this machine and do not apply to {flag}")
+    if from_trtexec:
+        problems += _trtexec_problems(model, target, host, precisions)
+    if host:
+        problems += [f"unknown --precision '{p}'; use {', '.join(PRECISIONS)}"
+                     for p in precisions or () if p not in PRECISIONS]
     if problems:
         raise ConfigError("; ".join(problems))
 
+    if from_trtexec:
+        assert target is not None  # _trtexec_problems
+        return bench_from_trtexec(from_trtexec, load_target(target), budget_ms=budget_ms, stat=stat,
+                                  out_dir=Path(out_dir) if out_dir is not None else None,
+                                  check=check)
     profile = load_target(target if target is not None else _export_target(model))
+    if host:
+        return bench_over_ssh(model, profile, host, cast(list[Precision], list(precisions or [profile.precision])),
+                              budget_ms=budget_ms, stat=stat, out_dir=Path(out_dir) if out_dir is not None else None,
+                              ssh_options=ssh_options, check=check)
     candidates = auto_thread_candidates(usable_cores() or os.cpu_count() or 1) if n_threads == "auto" else ()
     fixed = n_threads if isinstance(n_threads, int) else profile.threads or os.cpu_count() or 1
     method = Method(
@@ -174,9 +221,24 @@ def bench(
         budget_ms=float(profile.latency_budget_ms if budget_ms is None else budget_ms),
         budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
         stat=stat or profile.budget_stat, precisions=tuple(precisions or ()), method=method, ort_provider=ort_provider,
-        out_dir=Path(out_dir) if out_dir is not None else None, check=check,
+        out_dir=Path(out_dir) if out_dir is not None else None, check=check, require_measured=require_measured,
     )
     return run_bench(plan)
+
+
+def _trtexec_problems(model: str | Path | None, target: object, host: str | None,
+                      precisions: Sequence[str] | None) -> list[str]:
+    """What cannot go with --from-trtexec: a MODEL, --host, --precision, and a missing --target."""
+    problems = []
+    if model is not None:
+        problems.append("pass either MODEL (timed here) or --from-trtexec FILE (the device's trtexec output), not both")
+    if host:
+        problems.append("--from-trtexec reads results already made; --host makes them on the device: pass one")
+    if precisions:
+        problems.append("--precision does not apply to --from-trtexec (trtexec's command line gives the precision)")
+    if target is None:
+        problems.append("--from-trtexec needs --target T: the device the trtexec output comes from")
+    return problems
 
 
 def _export_target(model: str | Path | None) -> str:
@@ -201,7 +263,7 @@ def choose_runtimes(src: ModelSource, runtimes: Sequence[Runtime] | None) -> lis
     """
     if not runtimes:
         chosen = [r for r in RUNTIMES if src.has(r)]
-        trt_ready = package_version("tensorrt") is not None and torch.cuda.is_available()
+        trt_ready = tensorrt_ready()
         if chosen == ["tensorrt"] and not trt_ready:
             import_tensorrt("benchmarking a TensorRT engine")
             require_cuda("a TensorRT engine")
@@ -259,19 +321,26 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         student, student_size = load_student(src.run_dir), read_run_config(src.run_dir).model.img_size
         cost = _student_cost(student, student_size, method)
 
+    env = environment()
     results: list[BenchResult] = []
     for art in artifacts:
         log.info("benchmarking %s (%s, %s) for %s", art.name, art.format, art.precision, profile.name)
         size = student_size if art.format == "pytorch" else img_size
         result, used = measure(art, method, size, student, cost)
         result.roofline = roofline(used, profile, art.precision) if used is not None else None
-        value = result.stat_ms(plan.stat)
-        result.budget_ok = value is not None and value <= plan.budget_ms
         results.append(result)
 
-    verdict, reason, gated = decide(results, profile, plan.budget_ms, plan.stat)
-    env = environment()
+    evidence, evidence_reason, host = _evidence(results, profile, env)
+    for r in results:
+        value = r.stat_ms(plan.stat)
+        on_target = evidence == "measured" and runs_on_target(r, profile)
+        r.budget_ok = value <= plan.budget_ms if on_target and value is not None else None
+    verdict, reason, gated = decide(results, profile, plan.budget_ms, plan.stat, evidence)
     notes = warnings(results, env)
+    if evidence == "measured":
+        trt_ran = any(r.runtime == "tensorrt" and r.status == "ok" for r in results)
+        notes += setting_warnings(profile, env.get("tensorrt") if trt_ran else None,
+                                  (env.get("jetson") or {}).get("power_mode"))
     for w in notes:
         log.warning(w)
     report = BenchReport(
@@ -285,6 +354,9 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         budget_ms=plan.budget_ms,
         budget_stat=plan.stat,
         budget_source=plan.budget_source,
+        evidence=evidence,
+        evidence_reason=evidence_reason,
+        measured_on=host,
         verdict=verdict,
         verdict_reason=reason,
         gated=gated.label if gated else None,
@@ -301,5 +373,20 @@ def run_bench(plan: BenchPlan) -> BenchReport:
     atomic_write_bytes(json_path.with_suffix(".md"), render_markdown(report).encode())
     log.info("wrote %s and %s", json_path, report.md_path)
     if plan.check:
-        report.check()
+        report.check(plan.require_measured)
     return report
+
+
+def _evidence(
+    results: Sequence[BenchResult], profile: TargetProfile, env: dict[str, Any]
+) -> tuple[Evidence, str, str]:
+    """``measured`` when this host is the target and a format ran on its processor, else ``estimated``;
+    the reason in one line, and this host."""
+    match = target_match(profile, env)
+    if not match.is_target:
+        return "estimated", f"measured on {match.host}, not on {profile.name}: {match.reason}", match.host
+    if not any(runs_on_target(r, profile) and r.status == "ok" for r in results):
+        kind = "CPU" if profile.family == "cpu" else "GPU"
+        return ("estimated", f"{match.reason}, but no format ran on its {kind}; bench a format that runs there",
+                match.host)
+    return "measured", match.reason, match.host

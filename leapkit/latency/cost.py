@@ -1,12 +1,20 @@
-"""What one inference costs (FLOPs, weight and activation bytes) and the roofline estimate built on it.
+"""What one inference costs (FLOPs, weights, inputs and outputs) and the latency lower bound built on it.
 
-The roofline is an *estimate* for the target, never a measurement: max(FLOPs / peak dense
-throughput, bytes / memory bandwidth) from the target profile. It needs no device.
+The lower bound is a roofline that no engine can beat on the target, fused or not:
 
-Activation bytes have one definition across leapkit, :func:`leapkit.macs.activation_bytes`: the
-peak memory of the tensors alive during one forward, input included, weights excluded. For a
-PyTorch model it is measured by that function; for an ONNX file it is the same peak over the
-graph's tensors in node order (each alive from its producer to its last consumer).
+    latency >= max(FLOPs / peak at the precision, bytes / memory bandwidth)
+
+- FLOPs are 2 x MACs of the model (:mod:`leapkit.macs`; an ONNX file's MatMul/Gemm/Conv nodes),
+  and the peak is the fastest rate any kernel reaches at that precision
+  (:meth:`TargetProfile.bound_ops`: fp32 layers may run as TF32 on TensorRT).
+- bytes are what any engine must move: the weights at the precision's width (int8 1 byte, fp16 2,
+  fp32 4), the input and the output, less what the target's on-chip cache could already hold
+  (``cache_mb``; without it the memory term is left out). Intermediate activations are not
+  counted: a fused engine may keep them on chip.
+
+Launch overheads, clocks below peak, elementwise work and activations only add to a real latency,
+so the bound is never above a measurement (tests/test_cost.py checks it against published figures).
+It needs no device.
 """
 
 from __future__ import annotations
@@ -14,94 +22,104 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from leapkit.records import Record
-from leapkit.types import BYTES_PER_ELEMENT
+from leapkit.types import BYTES_PER_ELEMENT, Precision
 
 if TYPE_CHECKING:
-    from onnx import GraphProto
     from torch import nn
 
     from leapkit.profiles import TargetProfile
 
-ROOFLINE_KIND = "estimate (roofline lower bound)"
+ROOFLINE_KIND = "lower bound"
 ROOFLINE_FORMULA = (
-    "max(FLOPs / peak dense throughput, bytes / memory bandwidth) from the target profile, with every weight "
-    "crossing memory once and the peak of live activations written and read once (caches ignored)"
+    "max(FLOPs / peak at the precision, bytes / memory bandwidth) from the target profile, with bytes the weights "
+    "at the precision's width plus the input and output, less the on-chip cache; activations, launch overheads and "
+    "clocks below peak only add to a real latency"
 )
-ROOFLINE_NOTE = f"roofline figures are estimates, not measurements: {ROOFLINE_FORMULA}"
+ROOFLINE_NOTE = f"roofline figures are lower bounds for the target, not measurements: {ROOFLINE_FORMULA}"
 
 
 @dataclass
 class Cost:
-    """What one inference costs: FLOPs (2 x MACs) and the bytes of weights and activations.
+    """What one inference of a batch costs: FLOPs (2 x MACs), weights, and input plus output elements.
 
     Args:
         flops: FLOPs of one inference of the whole batch.
-        param_bytes: bytes of the weights.
-        activation_bytes: peak bytes of live activations (see the module docstring).
+        params: number of weights.
+        io_elements: elements of the inputs and outputs of one inference of the whole batch.
         source: what counted the FLOPs.
         img_size: the input resolution the figures are for.
     """
 
     flops: float
-    param_bytes: float
-    activation_bytes: float
+    params: float
+    io_elements: float
     source: str
     img_size: int | None = None
 
-    def at(self, precision: str) -> Cost:
-        """The same model with weights and activations stored at ``precision`` (fp32 counts scaled)."""
-        scale = BYTES_PER_ELEMENT.get(precision, 4) / 4
-        return Cost(self.flops, self.param_bytes * scale, self.activation_bytes * scale, self.source, self.img_size)
+
+def _tokens(model: nn.Module, img_size: int) -> tuple[int, int, int]:
+    """Tokens, prefix tokens and width of a timm ViT's ``forward_features`` at ``img_size``."""
+    import torch
+
+    try:
+        patch = model.patch_embed.patch_size
+        grid = (img_size // patch[0]) * (img_size // patch[1])
+        prefix = int(model.num_prefix_tokens)
+        return grid + prefix, prefix, int(model.embed_dim)
+    except AttributeError:  # not a timm VisionTransformer: ask the model itself
+        with torch.no_grad():
+            p = next(model.parameters())
+            out = model.forward_features(torch.zeros(1, 3, img_size, img_size, dtype=p.dtype, device=p.device))
+        return out.shape[1], int(getattr(model, "num_prefix_tokens", 1)), out.shape[-1]
 
 
 def torch_cost(model: nn.Module, img_size: int, batch: int = 1) -> Cost:
-    """FLOPs and fp32 bytes of one ``forward_features`` of ``model``, counted by :mod:`leapkit.macs`.
+    """FLOPs, weights and input/output elements of one ``forward_features`` of ``model``.
+
+    The outputs are those leapkit exports (:class:`leapkit.runtimes.Backbone`): all tokens, the
+    CLS token and the patch tokens.
 
     Args:
-        model: a timm ViT.
+        model: a timm ViT (it may live on the meta device).
         img_size: input resolution.
         batch: images per inference.
     """
     from leapkit.macs import model_flops
 
-    counted = model_flops(model, img_size, batch, memory=True)
-    params = sum(p.numel() * 4 for p in model.parameters())
-    return Cost(float(counted["flops"]), float(params), float(counted["activation_bytes"]), "leapkit.macs.model_flops",
-                img_size)
+    counted = model_flops(model, img_size, batch, memory=False)
+    tokens, prefix, dim = _tokens(model, img_size)
+    outputs = tokens * dim + dim + (tokens - prefix) * dim
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(float(counted["flops"]), float(params), float(batch * (3 * img_size * img_size + outputs)),
+                "leapkit.macs.model_flops", img_size)
 
 
 def onnx_cost(path: Path, batch: int = 1) -> Cost:
-    """FLOPs of MatMul/Gemm/Conv nodes (2 x MACs), the bytes of initializers, the peak of live activations.
+    """FLOPs of MatMul/Gemm/Conv nodes (2 x MACs), the number of weights, and the graph's input/output elements.
 
     Shapes come from ONNX shape inference with the batch fixed; elementwise ops are not counted
-    (a few percent of a ViT's FLOPs).
+    (a few percent of a ViT's FLOPs), which keeps a bound built on them a bound.
 
     Args:
         path: the ONNX file (external data next to it is read too).
         batch: the batch to fix a free batch dimension to.
     """
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
-    m = onnx.load(str(path), load_external_data=True)
+    m = onnx.load(str(path), load_external_data=False)
     inits = {t.name: t for t in m.graph.initializer}
     for inp in m.graph.input:
         dims = inp.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch
     m = shape_inference.infer_shapes(m, data_prop=True)  # propagates Shape->Reshape values
-    elem = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
-            onnx.TensorProto.INT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.BFLOAT16: 2}
     shapes: dict[str, list[int]] = {}
-    nbytes: dict[str, int] = {}
     for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
-        t = vi.type.tensor_type
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-        if vi.name not in inits:
-            nbytes[vi.name] = math.prod(shapes[vi.name]) * elem.get(t.elem_type, 4)
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
     for name, t in inits.items():
         shapes[name] = list(t.dims)
     flops = 0.0
@@ -119,80 +137,70 @@ def onnx_cost(path: Path, batch: int = 1) -> Cost:
             w = shapes.get(node.input[1 if node.op_type == "Conv" else 3])
             if w:
                 flops += 2.0 * math.prod(out) * math.prod(w[1:])
-    params = sum(numpy_helper.to_array(t).nbytes for t in inits.values())
-    size = next((d[-1] for d in (shapes.get(i.name) for i in m.graph.input) if d and len(d) == 4), None)
-    return Cost(flops, float(params), float(_peak_live_bytes(m.graph, nbytes)), "onnx graph (MatMul/Gemm/Conv)", size)
-
-
-def _peak_live_bytes(graph: GraphProto, nbytes: dict[str, int]) -> int:
-    """Peak bytes of activations alive at once when the (topologically sorted) nodes run in order.
-
-    A graph input is alive from the start, a node's output from that node; each stays alive until
-    its last consumer has run, the graph's outputs until the end.
-    """
-    nodes = list(graph.node)
-    last_use = {name: len(nodes) for name in (o.name for o in graph.output)}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            last_use[name] = max(last_use.get(name, i), i)
-    free_after: dict[int, list[str]] = {}
-    for name, i in last_use.items():
-        free_after.setdefault(i, []).append(name)
-    live = sum(nbytes.get(i.name, 0) for i in graph.input)
-    peak = live
-    for i, node in enumerate(nodes):
-        live += sum(nbytes.get(o, 0) for o in node.output)
-        peak = max(peak, live)
-        live -= sum(nbytes.get(name, 0) for name in free_after.get(i, []))
-    return peak
+    params = sum(math.prod(t.dims) for t in inits.values())
+    graph_inputs = [i for i in m.graph.input if i.name not in inits]
+    io = sum(math.prod(shapes.get(v.name) or [0]) for v in [*graph_inputs, *m.graph.output])
+    size = next((d[-1] for d in (shapes.get(i.name) for i in graph_inputs) if d and len(d) == 4), None)
+    return Cost(flops, float(params), float(io), "onnx graph (MatMul/Gemm/Conv)", size)
 
 
 @dataclass
 class Roofline(Record):
-    """A lower-bound latency estimate on a target at one precision (see :func:`roofline`)."""
+    """The latency lower bound on a target at one precision (see :func:`roofline`).
+
+    ``estimate_ms`` is the bound; ``bytes`` what must cross memory (weights, input and output,
+    less the cache); ``memory_ms`` is None when the profile gives no cache size.
+    """
 
     kind: str
     estimate_ms: float
     compute_ms: float
-    memory_ms: float
+    memory_ms: float | None
     bound: str  # "compute" or "memory"
     flops: float
     bytes: float
-    peak_tops: float | None
+    peak_tops: float
     memory_bandwidth_gbs: float
     flops_source: str
+    weight_bytes: float = 0.0
+    io_bytes: float = 0.0
+    cache_mb: float | None = None
 
 
 def roofline(cost: Cost, profile: TargetProfile, precision: str) -> Roofline | None:
-    """Lower-bound latency on ``profile`` at ``precision``: max(FLOPs / peak, bytes / bandwidth).
-
-    An estimate, not a measurement: it assumes peak clocks, perfect overlap of compute and memory
-    traffic and no launch overheads. The bytes are every weight once and the peak of live
-    activations written and read once.
+    """The lower bound of one inference on ``profile`` at ``precision`` (see the module docstring).
 
     Args:
-        cost: the model's cost, its bytes at ``precision`` already (see :meth:`Cost.at`).
+        cost: the model's cost.
         profile: the target.
-        precision: the precision whose peak throughput applies.
+        precision: the precision of the weights and of the arithmetic.
 
     Returns:
-        The estimate, or None when the profile has no peak for ``precision``.
+        The bound, or None when the precision is unknown or the profile has no peak for it.
     """
-    peak = profile.peak_ops(precision) if precision in BYTES_PER_ELEMENT else None
-    if not peak:
+    known = cast(Precision, precision)
+    width = BYTES_PER_ELEMENT.get(known)
+    peak = profile.bound_ops(known) if width else None
+    if not width or not peak:
         return None
     compute_ms = cost.flops / peak * 1e3
-    moved = cost.param_bytes + 2.0 * cost.activation_bytes
-    memory_ms = moved / (profile.memory_bandwidth_gbs * 1e9) * 1e3
+    weight_bytes, io_bytes = cost.params * width, cost.io_elements * width
+    moved, memory_ms = 0.0, None
+    if profile.cache_mb is not None:
+        moved = max(0.0, weight_bytes + io_bytes - profile.cache_mb * 1e6)
+        memory_ms = moved / (profile.memory_bandwidth_gbs * 1e9) * 1e3
     return Roofline(
         kind=ROOFLINE_KIND,
-        estimate_ms=max(compute_ms, memory_ms),
+        estimate_ms=max(compute_ms, memory_ms or 0.0),
         compute_ms=compute_ms,
         memory_ms=memory_ms,
-        bound="compute" if compute_ms >= memory_ms else "memory",
+        bound="memory" if memory_ms is not None and memory_ms > compute_ms else "compute",
         flops=cost.flops,
         bytes=moved,
-        peak_tops=profile.peak_tops.get(precision),
+        peak_tops=peak / 1e12,
         memory_bandwidth_gbs=profile.memory_bandwidth_gbs,
         flops_source=cost.source,
+        weight_bytes=weight_bytes,
+        io_bytes=io_bytes,
+        cache_mb=profile.cache_mb,
     )

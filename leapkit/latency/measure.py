@@ -104,8 +104,8 @@ def _roofline_cost(art: Artifact, shape: list[int], cost: Cost | None) -> Cost |
         graph = onnx_cost(art.path, shape[0])
         if cost is None or not same_size:
             return graph
-        return Cost(cost.flops, graph.param_bytes, cost.at(art.precision).activation_bytes, cost.source, cost.img_size)
-    return cost.at(art.precision) if cost is not None and same_size else None
+        return Cost(cost.flops, graph.params, graph.io_elements, cost.source, cost.img_size)
+    return cost if same_size else None
 
 
 def measure(
@@ -121,8 +121,8 @@ def measure(
         cost: the PyTorch student's cost (at ``cost.img_size``), reused for files of that size.
 
     Returns:
-        The result, and the cost for its roofline (FLOPs of ``cost`` when the file has its input
-        size, else counted from the ONNX graph; bytes at the format's element size).
+        The result, and the cost for its lower bound (FLOPs of ``cost`` when the file has its input
+        size, else counted from the ONNX graph; weights and inputs/outputs of the file).
 
     Raises:
         MissingDependency: the runtime is not installed.

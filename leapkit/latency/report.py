@@ -2,8 +2,10 @@
 
 The JSON keys are a contract (scripts and CI read them): ``results`` holds one entry per
 runtime/format/precision with ``runtime``, ``format``, ``precision``, ``batch``, ``p50_ms``,
-``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` and more; the top level holds
-``budget_ms``, ``budget_stat``, ``verdict``, ``verdict_reason``, ``environment`` and more.
+``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` (``gpu_compute_ms`` when read from
+trtexec) and more; the top level holds ``budget_ms``, ``budget_stat``, ``evidence`` (measured |
+imported | estimated) with ``evidence_reason`` and ``measured_on``, ``verdict`` (PASS | FAIL |
+UNCONFIRMED), ``verdict_reason``, ``environment`` and more.
 
 The latency and method tables are built once as :class:`leapkit.tables.Table`; the Markdown file,
 ``leapkit bench``'s terminal output and ``leapkit report`` all render those same tables.
@@ -11,6 +13,7 @@ The latency and method tables are built once as :class:`leapkit.tables.Table`; t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,12 +24,14 @@ from leapkit.latency.cost import ROOFLINE_FORMULA, Roofline
 from leapkit.latency.timing import PROBE_S, Method
 from leapkit.records import Record
 from leapkit.tables import Table, fmt
-from leapkit.types import Format, Runtime, Stat, Verdict
+from leapkit.types import STATS, Evidence, Format, Runtime, Stat, Verdict
 
 LATENCY_COLUMNS = ("format", "precision", "runtime", "status", "size MB", "accuracy %", "p50 ms", "p99 ms", "FPS",
-                   "roofline est. ms", "budget", "verdict")
+                   "lower bound ms", "budget", "verdict")
 METHOD_COLUMNS = ("format", "threads", "iterations", "min ms", "mean ms", "p90 ms", "p95 ms", "max ms", "cv",
-                  "process peak RSS MB", "achieved TFLOP/s at p50", "est. bound")
+                  "process peak RSS MB", "achieved TFLOP/s at p50", "bound by")
+TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy); FPS is images/s: "
+                "trtexec's queries per second times the batch (implicit-batch runs already count images).")
 
 
 @dataclass
@@ -45,7 +50,7 @@ class BenchResult(Record):
     )
     # written only when set
     OPTIONAL: ClassVar[tuple[str, ...]] = ("thread_probe_p50_ms", "compiled", "device", "providers", "input_shape",
-                                           "achieved_tflops")
+                                           "achieved_tflops", "gpu_compute_ms")
 
     runtime: Runtime
     format: Format
@@ -77,8 +82,9 @@ class BenchResult(Record):
     peak_cuda_mb: float | None = None
     status: str = "ok"
     achieved_tflops: float | None = None
+    gpu_compute_ms: dict[str, float | None] | None = None
     roofline: Roofline | None = None
-    budget_ok: bool = False
+    budget_ok: bool | None = None  # None: not judged (timed away from the target, or off its device)
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -120,10 +126,13 @@ class BenchReport(Record):
     budget_ms: float
     budget_stat: Stat
     budget_source: str
+    evidence: Evidence
+    evidence_reason: str
+    measured_on: str
     verdict: Verdict
     verdict_reason: str
     gated: str | None
-    method: Method
+    method: Method | None
     roofline_note: str
     warnings: list[str]
     environment: dict[str, Any]
@@ -151,36 +160,73 @@ class BenchReport(Record):
     def md_path(self) -> Path | None:
         return self.json_path.with_suffix(".md") if self.json_path else None
 
-    def check(self) -> None:
-        """Raise CheckFailed when the verdict is FAIL."""
+    def check(self, require_measured: bool = False) -> None:
+        """Raise CheckFailed when the verdict is FAIL, or UNCONFIRMED and ``require_measured`` is set."""
         if self.verdict == "FAIL":
             raise CheckFailed(f"bench verdict FAIL on {self.target}: {self.verdict_reason} (report: {self.md_path})")
+        if self.verdict == "UNCONFIRMED" and require_measured:
+            raise CheckFailed(
+                f"bench verdict UNCONFIRMED on {self.target} and --require-measured is set: {self.evidence_reason}; "
+                f"bench on the device (--host) or import its trtexec output (--from-trtexec) (report: {self.md_path})"
+            )
+
+    @property
+    def judged_here(self) -> bool:
+        """Whether the figures are the target's own (measured on it or imported from it)."""
+        return self.evidence != "estimated"
 
 
-def result_verdict(r: BenchResult) -> str:
-    """PASS or FAIL of one result against the budget; ``-`` when it did not run."""
+def result_verdict(r: BenchResult, report: BenchReport) -> str:
+    """One result against the budget: PASS/FAIL on the target's own figures, else what its lower bound says."""
+    if report.evidence == "estimated":
+        over = r.roofline is not None and r.roofline.estimate_ms > report.budget_ms
+        return "FAIL (lower bound)" if over else "unconfirmed"
     if r.status != "ok":
         return "-"
+    if r.budget_ok is None:
+        return "not judged"
     return "PASS" if r.budget_ok and not r.export_failed else "FAIL"
 
 
+def latency_title(report: BenchReport) -> str:
+    """Where the figures come from, as the latency table's title."""
+    if report.evidence == "estimated":
+        return f"Latency measured on {report.measured_on}, not on {report.target}; lower bound for {report.target}"
+    if report.evidence == "imported":
+        return f"Latency on {report.target}, imported from trtexec ({report.measured_on})"
+    return f"Latency on {report.target}, measured on {report.measured_on}"
+
+
 def latency_table(report: BenchReport) -> Table:
-    """One row per benched format: latency, size, accuracy, roofline estimate and verdict."""
-    table = Table.of(*LATENCY_COLUMNS, title=f"Latency on {report.target} (roofline: estimate, not measured)",
-                     right=("size MB", "accuracy %", "p50 ms", "p99 ms", "FPS", "roofline est. ms"))
+    """One row per benched format: latency, size, accuracy, lower bound on the target and verdict."""
+    table = Table.of(*LATENCY_COLUMNS, title=latency_title(report),
+                     right=("size MB", "accuracy %", "p50 ms", "p99 ms", "FPS", "lower bound ms"))
     for c in table.columns:
         c.no_wrap = c.title in ("format", "budget")
     for r in report.results:
         status = r.status.split(":")[0]
         if r.export_status != "ok":
             status += f", export {r.export_status.split(':')[0]}"
-        verdict = result_verdict(r)
+        verdict = result_verdict(r, report)
         table.add(
             r.label, r.precision, r.runtime, status, fmt(r.size_mb), fmt(r.accuracy, ".1f"), fmt(r.p50_ms, ".3f"),
-            fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"), fmt(r.roofline.estimate_ms if r.roofline else None, ".3f"),
+            fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"), fmt(r.roofline.estimate_ms if r.roofline else None, ".4g"),
             f"{report.budget_stat} <= {report.budget_ms:g} ms", verdict,
-            style={"PASS": "green", "FAIL": "red"}.get(verdict),
+            style={"PASS": "green", "FAIL": "red", "FAIL (lower bound)": "red"}.get(verdict),
         )
+    return table
+
+
+def gpu_compute_table(report: BenchReport) -> Table | None:
+    """trtexec's GPU compute time per result (None when no result has it)."""
+    rows = [r for r in report.results if r.gpu_compute_ms]
+    if not rows:
+        return None
+    table = Table.of("format", "batch", *(f"{s} ms" for s in STATS), title="GPU compute time (trtexec)",
+                     right=tuple(f"{s} ms" for s in STATS))
+    for r in rows:
+        assert r.gpu_compute_ms is not None
+        table.add(r.label, fmt(r.batch, "d"), *(fmt(r.gpu_compute_ms.get(s), ".3f") for s in STATS))
     return table
 
 
@@ -200,8 +246,10 @@ def method_table(report: BenchReport) -> Table:
     return table
 
 
-def method_sentence(m: Method) -> str:
-    """How every format was timed, in one sentence."""
+def method_sentence(m: Method | None) -> str:
+    """How every format was timed, in one sentence (``None``: timed by trtexec on the device)."""
+    if m is None:
+        return f"Timed by trtexec on the device. {TRTEXEC_NOTE}"
     if m.iterations:
         runs = f"{m.iterations} iterations"
     else:
@@ -214,32 +262,30 @@ def method_sentence(m: Method) -> str:
     return f"Warm-up {m.warmup_s:g} s, then {runs}; {threads}; timer: {m.timer}."
 
 
-def render_markdown(report: BenchReport) -> str:
-    """bench/<target>.md: the latency table, the verdict, the method and the environment."""
-    env = report.environment
-    shape = f", input {'x'.join(map(str, report.input_shape))}" if report.input_shape else ""
-    lines = [
-        f"# Latency on {report.target}",
-        "",
-        f"{report.target_description}. Model: `{report.model}`{shape}.",
-        "",
-        latency_table(report).to_markdown(),
-        "",
-        f"**Verdict: {report.verdict}** ({report.verdict_reason}); budget from {report.budget_source}.",
-        "",
-        "Latencies are measured on the machine below, one synchronous inference per sample. "
-        f"The roofline column is an *estimate* for the target, not a measurement: {ROOFLINE_FORMULA}, "
-        "at peak clocks and with no launch overheads.",
-    ]
-    if report.warnings:
-        lines += ["", "Warnings:", *[f"- {w}" for w in report.warnings]]
-    lines += ["", "## Method", "", method_sentence(report.method), "", method_table(report).to_markdown()]
+def _evidence_sentence(report: BenchReport) -> str:
+    if report.evidence == "estimated":
+        return (f"Evidence: **estimated** ({report.evidence_reason}). These timings are not judged against the "
+                f"budget of {report.target}; the lower bound column is for {report.target}: {ROOFLINE_FORMULA}.")
+    if report.evidence == "imported":
+        return f"Evidence: **imported** from the target's own trtexec output ({report.evidence_reason})."
+    return (f"Evidence: **measured** on the target ({report.evidence_reason}), one synchronous inference per sample. "
+            f"The lower bound column: {ROOFLINE_FORMULA}.")
+
+
+def _environment_lines(env: dict[str, Any]) -> list[str]:
+    """The machine the figures come from: this host's fingerprint, or the device's for trtexec figures."""
+    if env.get("source") == "trtexec":
+        lines = [f"- Device: {env.get('device') or 'not printed'}; TensorRT {env.get('tensorrt') or 'not printed'}"
+                 + (f"; host {env['host']}" if env.get("host") else "")]
+        fingerprint = env.get("fingerprint") or {}
+        if fingerprint:
+            lines.append("- Fingerprint: " + ", ".join(f"{k} {v}" for k, v in fingerprint.items() if v is not None))
+        lines.append(f"- Files: {', '.join(env.get('sources') or [])}")
+        return lines
     gpu = env.get("gpu") or {}
-    flags = ", ".join(env["cpu_flags"]) or "no SIMD flags read"
-    lines += [
-        "",
-        "## Environment",
-        "",
+    flags = ", ".join(env.get("cpu_flags") or []) or "no SIMD flags read"
+    lines = [
+        f"- Host: {env.get('host')}" + (f", {env['device_model']}" if env.get("device_model") else ""),
         f"- CPU: {env['cpu']} ({env['cpu_cores']} cores, {env.get('cpu_affinity')} usable; {flags}); "
         f"load average {fmt(env.get('load_avg_1m'), '.1f')}",
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}" if gpu else ""),
@@ -251,4 +297,38 @@ def render_markdown(report: BenchReport) -> str:
         j = env["jetson"]
         lines.append(f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')} "
                      f"(id {j.get('power_mode_id')}), GPU {j.get('gpu_freq_mhz')} MHz")
+    return lines
+
+
+def render_markdown(report: BenchReport, extra: Sequence[str] = ()) -> str:
+    """bench/<target>.md: the latency table, evidence and verdict, the method and the environment.
+
+    Args:
+        report: the report.
+        extra: Markdown sections appended at the end (the per-layer profile of trtexec figures).
+    """
+    shape = f", input {'x'.join(map(str, report.input_shape))}" if report.input_shape else ""
+    lines = [
+        f"# Latency on {report.target}",
+        "",
+        f"{report.target_description}. Model: `{report.model}`{shape}.",
+        "",
+        f"{latency_title(report)}:",
+        "",
+        latency_table(report).to_markdown(),
+        "",
+        f"**Verdict: {report.verdict}** ({report.verdict_reason}); budget {report.budget_stat} <= "
+        f"{report.budget_ms:g} ms from {report.budget_source}.",
+        "",
+        _evidence_sentence(report),
+    ]
+    if report.warnings:
+        lines += ["", "Warnings:", *[f"- {w}" for w in report.warnings]]
+    lines += ["", "## Method", "", method_sentence(report.method), "", method_table(report).to_markdown()]
+    gpu_compute = gpu_compute_table(report)
+    if gpu_compute is not None:
+        lines += ["", f"{gpu_compute.title}:", "", gpu_compute.to_markdown()]
+    lines += ["", "## Environment", "", *_environment_lines(report.environment)]
+    for section in extra:
+        lines += ["", section]
     return "\n".join(lines) + "\n"

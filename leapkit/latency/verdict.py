@@ -1,21 +1,26 @@
-"""The budget verdict: which result is judged, PASS or FAIL with its reason, and the warnings beside it.
+"""The budget verdict: which result is judged, PASS, FAIL or UNCONFIRMED with its reason, and the warnings.
 
-The verdict judges one result against ``budget_ms`` on ``budget_stat`` (p99 by default): the
-result in the target's own runtime and default precision when it was benched, otherwise the
-fastest result in the target's runtime, otherwise the fastest result (see :func:`gated_result`).
-A format the export marked as failed fails the verdict whatever its latency.
+A budget is judged only on the target's own figures (evidence ``measured`` or ``imported``): the
+verdict compares one result with ``budget_ms`` on ``budget_stat`` (p99 by default), the result in
+the target's own runtime and default precision when it was benched, otherwise the fastest result
+in the target's runtime, otherwise the fastest result (see :func:`gated_result`). A format the
+export marked as failed fails the verdict whatever its latency.
+
+Away from the target (evidence ``estimated``) another machine's timings are never judged: the
+verdict is UNCONFIRMED, unless even the lower bound on the target (:mod:`leapkit.latency.cost`)
+exceeds the budget, which is a certain FAIL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from leapkit.errors import ConfigError
 from leapkit.latency.report import BenchResult
 from leapkit.latency.timing import NOISY_CV
 from leapkit.profiles import TargetProfile
-from leapkit.types import STATS, Stat, Verdict
+from leapkit.types import STATS, Evidence, Stat, Verdict
 
 
 def stat_key(stat: str) -> str:
@@ -27,6 +32,23 @@ def stat_key(stat: str) -> str:
     if stat not in STATS:
         raise ConfigError(f"unknown statistic '{stat}'; use one of {', '.join(STATS)}")
     return f"{stat}_ms"
+
+
+def runs_on_target(r: BenchResult, profile: TargetProfile) -> bool:
+    """Whether ``r`` ran on the kind of processor the target deploys on (its GPU, or its CPU)."""
+    on_gpu = r.runtime == "tensorrt" or (r.device or "").startswith("cuda")
+    return not on_gpu if profile.family == "cpu" else on_gpu
+
+
+def _preferred(
+    results: Sequence[BenchResult], profile: TargetProfile, key: Callable[[BenchResult], float]
+) -> BenchResult | None:
+    """The target's runtime at its precision, else its runtime, else any: the smallest ``key`` of that group."""
+    if not results:
+        return None
+    exact = [r for r in results if r.runtime == profile.runtime and r.precision == profile.precision]
+    same_runtime = [r for r in results if r.runtime == profile.runtime]
+    return min(exact or same_runtime or results, key=key)
 
 
 def gated_result(results: Sequence[BenchResult], profile: TargetProfile, stat: Stat) -> BenchResult | None:
@@ -42,28 +64,29 @@ def gated_result(results: Sequence[BenchResult], profile: TargetProfile, stat: S
         stat: the statistic judged.
     """
     ran = [r for r in results if r.stat_ms(stat) is not None]
-    if not ran:
-        return None
-    exact = [r for r in ran if r.runtime == profile.runtime and r.precision == profile.precision]
-    same_runtime = [r for r in ran if r.runtime == profile.runtime]
-    return min(exact or same_runtime or ran, key=lambda r: r.stat_ms(stat))
+    return _preferred(ran, profile, lambda r: r.stat_ms(stat) or 0.0)
 
 
 def decide(
-    results: Sequence[BenchResult], profile: TargetProfile, budget_ms: float, stat: Stat
+    results: Sequence[BenchResult], profile: TargetProfile, budget_ms: float, stat: Stat,
+    evidence: Evidence = "measured",
 ) -> tuple[Verdict, str, BenchResult | None]:
-    """PASS or FAIL, the reason in one line, and the result that was judged (see :func:`gated_result`).
+    """The verdict, its reason in one line, and the result that was judged.
 
     Args:
         results: every benched format.
         profile: the target.
         budget_ms: the latency budget.
         stat: the statistic judged against it.
+        evidence: where the figures come from; ``estimated`` judges only the lower bound.
     """
-    gated = gated_result(results, profile, stat)
+    if evidence == "estimated":
+        return decide_on_bound(results, profile, budget_ms)
+    judged = [r for r in results if runs_on_target(r, profile)]
+    gated = gated_result(judged, profile, stat)
     if gated is None:
-        failures = "; ".join(f"{r.label} {r.status}" for r in results)
-        return "FAIL", f"no format ran ({failures})", None
+        failures = "; ".join(f"{r.label} {r.status}" for r in judged or results)
+        return "FAIL", f"no format ran on {profile.name} ({failures})", None
     value = gated.stat_ms(stat)
     assert value is not None  # gated_result only picks results that ran
     within = value <= budget_ms
@@ -73,6 +96,56 @@ def decide(
     if gated.runtime != profile.runtime:
         reasons.append(f"measured with {gated.runtime}, not the target's {profile.runtime}")
     return ("PASS" if within and not gated.export_failed else "FAIL"), "; ".join(reasons), gated
+
+
+def decide_on_bound(
+    results: Sequence[BenchResult], profile: TargetProfile, budget_ms: float
+) -> tuple[Verdict, str, BenchResult | None]:
+    """Away from the target: FAIL when even the lower bound exceeds the budget (or the export failed the
+    format), else UNCONFIRMED. The result is chosen as in :func:`gated_result`, by its bound.
+
+    Args:
+        results: every benched format (their timings are not looked at).
+        profile: the target.
+        budget_ms: the latency budget.
+    """
+    bounded = [r for r in results if r.roofline is not None]
+    gated = _preferred(bounded, profile, lambda r: r.roofline.estimate_ms if r.roofline else 0.0)
+    if gated is None or gated.roofline is None:
+        return "UNCONFIRMED", f"no lower bound for {profile.name} could be computed; bench on the device", None
+    bound = gated.roofline.estimate_ms
+    where = f"{gated.label}{' fp32' if gated.format == 'pytorch' else ''} on {profile.name}"
+    if bound > budget_ms:
+        return "FAIL", f"even the lower bound of {where}, {bound:.4g} ms, exceeds the {budget_ms:g} ms budget", gated
+    if gated.export_failed:
+        return "FAIL", f"{where}: the export marked it as {gated.export_status}", gated
+    return ("UNCONFIRMED",
+            f"{where}: lower bound {bound:.4g} ms <= {budget_ms:g} ms; only a measurement on the device can confirm it",
+            gated)
+
+
+def version_matches(expected: str, actual: str) -> bool:
+    """Whether ``actual`` (``10.3.0``) is the ``expected`` release (``10.3``, ``10.x``)."""
+    want, have = expected.split("."), actual.split(".")
+    return len(have) >= len(want) and all(w in ("x", h) for w, h in zip(want, have, strict=False))
+
+
+def setting_warnings(profile: TargetProfile, tensorrt: str | None, power_mode: str | None) -> list[str]:
+    """The device's TensorRT release and power mode against the profile's, one warning per mismatch.
+
+    Args:
+        profile: the target.
+        tensorrt: the TensorRT version the figures were timed with (None: not recorded).
+        power_mode: the Jetson's nvpmodel mode name (None: not recorded, or not a Jetson).
+    """
+    out = []
+    if profile.tensorrt and tensorrt and not version_matches(profile.tensorrt, tensorrt):
+        out.append(f"timed with TensorRT {tensorrt}, but the profile {profile.name} expects {profile.tensorrt}: "
+                   "engines and their speed differ between releases")
+    if profile.power_modes and power_mode and power_mode not in profile.power_modes:
+        out.append(f"the Jetson ran in power mode {power_mode}, but the profile {profile.name} assumes "
+                   f"{' or '.join(profile.power_modes)} (`sudo nvpmodel -m <id>`, see `nvpmodel -q`)")
+    return out
 
 
 def warnings(results: Sequence[BenchResult], env: dict[str, Any]) -> list[str]:

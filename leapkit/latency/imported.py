@@ -1,0 +1,306 @@
+"""The target's own figures: trtexec output read from files (``--from-trtexec``) or fetched over SSH (``--host``).
+
+    report_from_trtexec(imported, profile, ...) -> BenchReport   bench/<target>.json and .md from trtexec runs
+    bench_from_trtexec(paths, profile, ...)     -> BenchReport   read the files, then the report (evidence imported)
+    bench_over_ssh(model, profile, host, ...)   -> BenchReport   build and time on the device, then the report
+                                                                 (evidence measured, the host named)
+
+The report has the keys of a local bench: ``p50_ms``..``max_ms`` and ``mean_ms`` are trtexec's
+"Latency" (host latency: H2D + GPU compute + D2H), ``throughput`` its qps, ``gpu_compute_ms`` its
+"GPU Compute Time". The device trtexec and device.json name, the TensorRT release and the Jetson
+power mode are checked against the profile; a mismatch is a warning in the report, not a refusal:
+the user named the target.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from leapkit import __version__
+from leapkit.errors import ConfigError
+from leapkit.latency.artifacts import resolve_model
+from leapkit.latency.cost import ROOFLINE_NOTE
+from leapkit.latency.remote import bench_on_host
+from leapkit.latency.report import TRTEXEC_NOTE, BenchReport, BenchResult, render_markdown
+from leapkit.latency.timing import NOISY_CV
+from leapkit.latency.trtexec import TrtexecImport, TrtexecRun, read_trtexec
+from leapkit.latency.trtexec_profile import aggregate_profile, onnx_nodes
+from leapkit.latency.verdict import decide, setting_warnings, warnings
+from leapkit.profiles import TargetProfile
+from leapkit.records import atomic_write_bytes
+from leapkit.run import CONFIG
+from leapkit.types import Precision, Stat
+
+log = logging.getLogger(__name__)
+
+EXPORT = "export"
+
+
+def _result(run: TrtexecRun) -> BenchResult:
+    """One trtexec run as a bench result (an engine timed by trtexec on the device)."""
+    lat = run.latency_ms
+    ran = any(v is not None for v in lat.values())
+    return BenchResult(
+        runtime="tensorrt", format="engine", precision=run.precision or "unknown", batch=run.batch, file=run.source,
+        device=run.device, min_ms=lat.get("min"), mean_ms=lat.get("mean"), p50_ms=lat.get("p50"),
+        p90_ms=lat.get("p90"), p95_ms=lat.get("p95"), p99_ms=lat.get("p99"), max_ms=lat.get("max"), cv=run.cv,
+        throughput=_images_per_s(run), iterations=run.iterations,
+        noisy=run.cv > NOISY_CV if run.cv is not None else None, gpu_compute_ms=dict(run.gpu_compute_ms),
+        status="ok" if ran else "failed: the trtexec output has no latency figures",
+    )
+
+
+def device_names(imported: TrtexecImport) -> list[str]:
+    """What names the device the figures come from: its device-tree model, GPU names, trtexec's device."""
+    fingerprint = imported.device or {}
+    jetson, gpu = fingerprint.get("jetson") or {}, fingerprint.get("gpu") or {}
+    names = [jetson.get("model"), fingerprint.get("model"), gpu.get("name"), fingerprint.get("trtexec_device"),
+             *(r.device for r in imported.runs)]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _device_warnings(imported: TrtexecImport, profile: TargetProfile) -> list[str]:
+    """The device, TensorRT release and power mode of the figures against the profile's."""
+    names = device_names(imported)
+    out = []
+    if names and profile.device_match and not profile.matches(names):
+        patterns = " or ".join(repr(p) for p in profile.device_match)
+        out.append(f"the trtexec figures name the device {', '.join(repr(n) for n in names)}, which does not match "
+                   f"{profile.name} ({patterns}); add the device's device.json (bench_engine.sh writes it) or check "
+                   f"--target")
+    elif not names:
+        out.append(f"the trtexec output names no device; it is taken to be {profile.name} as --target says")
+    fingerprint = imported.device or {}
+    versions = sorted({r.tensorrt for r in imported.runs if r.tensorrt}) or [fingerprint.get("tensorrt")]
+    out += setting_warnings(profile, versions[0], (fingerprint.get("jetson") or {}).get("power_mode"))
+    for version in versions[1:]:
+        out += setting_warnings(profile, version, None)
+    return out
+
+
+def _check_stat(results: Sequence[BenchResult], stat: Stat, sources: Sequence[str]) -> None:
+    if not any(r.stat_ms(stat) is not None for r in results):
+        raise ConfigError(
+            f"the trtexec output ({', '.join(sources)}) has no {stat} latency (TensorRT 8.4 and older print only "
+            f"percentile 99 unless run with --percentile); pass --stat with one it printed, e.g. --stat p99"
+        )
+
+
+def report_from_trtexec(
+    imported: TrtexecImport,
+    profile: TargetProfile,
+    *,
+    evidence: Literal["imported", "measured"],
+    budget_ms: float | None,
+    stat: Stat | None,
+    out_dir: Path,
+    model: str,
+    host: str | None = None,
+    check: bool = True,
+    onnx: Path | None = None,
+) -> BenchReport:
+    """Write bench/<target>.json and .md from trtexec's runs and judge the budget on them.
+
+    Args:
+        imported: what :func:`leapkit.latency.trtexec.read_trtexec` read.
+        profile: the target.
+        evidence: ``imported`` for files brought by the user, ``measured`` for a run over SSH.
+        budget_ms: the latency budget (default: the profile's).
+        stat: the statistic judged (default: the profile's).
+        out_dir: bench/ goes inside it.
+        model: what the report names as the model.
+        host: the device's SSH host, for ``measured``.
+        check: raise CheckFailed after writing the report when the verdict is FAIL.
+        onnx: the ONNX model the engine was built from, to place profiled layers in ViT blocks.
+
+    Raises:
+        ConfigError: no run has the statistic to judge (nothing is written).
+        CheckFailed: the verdict is FAIL and ``check`` is set.
+    """
+    stat = stat or profile.budget_stat
+    budget = float(profile.latency_budget_ms if budget_ms is None else budget_ms)
+    results = [_result(run) for run in imported.runs]
+    _check_stat(results, stat, imported.sources)
+    for r in results:
+        value = r.stat_ms(stat)
+        r.budget_ok = None if value is None else value <= budget
+    verdict, reason, gated = decide(results, profile, budget, stat, evidence)
+    notes = list(dict.fromkeys([
+        *imported.warnings,
+        *(f"trtexec ({Path(run.source).name}): {w}" for run in imported.runs for w in run.warnings),
+        *_device_warnings(imported, profile),
+        *warnings(results, {}),
+    ]))
+    for w in notes:
+        log.warning(w)
+    names = device_names(imported)
+    device = ", ".join(names) or "a device the output does not name"
+    measured_on = f"{host} ({device})" if host else device
+    evidence_reason = (f"timed by trtexec on {host} over SSH" if evidence == "measured"
+                       else f"read from {', '.join(imported.sources)}")
+    report = BenchReport(
+        target=profile.name,
+        target_description=profile.description,
+        model=model,
+        source_run=None,
+        export_dir=None,
+        input_shape=None,
+        results=results,
+        budget_ms=budget,
+        budget_stat=stat,
+        budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
+        evidence=evidence,
+        evidence_reason=evidence_reason,
+        measured_on=measured_on,
+        verdict=verdict,
+        verdict_reason=reason,
+        gated=gated.label if gated else None,
+        method=None,
+        roofline_note=ROOFLINE_NOTE,
+        warnings=notes,
+        environment=_environment(imported, host),
+        leapkit_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    json_path = Path(out_dir) / "bench" / f"{profile.name}.json"
+    report.save(json_path)
+    report.json_path = json_path
+    atomic_write_bytes(json_path.with_suffix(".md"), render_markdown(report, _profile_sections(imported, onnx))
+                       .encode())
+    log.info("wrote %s and %s", json_path, report.md_path)
+    if check:
+        report.check()
+    return report
+
+
+def _environment(imported: TrtexecImport, host: str | None) -> dict[str, Any]:
+    """The device the figures come from, as the report's ``environment`` (``source`` says it is trtexec's)."""
+    fingerprint = imported.device or {}
+    versions = list(dict.fromkeys(r.tensorrt for r in imported.runs if r.tensorrt))
+    return {
+        "source": "trtexec",
+        "host": host or fingerprint.get("host") or fingerprint.get("hostname"),
+        "device": ", ".join(device_names(imported)) or None,
+        "tensorrt": ", ".join(versions) or fingerprint.get("tensorrt"),
+        "sources": list(imported.sources),
+        "fingerprint": fingerprint or None,
+    }
+
+
+def _images_per_s(run: TrtexecRun) -> float | None:
+    """Images/s, as leapkit's own results report it: trtexec's qps counts engine executions of ``batch``
+    images each (explicit batch), except for implicit-batch runs (``--batch``), whose figure is images/s."""
+    if run.throughput_qps is None:
+        return None
+    return run.throughput_qps if run.throughput_unit == "images/s" else run.throughput_qps * run.batch
+
+
+def _profile_sections(imported: TrtexecImport, onnx: Path | None) -> list[str]:
+    """The per-layer profile per ViT block and per op type, as Markdown; the throughput unit."""
+    sections = [f"Note: {TRTEXEC_NOTE}"]
+    if imported.profile is None:
+        return sections
+    nodes = None
+    if onnx is not None and onnx.is_file():
+        try:
+            nodes = onnx_nodes(onnx)
+        except Exception as e:  # the grouping is an extra: an unreadable model leaves blocks to the layer names
+            log.warning("could not read %s for the layer profile (%s); blocks come from the layer names", onnx, e)
+    tables = "\n\n".join(f"{t.title}:\n\n{t.to_markdown()}" for t in aggregate_profile(imported.profile, nodes))
+    return [*sections, f"## Per-layer profile\n\nFrom `{imported.profile.source}`.\n\n{tables}"]
+
+
+# --- where the files come from ----------------------------------------------------------------------------------------
+
+
+def default_out_dir(paths: Sequence[Path]) -> Path:
+    """Where bench/ goes without --out: the run whose export folder holds the first input, else beside it."""
+    first = Path(paths[0]).resolve()
+    folder = first if first.is_dir() else first.parent
+    for parent in (folder, *folder.parents):
+        if parent.name == EXPORT and (parent.parent / CONFIG).is_file():
+            return parent.parent
+    return folder
+
+
+def _export_of(paths: Sequence[Path]) -> Path | None:
+    """The export folder (with its model.onnx) that holds the first input, when there is one."""
+    first = Path(paths[0]).resolve()
+    for parent in first.parents:
+        if (parent / "manifest.json").is_file():
+            return parent
+    return None
+
+
+def bench_from_trtexec(
+    paths: Sequence[str | Path], profile: TargetProfile, *, budget_ms: float | None = None, stat: Stat | None = None,
+    out_dir: Path | None = None, check: bool = True,
+) -> BenchReport:
+    """Read trtexec's files (logs, --exportTimes/--exportProfile JSON, device.json, folders) and write the report.
+
+    Raises:
+        ConfigError: an input does not exist.
+        TrtexecError: a log has no performance summary, or no file holds timing figures (nothing is written).
+        CheckFailed: the verdict is FAIL and ``check`` is set.
+    """
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise ConfigError(f"--from-trtexec {', '.join(missing)}: no such file or folder; pass a trtexec log, its "
+                          "--exportTimes/--exportProfile JSON, or the results folder bench_engine.sh wrote")
+    imported = read_trtexec(files)
+    export = _export_of(files)
+    return report_from_trtexec(
+        imported, profile, evidence="imported", budget_ms=budget_ms, stat=stat,
+        out_dir=out_dir or default_out_dir(files), model=", ".join(map(str, files)), check=check,
+        onnx=export / "model.onnx" if export else None,
+    )
+
+
+def bench_over_ssh(
+    model: str | Path | None, profile: TargetProfile, host: str, precisions: Sequence[Precision], *,
+    budget_ms: float | None = None, stat: Stat | None = None, out_dir: Path | None = None,
+    ssh_options: Sequence[str] = (), check: bool = True,
+) -> BenchReport:
+    """Build, check and time MODEL's bundle on ``host`` for each precision, then write the report (evidence measured).
+
+    The device's results are copied to ``export/<target>/results/<precision>/`` (replacing an earlier copy), so
+    that ``--from-trtexec`` can read them again later.
+
+    Raises:
+        ConfigError: MODEL has no export for the target.
+        HostError: the device cannot be reached or lacks what the bundle needs (see
+            :func:`leapkit.latency.remote.bench_on_host`).
+        CheckFailed: the engine fails the parity check on the device, or the verdict is FAIL and ``check`` is set.
+    """
+    src = resolve_model(model, profile.name)
+    export = src.export_dir
+    if export is None or (src.target is not None and src.target != profile.name):
+        where = f"the export in {export} is for {src.target}" if export else f"{model or 'runs/latest'} has no export"
+        raise ConfigError(f"--host needs a deploy bundle for {profile.name}: {where}; run "
+                          f"`leapkit export RUN --target {profile.name}` first")
+    merged = TrtexecImport()
+    hosts = []
+    for precision in precisions:
+        results = export / "results" / precision
+        shutil.rmtree(results, ignore_errors=True)  # the device's results/<precision> is made afresh too
+        run = bench_on_host(export, host, precision, results, profile=profile, ssh_options=ssh_options)
+        if run.timing_cache_reused:
+            log.info("the device's timing cache was reused for the %s build", precision)
+        part = read_trtexec([results])
+        merged.runs += part.runs
+        merged.profile = merged.profile or part.profile
+        merged.device = {**run.device, **(part.device or {})}
+        merged.sources += part.sources
+        merged.warnings += [*run.warnings, *part.warnings]
+        hosts.append(run.host)
+    return report_from_trtexec(
+        merged, profile, evidence="measured", budget_ms=budget_ms, stat=stat, out_dir=out_dir or src.out_dir,
+        model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host, check=check,
+        onnx=export / "model.onnx",
+    )

@@ -1,0 +1,334 @@
+"""leapkit bench --host: the bundle built, checked and timed on a "device" over a real sshd on 127.0.0.1.
+
+The device is this machine behind its own sshd (host and client keys in a temporary folder, loopback only). Only
+trtexec is a stand-in there (tests/fixtures/trtexec), replaying a real published log from ../shared/trtexec-samples;
+ssh, scp, the bundle's scripts, check_outputs.py and the parsing are the real ones.
+"""
+
+from __future__ import annotations
+
+import getpass
+import gzip
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from leapkit.config import resolve_config, save_config
+from leapkit.errors import CheckFailed, ConfigError
+from leapkit.latency.remote import Host, HostError, bench_on_host, check_versions, ssh_arguments, tensorrt_version
+from leapkit.models import create_student
+from leapkit.profiles import load_target
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+STAND_IN = FIXTURES / "trtexec"
+SSHD = Path("/usr/sbin/sshd")
+LOG_10_3 = "trt10.3.0-rtxa5000-resnet50-fp16-full.log"
+LOG_8_6 = "trt8.6.3-rtx3090-resnet-cifar10-int8-verbose-full.log.gz"
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"trtexec samples not found at {SAMPLES}")
+
+
+# --- units ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "host", "shown"), [
+    ("jetson", Host("jetson"), "jetson"),
+    ("nvidia@192.168.1.42", Host("192.168.1.42", "nvidia"), "nvidia@192.168.1.42"),
+    ("root@127.0.0.1:2222", Host("127.0.0.1", "root", 2222), "root@127.0.0.1:2222"),
+    ("[fe80::1]:22", Host("fe80::1", None, 22), "[fe80::1]:22"),
+])
+def test_host_parse(text, host, shown):
+    assert Host.parse(text) == host
+    assert str(host) == shown
+
+
+@pytest.mark.parametrize("text", ["-oProxyCommand=touch /tmp/x", "a b", "user@", "host:0", "host:99999", "a@b@c", ""])
+def test_host_parse_rejects(text):
+    with pytest.raises(ConfigError, match=r"is not \[user@\]host\[:port\]"):
+        Host.parse(text)
+
+
+def test_host_scp_operand():
+    assert Host("fe80::1", "me", 22).remote("/a/b/") == "me@[fe80::1]:/a/b/"
+    assert Host("jetson").remote("/a") == "jetson:/a"
+
+
+def test_ssh_arguments():
+    got = ssh_arguments(["IdentityFile=/k", "-o", "BatchMode=no", "-i", "/key", "-4", "-oPort=2"])
+    assert got == ("-o", "IdentityFile=/k", "-o", "BatchMode=no", "-i", "/key", "-4", "-oPort=2")
+    with pytest.raises(ConfigError, match="give the port in --host"):
+        ssh_arguments(["-p", "2222"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        ssh_arguments(["-i"])
+    with pytest.raises(ConfigError, match="is not an ssh_config setting"):
+        ssh_arguments(["jetson"])
+
+
+@needs_samples
+def test_tensorrt_version_from_real_banners():
+    banner_10 = (SAMPLES / LOG_10_3).read_text().splitlines()[0]
+    banner_8 = gzip.decompress((SAMPLES / LOG_8_6).read_bytes()).decode().splitlines()[0]
+    assert tensorrt_version(banner_10) == "10.3.0"
+    assert tensorrt_version(banner_8) == "8.6.3"
+    banner_85 = next(ln for ln in (SAMPLES / "trt8.2.5-a100class-mobilenetv2-qat-int8-full.log").read_text()
+                     .splitlines() if ln.startswith("&&&& RUNNING"))
+    assert tensorrt_version(banner_85) == "8.2.5"
+
+
+def test_tensorrt_version_from_the_package():
+    assert tensorrt_version("", "10.3.0.30-1+cuda12.5") == "10.3.0"
+    assert tensorrt_version("&&&& RUNNING TensorRT.trtexec # trtexec", "") is None  # 7.x banners have no version
+
+
+def test_check_versions():
+    profile, host = load_target("jetson-orin-nano"), Host("jetson")
+    assert check_versions("10.3.0", profile, host) == []
+    (minor,) = check_versions("10.7.0", profile, host)
+    assert minor.startswith("jetson runs TensorRT 10.7.0, jetson-orin-nano expects 10.3 (JetPack 6.2)")
+    (unknown,) = check_versions(None, profile, host)
+    assert "could not tell the TensorRT version on jetson" in unknown
+    with pytest.raises(HostError, match=r"^jetson runs TensorRT 8\.6\.2 but jetson-orin-nano expects 10\.3 "
+                                        r"\(JetPack 6\.2\); install"):
+        check_versions("8.6.2", profile, host)
+    assert check_versions("10.9.1", replace(profile, tensorrt="10.x"), host) == []
+
+
+def test_host_needs_a_tensorrt_target(tmp_path):
+    with pytest.raises(ConfigError, match="target x86-cpu runs onnxruntime"):
+        bench_on_host(tmp_path, "jetson", "fp16", tmp_path / "out", profile=load_target("x86-cpu"))
+
+
+# --- the loopback device -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loopback:
+    """An sshd on 127.0.0.1 and what a client needs to use it without touching ~/.ssh."""
+
+    port: int
+    root: Path
+    key: Path
+
+    @property
+    def host(self) -> str:
+        return f"{getpass.getuser()}@127.0.0.1:{self.port}"
+
+    def options(self, key: Path | None = None, **env: str) -> list[str]:
+        """ssh_config settings: this sshd's known_hosts and ``key``; ``env`` reaches the remote commands (SetEnv)."""
+        env = {"TRTEXEC": str(STAND_IN), "LEAPKIT_TRTEXEC_FIXTURES": str(SAMPLES),
+               "XDG_CACHE_HOME": str(self.root / "device-cache"), **env}
+        return [f"UserKnownHostsFile={self.root / 'known_hosts'}", "StrictHostKeyChecking=accept-new",
+                f"IdentityFile={key or self.key}", "IdentitiesOnly=yes",
+                "SetEnv=" + " ".join(f'{k}="{v}"' for k, v in env.items())]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory) -> Iterator[Loopback]:
+    if not SSHD.is_file() or shutil.which("ssh") is None or shutil.which("scp") is None:
+        pytest.skip("needs OpenSSH (apt-get install openssh-server openssh-client): /usr/sbin/sshd, ssh or scp absent")
+    if not SAMPLES.is_dir():
+        pytest.skip(f"trtexec samples not found at {SAMPLES}")
+    privsep = Path("/run/sshd")  # sshd's privilege separation folder
+    if not privsep.is_dir():
+        if os.geteuid() != 0:
+            pytest.skip("sshd needs /run/sshd, which only root can create")
+        privsep.mkdir(mode=0o755, parents=True)
+    root = tmp_path_factory.mktemp("sshd")
+    host_key, key = _keygen(root / "host_key"), _keygen(root / "client_key")
+    shutil.copyfile(root / "client_key.pub", root / "authorized_keys")
+    port = _free_port()
+    (root / "sshd_config").write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
+        "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "AcceptEnv TRTEXEC TEGRASTATS LEAPKIT_TRTEXEC_* XDG_CACHE_HOME", "Subsystem sftp internal-sftp", "",
+    ]))
+    with (root / "sshd.log").open("w") as err:
+        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(root / "sshd_config")], stderr=err)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"sshd did not start: {(root / 'sshd.log').read_text()}")
+            time.sleep(0.05)
+        yield Loopback(port, root, key)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def make_run(root: Path) -> Path:
+    """A finished demo run without training: the demo config at 32 px and a seeded random student."""
+    root.mkdir(parents=True)
+    save_config(resolve_config("demo", {"model": {"img_size": 32}}), root / "config.yaml")
+    torch.manual_seed(0)
+    save_file(create_student("leapkit_demo_student", 32).state_dict(), str(root / "student.safetensors"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """An fp16 deploy bundle for the Orin Nano (TensorRT 10.3, like the replayed log)."""
+    import leapkit.deploy.export as ex
+
+    run = make_run(tmp_path_factory.mktemp("remote") / "run")
+    ex.export(run, target="jetson-orin-nano", precision="fp16", check=False, calib_images=32, parity_images=16,
+              probe_images=200)
+    return run / "export" / "jetson-orin-nano"
+
+
+ORIN_NANO = load_target("jetson-orin-nano")
+
+
+# --- the round trip ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_round_trip_reads_the_replayed_log_and_reuses_the_timing_cache(sshd, bundle, tmp_path):
+    from leapkit.latency.trtexec import read_trtexec
+
+    options = sshd.options(XDG_CACHE_HOME=str(tmp_path / "device"))  # a device that has never seen this bundle
+    first = bench_on_host(bundle, sshd.host, "fp16", tmp_path / "first", profile=ORIN_NANO, ssh_options=options)
+    names = {f.name for f in first.files}
+    assert names == {"trtexec.log", "times.json", "profile.json", "device.json"}
+    assert first.check == tmp_path / "first" / "check.json" and json.loads(first.check.read_text())["passed"]
+    assert all(f.parent == tmp_path / "first" for f in first.files)
+    assert first.timing_cache_reused is False
+    assert first.device["tensorrt"] == "10.3.0" and first.warnings == []
+    assert first.remote_dir == str(tmp_path / "device" / "leapkit" / "bundles" / "run-jetson-orin-nano")
+    assert (Path(first.remote_dir) / "timing.cache").is_file()
+    assert {p.name for p in first.logs} >= {"build_engine.txt", "check_engine.txt", "bench_engine.txt"}
+
+    imported = read_trtexec(first.files)
+    (run,) = [r for r in imported.runs if Path(r.source).name == "trtexec.log"]
+    assert run.tensorrt == "10.3.0" and run.device == "NVIDIA RTX A5000"
+    assert run.throughput_qps == pytest.approx(191.317, rel=1e-6)
+    assert run.latency_ms["p99"] == pytest.approx(6.44324, rel=1e-6)
+    assert run.gpu_compute_ms["mean"] == pytest.approx(5.21617, rel=1e-6)
+    assert imported.profile is not None
+
+    second = bench_on_host(bundle, sshd.host, "fp16", tmp_path / "second", profile=ORIN_NANO, ssh_options=options)
+    assert second.timing_cache_reused is True
+    assert {f.name for f in second.files} == names
+
+
+@pytest.mark.slow
+def test_power_samples_come_back_where_tegrastats_exists(sshd, bundle, tmp_path):
+    # tegrastats is a stand-in too here (this device is no Jetson): the test is of its start, stop and copy.
+    run = bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO,
+                        ssh_options=sshd.options(TEGRASTATS=str(FIXTURES / "tegrastats")))
+    assert tmp_path / "tegrastats.txt" in run.logs
+    assert "sample 0" in (tmp_path / "tegrastats.txt").read_text()
+    on_device = Path(run.remote_dir) / "results" / "fp16" / "tegrastats.txt"
+    size = on_device.stat().st_size
+    time.sleep(0.3)
+    assert on_device.stat().st_size == size  # stopped with the benchmark
+
+
+@pytest.mark.slow
+def test_unreachable_host_is_one_line(bundle, tmp_path):
+    port = _free_port()  # nothing listens there
+    with pytest.raises(HostError) as exc:
+        bench_on_host(bundle, f"root@127.0.0.1:{port}", "fp16", tmp_path, profile=ORIN_NANO,
+                      ssh_options=["-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}"])
+    assert str(exc.value).startswith(f"cannot reach root@127.0.0.1:{port} (ssh: connect to host 127.0.0.1 port "
+                                     f"{port}: Connection refused); check the address and port")
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_refused_key_is_one_line(sshd, bundle, tmp_path):
+    stranger = _keygen(tmp_path / "stranger")
+    with pytest.raises(HostError) as exc:
+        bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO, ssh_options=sshd.options(stranger))
+    assert str(exc.value).startswith(f"{sshd.host} refused the SSH key (")
+    assert "Permission denied (publickey)" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_missing_trtexec_is_one_line(sshd, bundle, tmp_path):
+    assert shutil.which("trtexec") is None and not Path("/usr/src/tensorrt/bin/trtexec").exists()
+    with pytest.raises(HostError, match=rf"^no trtexec on {sshd.host} \(not on PATH, not in "
+                                        r"/usr/src/tensorrt/bin/trtexec\); install TensorRT there"):
+        bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO,
+                      ssh_options=sshd.options(TRTEXEC=str(tmp_path / "nowhere" / "trtexec")))
+    assert not list(tmp_path.glob("*.txt"))  # stopped before anything ran
+
+
+@pytest.mark.slow
+def test_another_tensorrt_major_version_is_refused(sshd, bundle, tmp_path):
+    with pytest.raises(HostError, match=rf"^{sshd.host} runs TensorRT 8\.6\.3 but jetson-orin-nano expects 10\.3"):
+        bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO,
+                      ssh_options=sshd.options(LEAPKIT_TRTEXEC_LOG=LOG_8_6))
+
+
+@pytest.mark.slow
+def test_parity_failure_on_the_device_exits_1(sshd, bundle, tmp_path):
+    with pytest.raises(CheckFailed) as exc:
+        bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO,
+                      ssh_options=sshd.options(LEAPKIT_TRTEXEC_PARITY="fail"))
+    assert exc.value.exit_code == 1
+    assert str(exc.value).startswith(f"the fp16 engine built on {sshd.host} failed the parity check against "
+                                     f"manifest.json (")
+    assert "MISMATCH" in (tmp_path / "check_engine.txt").read_text()
+    assert not (tmp_path / "bench_engine.txt").exists()  # a wrong engine is not timed
+
+
+def test_precision_not_in_the_bundle(bundle, tmp_path):
+    with pytest.raises(ConfigError, match=r"holds no int8 model \(it has fp32, fp16\)"):
+        bench_on_host(bundle, "jetson", "int8", tmp_path, profile=ORIN_NANO)
+
+
+# --- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def _cli_has_host() -> bool:
+    from leapkit.cli.bench import bench_cmd
+
+    return "host" in bench_cmd.__code__.co_varnames
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cli_has_host(), reason="leapkit bench has no --host flag yet (cli/bench.py)")
+def test_cli_bench_host_writes_a_measured_report(sshd, bundle, monkeypatch, capsys):
+    from helpers import run_cli
+
+    run = bundle.parents[1]
+    args = ["bench", str(run), "--target", "jetson-orin-nano", "--host", sshd.host]
+    for option in sshd.options():
+        args += ["--ssh-option", shlex.quote(option)]  # the CLI splits each value as a shell would
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads((run / "bench" / "jetson-orin-nano.json").read_text())
+    assert report["evidence"] == "measured" and report["verdict"] == "PASS"  # p99 6.44 ms against 33.3 ms
+    assert sshd.host in json.dumps(report["environment"])
+    (result,) = report["results"]
+    assert result["runtime"] == "tensorrt" and result["precision"] == "fp16"
+    assert result["p99_ms"] == pytest.approx(6.44324, rel=1e-6)
+    assert (bundle / "results" / "fp16" / "trtexec.log").is_file()  # the device's results, kept beside the bundle
+
