@@ -17,7 +17,7 @@ import yaml
 
 from leapkit import schema
 from leapkit.errors import ConfigError
-from leapkit.types import Amp, Metric, Mode
+from leapkit.types import Amp, Metric, Mode, Precision
 
 LogBackend = Literal["auto", "tensorboard", "none"]
 """Where training is shown besides metrics.jsonl: auto is TensorBoard when its package is installed."""
@@ -82,6 +82,23 @@ class TrainConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The student ``--student auto`` chose (:func:`leapkit.planning.plan.choose_student`), and its forecast.
+
+    Empty unless the student was chosen for a target; ``leapkit report`` sets the forecast against the bench.
+    """
+
+    target: str | None = None
+    budget_ms: float | None = None
+    precision: Precision | None = None
+    predicted_ms: float | None = None
+    predicted_range_ms: tuple[float, float] | None = None
+    calibrated: bool | None = None
+    source: str | None = None  # where the latency model's efficiencies come from
+    candidates: int | None = None  # how many candidates were weighed
+
+
+@dataclass
 class Config:
     recipe: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -89,6 +106,7 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,6 +282,8 @@ def to_yaml(cfg: Config) -> str:
     """The config as the YAML that config.yaml holds (every key, in declaration order)."""
     data = cfg.to_dict()
     data["data"]["crop_scale"] = list(cfg.data.crop_scale)
+    if cfg.plan.predicted_range_ms is not None:
+        data["plan"]["predicted_range_ms"] = list(cfg.plan.predicted_range_ms)
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -26,7 +26,8 @@ from leapkit.types import FAMILIES, PRECISIONS, STATS, TARGET_RUNTIMES, Family, 
 __all__ = [
     "FAMILIES", "FAMILY_DEFAULTS", "PRECISIONS", "STATS", "TARGET_RUNTIMES", "Family", "Precision", "Stat",
     "TargetProfile", "TargetRuntime", "kind_of", "list_recipes", "list_targets", "load_target", "target_path",
-    "targets_dir", "validate_recipe", "validate_target",
+    "targets_dir", "validate_recipe", "validate_target", "LatencyModelSection", "PublishedEfficiency",
+    "PublishedMeasurement",
 ]
 
 # The one place where a family name maps to a profile. The smallest device of a family is its
@@ -36,6 +37,125 @@ FAMILY_DEFAULTS: dict[str, str] = {
     "cpu": "x86-cpu",
     "gpu": "rtx-4090",
 }
+
+
+@dataclass(frozen=True)
+class PublishedEfficiency:
+    """How close one precision gets to the profile's peaks, set from published measurements (see ``measurements``).
+
+    Fractions are of :meth:`TargetProfile.bound_ops` at the precision (``gemm``, ``attention``) and of
+    ``memory_bandwidth_gbs`` (``memory``); passes count how often each element of that kind of activation
+    crosses memory (0: the engine fuses that work into a neighbour). :mod:`leapkit.planning.latency_model`
+    turns them into rates.
+
+    Args:
+        gemm: fraction of the peak the weight GEMMs reach.
+        attention: fraction of the peak Q K^T and attn V reach.
+        memory: fraction of the bandwidth that weights and activations move at.
+        token_passes: memory passes per element of each token-wide elementwise op.
+        hidden_passes: memory passes per MLP hidden element.
+        score_passes: memory passes per attention score (0: fused attention).
+        block_us: fixed time per block (kernel launches and tails), in microseconds.
+        inference_us: fixed time per inference, in microseconds.
+        range: the prediction's range is [ms / range, ms x range].
+    """
+
+    gemm: float
+    attention: float
+    memory: float
+    token_passes: float = 2.0
+    hidden_passes: float = 2.0
+    score_passes: float = 0.0
+    block_us: float = 0.0
+    inference_us: float = 0.0
+    range: float = 1.5
+
+
+MeasurementUse = Literal["fit", "check", "bound"]
+"""What a published measurement is to the latency model: set from, checked against (within the range), or an
+upper bound of the prediction (what was measured holds the backbone and more)."""
+
+
+@dataclass(frozen=True)
+class PublishedMeasurement:
+    """One published latency the efficiencies were set from or are checked against.
+
+    Args:
+        model: the timm model of the measured network's backbone.
+        img_size: its input size.
+        precision: the engine's precision.
+        ms: the published latency.
+        source: where it is published (a URL pinned to a commit where there is one).
+        what: what was measured, in the source's words (a whole network whose backbone is ``model``, ...).
+        use: ``fit``: the efficiencies were set from it; ``check``: a prediction must land within the range
+            of it; ``bound``: it timed the backbone and more, so a prediction must not exceed it.
+    """
+
+    model: str
+    img_size: int
+    precision: Precision
+    ms: float
+    source: str
+    what: str = ""
+    use: MeasurementUse = "fit"
+
+
+@dataclass(frozen=True)
+class LatencyModelSection:
+    """A profile's ``latency_model``: efficiencies per precision from published measurements, cited.
+
+    Used by :mod:`leapkit.planning` when the target has no calibration of its own (``leapkit calibrate``).
+    """
+
+    precisions: dict[Precision, PublishedEfficiency]
+    measurements: tuple[PublishedMeasurement, ...] = ()
+    notes: str = ""
+
+
+def read_latency_model(data: Any) -> tuple[LatencyModelSection | None, list[str]]:
+    """The ``latency_model`` section of a profile, and every problem with it (one line each)."""
+    if data is None:
+        return None, []
+    if not isinstance(data, dict):
+        return None, [f"latency_model must be a mapping of precisions and measurements, got {data!r}"]
+    problems: list[str] = []
+    precisions: dict[Precision, PublishedEfficiency] = {}
+    measurements: list[PublishedMeasurement] = []
+    for key, value in data.items():
+        where = f"latency_model.{key}"
+        if key in PRECISIONS:
+            values, wrong = schema.read_fields(value if isinstance(value, dict) else {}, PublishedEfficiency,
+                                               prefix=f"{where}.")
+            wrong += schema.missing_fields(value if isinstance(value, dict) else {}, PublishedEfficiency,
+                                           prefix=f"{where}.")
+            for name in ("gemm", "attention", "memory"):
+                if name in values and not 0 < values[name] <= 1:
+                    wrong.append(f"{where}.{name} must be a fraction in (0, 1], got {values[name]}")
+            if values.get("range", 1.5) < 1:
+                wrong.append(f"{where}.range must be >= 1 (the factor either side of the prediction)")
+            problems += wrong
+            if not wrong:
+                precisions[key] = PublishedEfficiency(**values)
+        elif key == "measurements":
+            for i, item in enumerate(value or ()):
+                values, wrong = schema.read_fields(item if isinstance(item, dict) else {}, PublishedMeasurement,
+                                                   prefix=f"{where}[{i}].")
+                wrong += schema.missing_fields(item if isinstance(item, dict) else {}, PublishedMeasurement,
+                                               prefix=f"{where}[{i}].")
+                problems += wrong
+                if not wrong:
+                    measurements.append(PublishedMeasurement(**values))
+        elif key == "notes":
+            if not isinstance(value, str):
+                problems.append(f"{where} must be a string")
+        else:
+            problems.append(schema.unknown("key", str(key), [*PRECISIONS, "measurements", "notes"], "latency_model."))
+    if not precisions and not problems:
+        problems.append(f"latency_model needs efficiencies for at least one precision ({'|'.join(PRECISIONS)})")
+    if problems:
+        return None, problems
+    notes = data.get("notes") or ""
+    return LatencyModelSection(precisions, tuple(measurements), notes), []
 
 
 @dataclass(frozen=True)
@@ -53,7 +173,8 @@ class TargetProfile:
     assume (a Jetson in another mode is measured with a warning). ``tf32_tops`` is the dense TF32
     Tensor Core peak TensorRT uses for fp32 layers unless told ``--noTF32``. ``cache_mb`` is the
     on-chip cache that could hold weights between inferences; without it the lower bound counts
-    compute only.
+    compute only. ``latency_model`` holds the efficiencies :mod:`leapkit.planning` predicts with when
+    the target has no calibration, each set from a published measurement it cites.
     """
 
     name: str
@@ -78,6 +199,7 @@ class TargetProfile:
     tf32_tops: float | None = None
     cache_mb: float | None = None
     notes: str = ""
+    latency_model: LatencyModelSection | None = None
     path: Path | None = field(default=None, compare=False)
 
     def peak_ops(self, precision: Precision) -> float | None:
@@ -115,6 +237,8 @@ class TargetProfile:
         d["precisions"] = list(self.precisions)
         d["device_match"], d["power_modes"] = list(self.device_match), list(self.power_modes)
         d["path"] = str(self.path) if self.path else None
+        if d["latency_model"] is not None:
+            d["latency_model"]["measurements"] = [dict(m) for m in d["latency_model"]["measurements"]]
         return d
 
 
@@ -216,6 +340,9 @@ def _check(data: dict[str, Any], stem: str | None) -> tuple[dict[str, Any], list
         data = {k: v for k, v in data.items() if k != "notes"}
     values, problems = schema.read_fields(data, TargetProfile, exclude=_NOT_IN_FILE)
     problems += schema.missing_fields(data, TargetProfile, exclude=_NOT_IN_FILE)
+    if "latency_model" in values:
+        values["latency_model"], wrong = read_latency_model(values["latency_model"])
+        problems += wrong
     return values, problems + _value_problems(values, stem)
 
 

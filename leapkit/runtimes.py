@@ -1,4 +1,4 @@
-"""One Runner protocol over the three runtimes leapkit drives: PyTorch, ONNX Runtime and TensorRT.
+"""One Runner protocol over the runtimes leapkit drives: PyTorch, ONNX Runtime, OpenVINO and TensorRT.
 
 Every runner answers two questions about the same exported backbone:
 
@@ -9,9 +9,11 @@ Every runner answers two questions about the same exported backbone:
 Export uses the first (parity, accuracy), bench the second (latency). The TensorRT runner is
 written against TensorRT's named-tensor API (``set_input_shape``, ``execute_async_v3``, 8.5 and
 later) with cuda-python for device buffers, the stream and the copies: on a Jetson it runs with
-JetPack's TensorRT and a torch without CUDA. torch is imported only by the PyTorch runner and
-:class:`Backbone`. The TensorRT runner has not run on this project's CI machine, which has
-neither TensorRT nor a GPU; its guards are tested there.
+JetPack's TensorRT and a torch without CUDA. The OpenVINO runner runs an OpenVINO IR (or an ONNX
+file) on the CPU with explicit threads and an explicit precision hint (OpenVINO's own default is
+bf16 wherever the CPU has it). torch is imported only by the PyTorch runner and :class:`Backbone`.
+The TensorRT runner has not run on this project's CI machine, which has neither TensorRT nor a
+GPU; its guards are tested there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -226,6 +228,119 @@ class OrtRunner:
 
     def close(self) -> None:
         del self.session
+
+
+OpenVINOHint = Literal["f32", "bf16"]
+"""OpenVINO's inference precision for what is not INT8: strict fp32, or bf16 where the CPU has it."""
+OPENVINO_HINT_KEY = ("runtime_options", "INFERENCE_PRECISION_HINT")
+
+
+def import_openvino(purpose: str = "running an OpenVINO model") -> Any:
+    """The openvino module, or MissingDependency naming the extra that brings it."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise MissingDependency("openvino", "openvino", purpose) from e
+    return openvino
+
+
+CPU_FLAGS = Path("/proc/cpuinfo")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16() -> str | None:
+    """The CPU feature that gives bf16 arithmetic here (``avx512_bf16``, ``amx_bf16``), or None.
+
+    Read from /proc/cpuinfo (Linux); OpenVINO's ``OPTIMIZATION_CAPABILITIES`` answers elsewhere.
+    """
+    try:
+        flags = set(CPU_FLAGS.read_text().split())
+    except OSError:
+        flags = set()
+    found = [f for f in BF16_FLAGS if f in flags]
+    if found:
+        return found[-1]
+    if importlib.util.find_spec("openvino") is not None and not CPU_FLAGS.is_file():
+        import openvino
+
+        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return "bf16 (OpenVINO)"
+    return None
+
+
+class OpenVINORunner:
+    """An OpenVINO IR or ONNX file on the CPU: latency mode, one stream, explicit threads and precision hint.
+
+    Args:
+        path: the ``.xml`` IR (its ``.bin`` beside it) or an ``.onnx`` file.
+        threads: inference threads (None: OpenVINO's choice).
+        hint: the precision of what is not INT8; None reads the IR's ``runtime_options`` (written by
+            the export; OpenVINO itself does not apply them), else ``f32``.
+    """
+
+    runtime: Runtime = "openvino"
+    device = "cpu"
+
+    def __init__(self, path: Path, threads: int | None = None, hint: OpenVINOHint | None = None) -> None:
+        ov = import_openvino(f"running {Path(path).name}")
+        self.path = Path(path)
+        self._core = ov.Core()
+        try:
+            self.model = self._core.read_model(str(self.path))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses for unreadable models
+            raise ModelError(
+                f"OpenVINO cannot read {self.path.name}: {str(e).splitlines()[0]}; re-export it with `leapkit export`"
+            ) from e
+        if hint is None:
+            stored = self.model.has_rt_info(list(OPENVINO_HINT_KEY))
+            hint = str(self.model.get_rt_info(list(OPENVINO_HINT_KEY)).value) if stored else "f32"
+        self.hint = hint
+        self.config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                                       "INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = self._core.compile_model(self.model, "CPU", self.config)
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        version = ov.__version__.split("-")[0]
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin took: f32 without bf16
+        self.providers = [f"OpenVINO {version} CPU ({used.to_string()}, "
+                          f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} threads)"]
+
+    def input_shape(self, batch: int, img_size: int | None = None) -> list[int]:
+        """The input shape with the free batch dimension set to ``batch`` and free spatial ones to ``img_size``.
+
+        Raises:
+            ModelError: a free dimension remains.
+        """
+        dims = [d.get_length() if d.is_static else None for d in self.model.inputs[0].get_partial_shape()]
+        shape = [batch if i == 0 and d is None else d for i, d in enumerate(dims)]
+        if len(shape) == 4 and img_size is not None:
+            shape = [img_size if d is None else d for d in shape]
+        if any(d is None for d in shape):
+            raise ModelError(f"{self.path.name} has an input with free dimensions {dims}; export it with a fixed "
+                             f"image size")
+        return [int(d) for d in shape]
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        outs = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        by_name = {k.get_any_name(): v for k, v in outs.items()}
+        return {name: np.array(by_name[name], dtype=np.float32) for name in self.output_names}
+
+    def timed(self, x: np.ndarray) -> Callable[[], None]:
+        """One inference on ``x`` with a model compiled for exactly its shape, as a deployment would."""
+        model = self._core.read_model(str(self.path))
+        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
+        request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        request.set_input_tensor(0, import_openvino().Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+
+        def run() -> None:
+            request.infer()
+
+        return run
+
+    def close(self) -> None:
+        del self.request, self.compiled
 
 
 # --- TensorRT and CUDA without torch ----------------------------------------------------------

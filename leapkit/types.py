@@ -11,13 +11,13 @@ from typing import Literal, get_args
 Precision = Literal["fp32", "fp16", "int8"]
 """Numeric precision of an exported artefact or a target's fast path."""
 
-Runtime = Literal["torch", "onnxruntime", "tensorrt"]
-"""What runs a model: PyTorch eager, ONNX Runtime or a TensorRT engine."""
+Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+"""What runs a model: PyTorch eager, ONNX Runtime, OpenVINO (CPU) or a TensorRT engine."""
 
-TargetRuntime = Literal["onnxruntime", "tensorrt"]
+TargetRuntime = Literal["onnxruntime", "openvino", "tensorrt"]
 """The runtimes a deployment target may name in its profile (PyTorch is never deployed)."""
 
-Format = Literal["pytorch", "onnx", "engine"]
+Format = Literal["pytorch", "onnx", "openvino", "engine"]
 """The file format of a benchmarked artefact."""
 
 Stat = Literal["min", "mean", "p50", "p90", "p95", "p99", "max"]
@@ -35,8 +35,11 @@ Metric = Literal["cka", "cosine"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 """Mixed precision of the student on CUDA."""
 
-CalibMethod = Literal["percentile", "minmax"]
+CalibMethod = Literal["percentile", "entropy", "minmax"]
 """How INT8 activation ranges are chosen from the calibration images."""
+
+Switch = Literal["on", "off"]
+"""An on/off command-line choice (``--int8-fallback on``)."""
 
 Status = Literal["ok", "failed", "unchecked"]
 """The state of an exported artefact after its checks."""
@@ -66,5 +69,6 @@ AMPS: tuple[Amp, ...] = get_args(Amp)
 CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
 ORT_PROVIDERS: tuple[OrtProvider, ...] = get_args(OrtProvider)
 EVIDENCES: tuple[Evidence, ...] = get_args(Evidence)
+SWITCHES: tuple[Switch, ...] = get_args(Switch)
 
 BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "int8": 1}

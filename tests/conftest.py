@@ -16,6 +16,12 @@ from leapkit.models import create_teacher
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_job_summary(monkeypatch):
+    """Commands append to GitHub's job summary when GITHUB_STEP_SUMMARY is set: not from inside the tests."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def teacher_file(tmp_path_factory) -> Path:
     """Random weights for the demo teacher architecture."""

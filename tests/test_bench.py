@@ -6,6 +6,7 @@ Latencies are never asserted on (the CI machine is shared); only their consisten
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -538,3 +539,130 @@ def test_cli_host_judges_the_figures_brought_back(run_dir, tmp_path, monkeypatch
     assert data["warnings"] == ["timed with TensorRT 8.5.2, but the profile jetson-orin-nano expects 10.3: engines "
                                 "and their speed differ between releases"]
     assert data["environment"]["fingerprint"]["jetson"]["power_mode"] == "15W"
+
+
+# ---------------------------------------------------------------- CI: --baseline, --junit, the job summary
+
+TIMES = ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+HINT = "pass a bench/<target>.json that an earlier `leapkit bench` wrote"
+
+
+def scaled_copy(source: Path, factor: float, dest: Path, **top) -> Path:
+    """A second bench JSON written from a real one: every latency times ``factor`` (and top-level keys ``top``)."""
+    data = json.loads(source.read_text())
+    for r in data["results"]:
+        r.update({k: r[k] * factor for k in TIMES if r.get(k) is not None})
+    data.update(top)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(data))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def timed(run_dir, tmp_path_factory) -> Path:
+    """bench/x86-cpu.json of a real timed run of every format (200 iterations each)."""
+    out = tmp_path_factory.mktemp("timed")
+    return bench(run_dir, "x86-cpu", budget_ms=1e6, warmup_s=0.0, iterations=200, threads=1, out_dir=out).json_path
+
+
+def test_cli_bench_fails_on_a_slowdown_beyond_the_threshold(run_dir, timed, tmp_path):
+    from junitparser import JUnitXml
+
+    prev = scaled_copy(timed, 0.25, tmp_path / "baseline" / "x86-cpu.json")  # this run is ~4x slower than that
+    summary = tmp_path / "step_summary.md"
+    junit = tmp_path / "reports" / "latency.xml"
+    r = subprocess.run(
+        [sys.executable, "-m", "leapkit", "bench", str(run_dir), "--target", "x86-cpu", "-n", "200", "--warmup", "0",
+         "--threads", "1", "--budget-ms", "1000000", "--out", str(tmp_path), "--baseline", str(prev),
+         "--max-regression", "10", "--junit", str(junit)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)})
+    assert r.returncode == 1, r.stderr
+    data = json.loads((tmp_path / "bench" / "x86-cpu.json").read_text())
+    assert data["verdict"] == "PASS"  # within the budget, and slower than the baseline allows
+    rows = data["baseline"]["rows"]
+    assert data["baseline"]["path"] == str(prev) and data["baseline"]["stat"] == "p99"
+    assert [(row["label"], row["change"]) for row in rows] == [
+        ("PyTorch eager", "regressed"), ("ONNX fp32", "regressed"), ("ONNX int8", "regressed")]
+    messages = [f"{row['label']} p99 {row['now_ms']:.3f} ms vs {row['before_ms']:.3f} ms in the baseline "
+                f"({row['change_pct']:+.1f}% > 10% allowed; noise ±{row['noise_pct']:.1f}%)" for row in rows]
+    report = tmp_path / "bench" / "x86-cpu.md"
+    assert r.stderr == (f"error: latency regression on x86-cpu against {prev}: {'; '.join(messages)} "
+                        f"(report: {report})\n")
+
+    cases = list(next(iter(JUnitXml.fromfile(str(junit)))))
+    assert [c.name for c in cases] == ["PyTorch eager", "ONNX fp32", "ONNX int8"]
+    for case, message in zip(cases, messages, strict=True):
+        (failure,) = case.result
+        assert (failure.type, failure.message) == ("regression", f"regression: {message}")
+
+    loaded = BenchReport.load(tmp_path / "bench" / "x86-cpu.json")
+    table = latency_table(loaded).to_markdown()
+    assert table.splitlines()[0].endswith("| verdict | vs baseline |") and table in report.read_text()
+    assert "**Against the baseline**" in report.read_text()
+    text = summary.read_text()
+    assert text.startswith("### leapkit bench x86-cpu: PASS\n") and table in text and "3 regressed" in text
+
+
+@needs_samples
+def test_cli_bench_within_the_noise_passes(tmp_path):
+    """The run-to-run change of a live timing is never asserted on; trtexec's published figures are fixed."""
+    log_file = SAMPLES / "trt10.3.0-rtxa5000-resnet50-fp16-full.log"  # p99 6.443 ms, cv 1.6%, 577 iterations
+    common = ["bench", "--from-trtexec", str(log_file), "--target", "rtx-4090", "--out", str(tmp_path)]
+    assert cli(*common).returncode == 0
+    prev = scaled_copy(tmp_path / "bench" / "rtx-4090.json", 1 / 1.012, tmp_path / "prev.json")
+    r = cli(*common, "--baseline", str(prev), "--junit", str(tmp_path / "latency.xml"))
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads((tmp_path / "bench" / "rtx-4090.json").read_text())["baseline"]["rows"]
+    assert row["change"] == "within noise" and row["change_pct"] == pytest.approx(1.2)
+    assert "+1.2% within noise (±1.6%)" in r.stdout and "vs baseline" in r.stdout
+    prev = scaled_copy(tmp_path / "bench" / "rtx-4090.json", 1 / 1.15, tmp_path / "prev.json")
+    r = cli(*common, "--baseline", str(prev))
+    assert r.returncode == 1 and "latency regression on rtx-4090" in r.stderr and "(+15.0% > 10% allowed" in r.stderr
+
+
+def test_host_timings_away_from_the_target_compare_with_a_note(run_dir, tmp_path):
+    from junitparser import JUnitXml
+
+    from leapkit.latency.machine import environment
+
+    if "Jetson Orin Nano" in (environment()["device_model"] or ""):
+        pytest.skip("this machine is a Jetson Orin Nano")
+    first = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path / "a", **FAST)
+    prev = scaled_copy(first.json_path, 4.0, tmp_path / "prev.json")  # this run is faster: nothing fails
+    report = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path, baseline=prev,
+                   junit=tmp_path / "latency.xml", **FAST)
+    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} == {"faster"}
+    assert report.baseline.notes[-1].startswith("both are timings of this host, not of jetson-orin-nano (evidence "
+                                                "estimated)")
+    assert report.baseline.notes[-1] in report.md_path.read_text()
+    for case in next(iter(JUnitXml.fromfile(str(tmp_path / "latency.xml")))):
+        (skipped,) = case.result
+        assert case.is_skipped and skipped.message.startswith("budget UNCONFIRMED on jetson-orin-nano: measured on ")
+    with pytest.raises(CheckFailed, match=r"^latency regression on jetson-orin-nano against .*prev.json: ONNX fp32"):
+        bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path,
+              baseline=scaled_copy(first.json_path, 0.1, tmp_path / "prev.json"), **FAST)
+
+
+def test_cli_bad_baseline_and_ci_options_exit_2_and_write_nothing(run_dir, timed, tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    other = scaled_copy(timed, 1.0, tmp_path / "jetson.json", target="jetson-orin-nano")
+    (tmp_path / "reports").mkdir()
+    out = tmp_path / "out"
+    for extra, message in (
+        (["--baseline", str(tmp_path / "gone.json")], f"--baseline {tmp_path / 'gone.json'}: no such file; {HINT}"),
+        (["--baseline", str(tmp_path / "broken.json")], f"--baseline {tmp_path / 'broken.json'} is not JSON "
+                                                        f"(Expecting property name enclosed in double quotes: line 1 "
+                                                        f"column 2 (char 1)); {HINT}"),
+        (["--baseline", str(other)], f"--baseline {other} is a bench report for jetson-orin-nano, not x86-cpu; pass "
+                                     "an earlier bench/x86-cpu.json"),
+        (["--max-regression", "5"], "--max-regression applies to a comparison: pass --baseline PREV.json too"),
+        (["--baseline", str(timed), "--max-regression", "-5"], "--max-regression must be a finite percentage >= 0, "
+                                                               "got -5.0"),
+        (["--junit", str(tmp_path / "reports")], f"--junit {tmp_path / 'reports'} is a folder; pass a file name such "
+                                                 "as reports/latency.xml"),
+    ):
+        code, err = cli_here(monkeypatch, capsys, "bench", str(run_dir), "--target", "x86-cpu", "-n", "5",
+                             "--out", str(out), "--junit", str(tmp_path / "latency.xml"), *extra)
+        assert (code, err) == (2, f"error: {message}\n"), extra
+    assert not out.exists() and not (tmp_path / "latency.xml").exists()
+    assert list((tmp_path / "reports").iterdir()) == []

@@ -23,6 +23,7 @@ from leapkit.config import resolve_config, save_config
 from leapkit.deploy.manifest import ExportManifest, sha256
 from leapkit.deploy.onnx_fp16 import convert_fp16
 from leapkit.deploy.onnx_graph import OPSET
+from leapkit.deploy.onnx_int8 import FP16_QDQ_OPSET
 from leapkit.deploy.parity import MAX_TOP1_DROP, MIN_COSINE
 from leapkit.deploy.plan import resolve_precisions
 from leapkit.deploy.summary import variants_table
@@ -38,7 +39,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 MANIFEST_KEYS = {
     "format_version", "leapkit_version", "created", "status", "source_run", "target", "student", "exporter", "opset",
     "opsets", "input", "outputs", "batch", "variants", "engines", "calibration", "parity_data", "thresholds",
-    "reference", "not_run", "files", "sizes",
+    "reference", "not_run", "files", "sizes", "int8",
 }
 VARIANT_KEYS = {"precision", "format", "file", "size_bytes", "status", "checked_with", "parity", "accuracy", "notes"}
 
@@ -98,7 +99,7 @@ def test_bundle_layout_and_manifest(exported, run_dir):
     assert set(m) == MANIFEST_KEYS
     assert all(set(v) == VARIANT_KEYS for v in m["variants"])
     for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx", "README.md", "build_engine.sh", "bench_engine.sh",
-                 "check_engine.sh", "check_outputs.py", "reference_input.bin"):
+                 "check_engine.sh", "check_outputs.py", "reference_input.bin", "calibration_cache.json"):
         assert m["files"][name] == sha256(out / name), name
         assert m["sizes"][name] == (out / name).stat().st_size, name
     assert "manifest.json" not in m["files"]
@@ -107,7 +108,8 @@ def test_bundle_layout_and_manifest(exported, run_dir):
         "std": [0.5] * 3, "preprocessing": "RGB scaled to [0, 1], then (x - mean) / std per channel",
     }
     assert m["opset"] == OPSET
-    assert m["opsets"] == dict.fromkeys(("model.onnx", "model_fp16.onnx", "model_int8.onnx"), OPSET)
+    # The int8 graph holds fp16 Q/DQ (opset 19) for TensorRT 10.
+    assert m["opsets"] == {"model.onnx": OPSET, "model_fp16.onnx": OPSET, "model_int8.onnx": FP16_QDQ_OPSET}
     assert m["source_run"] == str(run_dir.resolve())
     assert m["leapkit_version"]
     assert [o["name"] for o in m["outputs"]] == ["tokens", "cls", "patch_tokens"]
@@ -162,8 +164,15 @@ def test_every_variant_is_checked(exported):
 
 def test_export_applies_the_targets_int8_layout(exported):
     calib = exported.manifest.calibration
-    assert calib["runtime"] == "tensorrt" and calib["layout"] == "all-matmuls"
-    assert calib["quantized_ops"] == {"Conv": 1, "MatMul": 24} and calib["float_ops"] == {}
+    assert calib["runtime"] == "tensorrt" and calib["layout"] == "tensorrt-fp16" and calib["high_precision"] == "fp16"
+    assert calib["method"] == "percentile" and calib["cache"] == "miss" and calib["split"] == "train"
+    steps = exported.manifest.int8.steps
+    assert steps[0].moved == [] and steps[0].quantized_ops == {"Conv": 1, "MatMul": 24}
+    # Error per block of the strict graph: the patch embedding, each block, the final outputs.
+    names = [e.name for e in exported.manifest.int8.blocks]
+    assert names == ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "tokens", "cls", "patch_tokens"]
+    readme = (exported.out_dir / "README.md").read_text()
+    assert "## INT8" in readme and exported.manifest.int8.blocks_table().to_markdown() in readme
 
 
 def test_reference_outputs_reproduce_and_device_checker(exported, tmp_path):
@@ -233,7 +242,9 @@ def test_resolve_precisions():
         (["--target", "jetson", "--input-size", "30", "--overwrite"],
          "input size 30 is not divisible by the patch size 4 of leapkit_demo_student"),
         (["--target", "jetson", "--precision", "bf16", "--overwrite"], "unknown precision 'bf16'"),
-        (["--target", "jetson", "--calib-method", "entropy", "--overwrite"], "'entropy' is not one of"),
+        (["--target", "jetson", "--calibration", "kl", "--overwrite"],
+         "'kl' is not one of 'percentile', 'entropy', 'minmax'"),
+        (["--target", "jetson", "--int8-fallback", "maybe", "--overwrite"], "'maybe' is not one of"),
         (["--target", "jetson"], "already exists; pass --overwrite to replace it"),
         pytest.param(["--target", "jetson", "--slim", "--overwrite"],
                      "needs the 'onnxslim' package: pip install 'leapkit[slim]'",
@@ -250,16 +261,17 @@ def test_cli_bad_input(args, message, exported, run_dir, monkeypatch, capsys):
     manifest = (run_dir / "export" / "jetson-orin-nano" / "manifest.json").read_bytes()
     code, err = run_cli(["export", str(run_dir), *args], monkeypatch, capsys)
     assert code == 2
-    assert message in " ".join(err.split())  # click's own errors come boxed over several lines
-    if "--calib-method" not in args:
+    assert message in " ".join(err.replace("│", " ").split())  # click's own errors come boxed over several lines
+    if "--calibration" not in args and "--int8-fallback" not in args:
         assert err.strip().count("\n") == 0, err
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
     assert (run_dir / "export" / "jetson-orin-nano" / "manifest.json").read_bytes() == manifest
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(calib_images=0), "--calib-images and --parity-images must be >= 1"),
-    (dict(parity_images=0), "--calib-images and --parity-images must be >= 1"),
+    (dict(calib_images=0), "--calibration-images and --parity-images must be >= 1"),
+    (dict(parity_images=0), "--calibration-images and --parity-images must be >= 1"),
+    (dict(calib_method="kl"), "unknown calibration method 'kl'; use percentile, entropy, minmax"),
     (dict(batch=0), "batch must be >= 1, got 0; pass --batch N"),
 ])
 def test_api_bad_numbers_write_nothing(kwargs, message, exported, run_dir):

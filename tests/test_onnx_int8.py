@@ -67,7 +67,21 @@ def _matmul_inputs(model: onnx.ModelProto) -> list[tuple[str, list[bool], list[b
     ]
 
 
-def test_tensorrt_layout_is_symmetric_qdq_on_every_matmul(quantized):
+def _weighted_outputs_quantized(model: onnx.ModelProto) -> int:
+    """How many MatMul/Conv outputs feed a QuantizeLinear (TensorRT cannot fuse those)."""
+    q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Conv", "Gemm") and n.output[0] in q_inputs)
+
+
+def _input_types(model: onnx.ModelProto, op_type: str) -> set[int]:
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input)}
+    return {elem[n.input[0]] for n in model.graph.node if n.op_type == op_type}
+
+
+def test_tensorrt_layout_is_symmetric_qdq_on_weighted_op_inputs_only(quantized, student, digits):
+    """The old TensorRT layout also quantized the output of every MatMul/Conv (58 QuantizeLinear nodes in the demo
+    student, 25 of them on weighted-op outputs) and left everything else fp32."""
     path, info = quantized["tensorrt"]
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -78,11 +92,53 @@ def test_tensorrt_layout_is_symmetric_qdq_on_every_matmul(quantized):
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
     matmuls = _matmul_inputs(model)
     assert len(matmuls) == 6 * BLOCKS
-    assert all(all(from_dq) for _, from_dq, _ in matmuls), "TensorRT's layout puts Q/DQ on every MatMul"
+    assert all(all(from_dq) for _, from_dq, _ in matmuls), "TensorRT's layout puts Q/DQ on every MatMul input"
     assert sum(not any(is_weight) for _, _, is_weight in matmuls) == 2 * BLOCKS
-    assert info["runtime"] == "tensorrt" and info["layout"] == "all-matmuls" and info["activations"] == "int8 symmetric"
+    # None on their outputs: one Q per activation input of a MatMul/Conv (8 per block, the patch embedding's one).
+    assert _weighted_outputs_quantized(model) == 0
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 8 * BLOCKS + 1
+    # The rest is fp16 (opset 19: Q/DQ with fp16 scales), LayerNorm and Softmax fp32.
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == q.FP16_QDQ_OPSET
+    assert _input_types(model, "MatMul") == {TensorProto.FLOAT16}
+    assert _input_types(model, "Erf") == {TensorProto.FLOAT16}
+    assert _input_types(model, "LayerNormalization") == {TensorProto.FLOAT}
+    assert _input_types(model, "Softmax") == {TensorProto.FLOAT}
+    # A LayerNorm's fp32 output is quantized as it is (no Cast to fp16 before its QuantizeLinear).
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    after_norm = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) ==
+                  "LayerNormalization"]
+    assert len(after_norm) == 2 * BLOCKS and {inits[n.input[1]].dtype for n in after_norm} == {np.dtype(np.float32)}
+    facts = info["facts"]
+    assert facts["quantized_outputs"] == 0 and facts["quantize_nodes"] == 8 * BLOCKS + 1
+    assert facts["compute"]["LayerNormalization"] == {"fp32": 2 * BLOCKS + 1}
+    assert facts["compute"]["Softmax"] == {"fp32": BLOCKS} and set(facts["compute"]["Add"]) == {"fp16"}
+    assert info["runtime"] == "tensorrt" and info["layout"] == "tensorrt-fp16" and info["high_precision"] == "fp16"
+    assert info["activations"] == "int8 symmetric"
     assert info["quantized_ops"] == {"Conv": 1, "MatMul": 24} and info["float_ops"] == {}
     assert info["images"] == 32 and info["method"] == "percentile" and info["format"] == "QDQ"
+    # Calibrated on real digits, it stays close to the student on held-out digits.
+    val = digits[1]
+    stats = compare(run_batched(TorchRunner(student), val), run_batched(OrtRunner(path, threads=1), val))
+    assert min(s["cosine_min"] for s in stats.values()) >= 0.999
+
+
+def test_tensorrt_8_layout_keeps_opset_17_and_fp32(student, digits, tmp_path):
+    """TensorRT 8.6's parser documents opsets up to 17: no fp16 Q/DQ there; the rest stays fp32 (built --fp16)."""
+    src = tmp_path / "model.onnx"
+    with quiet_exporters():
+        export_onnx(student, src, 32, opset=17)
+        info = q.quantize_int8(src, tmp_path / "model_int8.onnx", digits[0][:8], method="minmax",
+                               runtime="tensorrt", tensorrt_major=8)
+    model = onnx.load(str(tmp_path / "model_int8.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert info["layout"] == "tensorrt-fp32" and info["high_precision"] == "fp32"
+    assert _input_types(model, "MatMul") == {TensorProto.FLOAT} and _weighted_outputs_quantized(model) == 0
+
+
+def test_int8_layout_per_target():
+    assert q.int8_layout("onnxruntime").name == q.int8_layout("openvino").name == "weight-ops"
+    assert q.int8_layout("tensorrt", 10).name == "tensorrt-fp16" and q.int8_layout("tensorrt", None).opset == 19
+    assert q.int8_layout("tensorrt", 8).name == "tensorrt-fp32" and q.int8_layout("tensorrt", 8).opset is None
 
 
 def test_onnxruntime_layout_quantizes_only_weight_matmuls(fp32, quantized, student, digits):
@@ -114,14 +170,15 @@ def test_onnxruntime_layout_quantizes_only_weight_matmuls(fp32, quantized, stude
 
 
 def test_quantize_int8_unknown_runtime(tmp_path):
-    with pytest.raises(ExportError, match="no INT8 layout for runtime 'tflite'; use one of onnxruntime, tensorrt"):
+    with pytest.raises(ExportError,
+                       match="no INT8 layout for runtime 'tflite'; use one of onnxruntime, openvino, tensorrt"):
         q.quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", np.zeros((1, 3, 32, 32), np.float32),
                         runtime="tflite")
 
 
 def test_layouts_are_typed_records():
     assert all(isinstance(layout, q.QdqLayout) for layout in q.INT8_LAYOUTS.values())
-    assert q.INT8_LAYOUTS["onnxruntime"].weight_ops_only and not q.INT8_LAYOUTS["tensorrt"].weight_ops_only
+    assert q.INT8_LAYOUTS["weight-ops"].weight_ops_only and not q.INT8_LAYOUTS["tensorrt-fp16"].weight_ops_only
     # The dead `Int8Layout` alias of the former export module is gone from the deploy package.
     import importlib
     import pkgutil

@@ -13,6 +13,7 @@ import torch
 from leapkit.deploy.calibration import ExportData
 from leapkit.deploy.manifest import Variant
 from leapkit.deploy.parity import (
+    Probe,
     accuracy_passed,
     check_accuracy,
     check_parity,
@@ -127,6 +128,27 @@ def test_check_accuracy_fails_a_variant_whose_features_lost_the_classes():
                           f"below PyTorch's 100.00%"]
     assert engine.accuracy is None and engine.status == "ok"  # not probed: not in the list
     assert overall_status([fp16, int8]) == "failed"
+
+
+def test_probe_runs_the_student_once_across_calls():
+    """The INT8 fallback judges one graph after another: the PyTorch student's features are computed once."""
+    train, val = Blobs(40, seed=0), Blobs(20, seed=1)
+    data = ExportData(calib=train, parity=val, train=train, val=val, source="blobs")
+    calls = []
+
+    def pytorch(x):
+        calls.append(len(x))
+        return {"cls": x.reshape(len(x), -1)[:, :8]}
+
+    probe = Probe(data, probe_images=40, seed=0, reference=pytorch)
+    first = Variant(precision="int8", format="onnx", file="model_int8.onnx", status="ok")
+    second = Variant(precision="int8", format="onnx", file="model_int8.onnx", status="ok")
+    probe.judge([first], {"int8": lambda x: {"cls": x.reshape(len(x), -1)[:, :8]}})
+    seen = sum(calls)
+    probe.judge([second], {"int8": lambda x: {"cls": x.reshape(len(x), -1)[:, :8] + 0.01}})
+    assert seen == 60 and sum(calls) == seen  # 40 train + 20 val images, once
+    assert first.accuracy["drop_top1"] == 0.0 and second.accuracy["pytorch_top1"] == first.accuracy["pytorch_top1"]
+    assert probe.unavailable is None
 
 
 def test_check_accuracy_needs_labels():

@@ -285,3 +285,22 @@ def test_missing_cuda_python_names_the_extra(engine_file, monkeypatch):
     with pytest.raises(MissingDependency, match=r"running model.engine needs the 'cuda-python' package: "
                                                 r"pip install 'leapkit\[trt\]'"):
         TensorRTRunner(engine_file)
+
+
+@pytest.mark.parametrize("flags,found", [
+    ("fpu sse avx512f avx512_vnni avx512_bf16 avx512_fp16", "avx512_bf16"),
+    ("fpu sse avx512_bf16 amx_bf16 amx_int8", "amx_bf16"),
+    ("fpu sse avx2 fma avx_vnni", None),
+])
+def test_cpu_bf16_reads_the_cpu_flags(flags, found, tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(rt, "CPU_FLAGS", cpuinfo)
+    assert rt.cpu_bf16() == found
+
+
+def test_openvino_runner_without_openvino_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(MissingDependency, match=r"running model.xml needs the 'openvino' package: "
+                                                r"pip install 'leapkit\[openvino\]'"):
+        rt.OpenVINORunner(tmp_path / "model.xml")

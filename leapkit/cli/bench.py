@@ -2,6 +2,8 @@
 
 Also `leapkit bench --from-trtexec FILE --target T` (the device's own trtexec output) and
 `leapkit bench RUN --target T --host [user@]host[:port]` (build and time on the device over SSH).
+For CI: `--baseline PREV.json [--max-regression PCT]` (exit 1 on a slowdown beyond the noise), `--junit FILE`,
+and the latency table appended to the GitHub Actions job summary when GITHUB_STEP_SUMMARY is set.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ RequireMeasuredOpt = Annotated[
     typer.Option("--require-measured", help="Exit 1 when the verdict is UNCONFIRMED (no figures from the target "
                  "itself), for CI jobs that must have a device figure."),
 ]
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option("--baseline", help="An earlier bench/<target>.json of the same target: compare each format's judged "
+                 "statistic with it and exit 1 on a slowdown beyond --max-regression and the runs' noise.",
+                 show_default=False),
+]
+MaxRegressionOpt = Annotated[
+    float | None,
+    typer.Option("--max-regression", help="Slowdown allowed against --baseline, in percent (default: 10).",
+                 show_default=False),
+]
+JunitOpt = Annotated[
+    str | None,
+    typer.Option("--junit", help="Also write JUnit XML here: a test case per format, the budget and regression "
+                 "checks as failures with their numbers (pip install 'leapkit\\[ci]').", show_default=False),
+]
 VERDICT_COLOUR = {"PASS": "green", "FAIL": "red", "UNCONFIRMED": "yellow"}
 
 
@@ -97,6 +115,9 @@ def bench_cmd(
     host: HostOpt = None,
     ssh_option: SshOptionOpt = None,
     require_measured: RequireMeasuredOpt = False,
+    baseline: BaselineOpt = None,
+    max_regression: MaxRegressionOpt = None,
+    junit: JunitOpt = None,
 ) -> None:
     """Measure latency per format, bound it on the target, and judge the budget on the target's own figures.
 
@@ -106,8 +127,9 @@ def bench_cmd(
     from rich.console import Console
     from rich.markup import escape
 
+    from leapkit.ci_report import append_step_summary
     from leapkit.latency.bench import bench
-    from leapkit.latency.report import latency_table
+    from leapkit.latency.report import latency_table, summary_markdown
 
     precisions = split_choices(precision, PRECISIONS, "--precision")
     report = bench(
@@ -115,12 +137,22 @@ def bench_cmd(
         precisions=None if precisions == list(PRECISIONS) else precisions, batch=batch, threads=threads,
         warmup_s=warmup, iterations=iterations, duration_s=duration, compile=compile, ort_provider=ort_provider,
         out_dir=out, check=False, from_trtexec=from_trtexec, host=host,
-        ssh_options=[arg for item in ssh_option or () for arg in shlex.split(item)],
+        ssh_options=[arg for item in ssh_option or () for arg in shlex.split(item)], require_measured=require_measured,
+        baseline=baseline, max_regression_pct=max_regression, junit=junit,
     )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(latency_table(report).to_rich())
     console.print(f"evidence: {report.evidence} ({escape(report.evidence_reason)})", highlight=False)
     colour = VERDICT_COLOUR[report.verdict]
     console.print(f"[bold {colour}]{report.verdict}[/]: {escape(report.verdict_reason)}", highlight=False)
+    if report.baseline:
+        colour = "red" if report.baseline.regressions else "green"
+        console.print(f"[{colour}]vs baseline[/] {escape(report.baseline.path)}: {report.baseline.counts()}",
+                      highlight=False)
     console.print(f"report: {report.md_path}", highlight=False, markup=False)
+    if junit:
+        console.print(f"JUnit: {junit}", highlight=False, markup=False)
+    summary = append_step_summary(summary_markdown(report))
+    if summary:
+        console.print(f"job summary: {summary}", highlight=False, markup=False)
     report.check(require_measured)

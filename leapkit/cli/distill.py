@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from leapkit.cli.options import ModeOpt
+from leapkit.cli.options import BudgetOpt, ModeOpt
 from leapkit.config import LogBackend
 from leapkit.types import Amp, Metric
 
@@ -92,7 +92,11 @@ def distill(
     teacher_weights: Annotated[
         Path | None, typer.Option(help="Local safetensors weights for the teacher (no hub download).")
     ] = None,
-    student: Annotated[str | None, typer.Option(help="timm student name, e.g. vit_small_patch14_dinov2.")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="timm student name, e.g. vit_small_patch14_dinov2, or 'auto': the largest candidate that "
+                     "`leapkit plan` predicts within --budget-ms on --target."),
+    ] = None,
     data: Annotated[
         Path | None, typer.Option(help="Folder of images (recursive), or an ImageFolder root with train/.")
     ] = None,
@@ -128,6 +132,12 @@ def distill(
         bool, typer.Option("--overwrite", help="Replace the leapkit run in --out (never a folder that is not a run).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="With --student auto: the target profile the student must fit.",
+                     show_default=False),
+    ] = None,
+    budget_ms: BudgetOpt = None,
 ) -> None:
     """Distil a teacher into a student with the LEAP curriculum."""
     from leapkit.config import apply, load_config, resolve_config
@@ -145,12 +155,53 @@ def distill(
         out = run_dir
     else:
         cfg = resolve_config(recipe, delta)
+    cfg = choose_student(cfg, target, budget_ms, resumed=resume)
     summary = run_distill(cfg, out=out, resume=resume, overwrite=overwrite, show_progress=progress)
     if is_main_process():
         summary = add_evidence(summary, cfg)
         summary.wall_seconds = round(time.perf_counter() - start, 1)  # setup, training and the evidence
         summary.save(folder=Path(summary.run_dir))
         print_summary(summary)
+
+
+def choose_student(cfg: Config, target: str | None, budget_ms: float | None, resumed: bool = False) -> Config:
+    """``cfg`` with ``--student auto`` resolved for ``target`` and the choice recorded in its ``plan`` section.
+
+    The candidates are :mod:`leapkit.planning.candidates`' students at the run's resolution and every precision
+    the target runs; the largest whose whole predicted range fits the budget is taken.
+
+    Raises:
+        ConfigError: ``--target``/``--budget-ms`` without ``--student auto`` or the reverse, ``auto`` on a
+            resumed run, or no candidate fits.
+    """
+    import dataclasses
+
+    from leapkit.config import PlanConfig
+    from leapkit.errors import ConfigError
+    from leapkit.planning.plan import PlanRequest
+    from leapkit.planning.plan import choose_student as choose
+    from leapkit.profiles import load_target
+
+    if cfg.model.student != "auto":
+        if target is not None or budget_ms is not None:
+            raise ConfigError("--target and --budget-ms choose the student: pass them with --student auto, or leave "
+                              "them out and name the student")
+        return cfg
+    if resumed:
+        raise ConfigError("--student auto chooses the student of a new run; a resumed run keeps its own")
+    if target is None:
+        raise ConfigError("--student auto needs --target T (and optionally --budget-ms X) to choose a student for; "
+                          "e.g. --student auto --target jetson-orin-nano")
+    profile = load_target(target)
+    row, report = choose(PlanRequest(profile=profile, budget_ms=budget_ms, img_sizes=(cfg.model.img_size,)))
+    log.info("--student auto: %s at %d px %s, predicted %.3g ms (%.3g-%.3g, %s) within %g ms on %s, largest of %d "
+             "candidates", row.student, row.img_size, row.precision, row.predicted_ms, *row.predicted_range_ms,
+             report.source, report.budget_ms, profile.name, len(report.rows))
+    model = dataclasses.replace(cfg.model, student=row.student)
+    plan = PlanConfig(target=profile.name, budget_ms=report.budget_ms, precision=row.precision,
+                      predicted_ms=row.predicted_ms, predicted_range_ms=tuple(row.predicted_range_ms),
+                      calibrated=report.calibrated, source=report.source, candidates=len(report.rows))
+    return dataclasses.replace(cfg, model=model, plan=plan)
 
 
 def add_evidence(summary: RunSummary, cfg: Config) -> RunSummary:

@@ -6,9 +6,22 @@ from typing import Annotated
 
 import typer
 
-from leapkit.cli.options import CalibMethodOpt, Overwrite, PrecisionsOpt, RunArg, TargetOpt
+from leapkit.cli.options import Overwrite, PrecisionsOpt, RunArg, TargetOpt
+from leapkit.types import CalibMethod, Switch
 
-CalibImagesOpt = Annotated[int, typer.Option("--calib-images", help="Training images for INT8 calibration.", min=1)]
+CalibrationOpt = Annotated[
+    CalibMethod,
+    typer.Option("--calibration", "--calib-method", help="How INT8 activation ranges are read off the calibration "
+                 "images: percentile (99.999th, clips rare outliers), entropy (KL divergence, TensorRT's) or minmax."),
+]
+CalibImagesOpt = Annotated[
+    int, typer.Option("--calibration-images", "--calib-images", help="Training images for INT8 calibration.", min=1)
+]
+Int8FallbackOpt = Annotated[
+    Switch,
+    typer.Option("--int8-fallback", help="When INT8 fails its checks, move the blocks that lose the most accuracy "
+                 "out of INT8 one at a time until it passes (off: fail it as it is)."),
+]
 ParityImagesOpt = Annotated[int, typer.Option("--parity-images", help="Validation images for the parity check.", min=1)]
 ProbeImagesOpt = Annotated[
     int, typer.Option("--probe-images", help="Cap on train images for the linear probe (0: all).", min=0)
@@ -39,7 +52,8 @@ def export_command(
     precision: PrecisionsOpt = None,
     overwrite: Overwrite = False,
     calib_images: CalibImagesOpt = 256,
-    calib_method: CalibMethodOpt = "percentile",
+    calib_method: CalibrationOpt = "percentile",
+    int8_fallback: Int8FallbackOpt = "on",
     parity_images: ParityImagesOpt = 64,
     probe_images: ProbeImagesOpt = 5000,
     batch: BatchOpt = None,
@@ -50,24 +64,32 @@ def export_command(
     """Export the run's student for a target and check every artefact against PyTorch; writes RUN/export/<target>/.
 
     fp32 is always exported (the other precisions derive from it); --precision defaults to the
-    target's and 'all' means every precision the target takes.
+    target's and 'all' means every precision the target takes. INT8 ranges are cached in the export
+    folder (calibration_cache.json), so a re-export with --overwrite and other options reuses them.
     """
     from rich.console import Console
     from rich.markup import escape
 
+    from leapkit.ci_report import append_step_summary
     from leapkit.deploy.export import export
-    from leapkit.deploy.summary import variants_table
+    from leapkit.deploy.summary import int8_blocks_table, int8_steps_table, variants_table
     from leapkit.errors import CheckFailed
 
     # 'all' and the target's precisions are resolved by the export itself (the Python API takes them too).
     precisions = [p.strip() for item in precision or [] for p in item.split(",") if p.strip()] or None
     result = export(
         run, target=target, precision=precisions, overwrite=overwrite, calib_images=calib_images,
-        calib_method=calib_method, parity_images=parity_images, probe_images=probe_images or None, batch=batch,
-        input_size=input_size, slim=slim, build_engine=build_engine, check=False, progress=True,
+        calib_method=calib_method, int8_fallback=int8_fallback == "on", parity_images=parity_images,
+        probe_images=probe_images or None, batch=batch, input_size=input_size, slim=slim,
+        build_engine=build_engine, check=False, progress=True,
     )
     console = Console()
-    console.print(variants_table(result.manifest, title=f"export for {result.target} -> {result.out_dir}").to_rich())
+    tables = [variants_table(result.manifest, title=f"export for {result.target} -> {result.out_dir}"),
+              int8_blocks_table(result.manifest), int8_steps_table(result.manifest)]
+    tables = [t for t in tables if t is not None]
+    for table in tables:
+        console.print(table.to_rich())
+    append_step_summary("\n\n".join(t.to_markdown() for t in tables))
     for item in result.not_run:
         console.print(f"[yellow]not run:[/yellow] {escape(item)}")
     if not result.passed:

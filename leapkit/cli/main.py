@@ -13,7 +13,7 @@ import sys
 import typer
 
 from leapkit import __version__
-from leapkit.cli import bench, distill, eval, export, flops, profiles, report
+from leapkit.cli import bench, calibrate, distill, eval, export, flops, plan, profiles, report
 from leapkit.errors import INTERNAL_ERROR_EXIT, LeapkitError
 
 app = typer.Typer(
@@ -52,6 +52,8 @@ app.command("eval")(eval.eval_command)
 app.command("export")(export.export_command)
 app.command("bench")(bench.bench_cmd)
 app.command("report")(report.report_command)
+app.command("plan")(plan.plan_command)
+app.command("calibrate")(calibrate.calibrate_command)
 app.add_typer(profiles.profiles_app, name="profiles")
 
 

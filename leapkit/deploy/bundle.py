@@ -468,7 +468,7 @@ def _device_section(manifest: ExportManifest, profile: TargetProfile) -> list[st
     ]
     if strongly_typed(version):
         lines.append("The engines are strongly typed: each ONNX file's types set the precision (fp16 weights and "
-                     "arithmetic with LayerNorm/softmax in fp32; int8 from the Q/DQ nodes, the rest fp32).")
+                     "arithmetic with LayerNorm/softmax in fp32; int8 from the Q/DQ nodes, the rest as in fp16).")
     else:
         lines.append(f"TensorRT {version} is weakly typed: the fp16 and int8 scripts pass --fp16 / --int8 so that the "
                      "builder may use them.")
@@ -480,9 +480,34 @@ def _device_section(manifest: ExportManifest, profile: TargetProfile) -> list[st
     return [*lines, ""]
 
 
+def _openvino_section(manifest: ExportManifest, profile: TargetProfile) -> list[str]:
+    from leapkit.deploy.openvino_ir import OPENVINO_HINTS
+
+    irs = [v for v in manifest.variants if v.format == "openvino"]
+    size = manifest.input.img_size
+    threads = profile.threads or "N"
+    pick = next((v for v in irs if v.precision == profile.precision), irs[0] if irs else None)
+    if pick is None:
+        return []
+    hint = OPENVINO_HINTS.get(pick.precision, "f32")
+    return [
+        "## Running it",
+        f"With OpenVINO on the CPU, {threads} threads, in the inference precision each IR was checked with "
+        f"({', '.join(f'{v.file}: {OPENVINO_HINTS.get(v.precision)}' for v in irs)}; OpenVINO's own default is "
+        "bf16 wherever the CPU has it, so pass it):",
+        "```python",
+        "import openvino as ov",
+        f"compiled = ov.Core().compile_model('{pick.file}', 'CPU', {{'INFERENCE_NUM_THREADS': {threads}, "
+        f"'INFERENCE_PRECISION_HINT': '{hint}', 'PERFORMANCE_HINT': 'LATENCY'}})",
+        f"tokens, cls, patch_tokens = compiled(images).values()  # images: float32 (B, 3, {size}, {size})",
+        "```",
+        "",
+    ]
+
+
 def readme(manifest: ExportManifest, profile: TargetProfile) -> str:
     """README.md of an export folder: the model's interface, the variants' evidence, how to run it."""
-    from leapkit.deploy.summary import variants_table
+    from leapkit.deploy.summary import int8_section, variants_table
 
     inp = manifest.input
     size = inp.img_size
@@ -498,8 +523,11 @@ def readme(manifest: ExportManifest, profile: TargetProfile) -> str:
     ]
     lines += [f"- output `{o['name']}` {o['shape']}: {o['description']}" for o in manifest.outputs]
     lines += ["", "## Variants", "", variants_table(manifest).to_markdown(), ""]
+    lines += int8_section(manifest)
     if profile.runtime == "tensorrt" and bundle_variants(manifest):
         lines += _device_section(manifest, profile)
+    elif profile.runtime == "openvino":
+        lines += _openvino_section(manifest, profile)
     else:
         lines += [
             "## Running it",

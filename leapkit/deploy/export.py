@@ -3,9 +3,11 @@
     leapkit.export(run, target="jetson") -> RUN/export/<target>/ and RUN/export/latest
 
 :func:`export` validates the request into an :class:`ExportPlan` before anything is written, then
-runs it: the fp32 graph (onnx_graph), its fp16 and int8 variants (onnx_fp16, onnx_int8), parity
-of each with ONNX Runtime against the PyTorch student on real images and the linear-probe
-accuracy of its CLS features (parity), TensorRT engines where TensorRT and a GPU exist
+runs it: the fp32 graph (onnx_graph), its fp16 and int8 variants (onnx_fp16; onnx_int8 through
+int8_fallback, which calibrates, measures the error per block and moves the worst blocks out of
+INT8 when the variant fails), parity of each with ONNX Runtime against the PyTorch student on real
+images and the linear-probe accuracy of its CLS features (parity), OpenVINO IRs for OpenVINO
+targets (openvino_ir, checked with OpenVINO), TensorRT engines where TensorRT and a GPU exist
 (trt_build), the deploy bundle and README (bundle), and manifest.json (manifest). A variant that
 misses its threshold is kept, marked ``failed`` in manifest.json, and the export raises CheckFailed.
 """
@@ -26,6 +28,9 @@ import numpy as np
 from leapkit import __version__
 from leapkit.deploy.bundle import DEFAULT_TENSORRT, REFERENCE_INPUT, BatchRange, engine_file, readme, write_scripts
 from leapkit.deploy.calibration import ExportData, export_data, stack_images
+from leapkit.deploy.int8_calibration import CALIBRATION_CACHE
+from leapkit.deploy.int8_fallback import BLOCK_ERROR_IMAGES, Int8Plan, build_int8
+from leapkit.deploy.int8_report import Int8Report
 from leapkit.deploy.manifest import MANIFEST, ExportManifest, InputSpec, TargetInfo, Variant
 from leapkit.deploy.onnx_fp16 import convert_fp16
 from leapkit.deploy.onnx_graph import (
@@ -40,11 +45,12 @@ from leapkit.deploy.onnx_graph import (
     simplify,
     target_opset,
 )
-from leapkit.deploy.onnx_int8 import quantize_int8
+from leapkit.deploy.onnx_int8 import int8_layout
+from leapkit.deploy.openvino_ir import OPENVINO_FILES, OPENVINO_HINTS, weights_file, write_ir
 from leapkit.deploy.parity import (
     MAX_TOP1_DROP,
     MIN_COSINE,
-    check_accuracy,
+    Probe,
     check_parity,
     device_tolerances,
     overall_status,
@@ -59,10 +65,14 @@ from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_
 from leapkit.runtimes import (
     INPUT_NAME,
     OUTPUT_NAMES,
+    OpenVINORunner,
     OrtRunner,
     Outputs,
+    Runner,
     TensorRTRunner,
     TorchRunner,
+    cpu_bf16,
+    import_openvino,
     run_batched,
 )
 from leapkit.types import CalibMethod, Precision
@@ -112,6 +122,7 @@ def export(
     *,
     calib_images: int = 256,
     calib_method: CalibMethod = "percentile",
+    int8_fallback: bool = True,
     parity_images: int = 64,
     probe_images: int | None = 5000,
     batch: int | None = None,
@@ -135,7 +146,9 @@ def export(
             fp32 is always exported: the other variants derive from it.
         overwrite: replace an existing export for this target.
         calib_images: training images for INT8 calibration.
-        calib_method: how INT8 activation ranges are chosen (percentile or minmax).
+        calib_method: how INT8 activation ranges are chosen (percentile, entropy or minmax).
+        int8_fallback: when the INT8 variant fails its checks, move the blocks that lose the most
+            accuracy out of INT8, one at a time, until it passes (False: fail it as it is).
         parity_images: validation images for the parity check.
         probe_images: cap on train images for the linear probe (val capped at half of it);
             None uses all of them.
@@ -162,12 +175,14 @@ def export(
     if batch_size < 1:
         raise ExportError(f"batch must be >= 1, got {batch_size}; pass --batch N")
     engines, no_engine = engines_wanted(build_engine) if profile.runtime == "tensorrt" else (False, None)
+    if profile.runtime == "openvino":
+        import_openvino(f"exporting for {profile.name} (runtime openvino)")
     plan = ExportPlan(
         run_dir=run_dir, cfg=cfg, profile=profile, precisions=precisions,
         input_size=input_size or profile.resolve_input_size(cfg.model.img_size),
         batch=BatchRange(1, batch_size, batch_size), calib_images=calib_images, calib_method=calib_method,
-        parity_images=parity_images, probe_images=probe_images, slim=slim, build_engine=engines,
-        no_engine_reason=no_engine, overwrite=overwrite, check=check, progress=progress,
+        int8_fallback=int8_fallback, parity_images=parity_images, probe_images=probe_images, slim=slim,
+        build_engine=engines, no_engine_reason=no_engine, overwrite=overwrite, check=check, progress=progress,
     )
     return export_plan(plan)
 
@@ -233,8 +248,11 @@ class _Export:
         self.torch = TorchRunner(student)
         self.variants: list[Variant] = []
         self.ort: dict[Precision, OrtRunner] = {}
+        self.ov: dict[Precision, Runner] = {}
         self.not_run: list[str] = []
         self.calibration: dict[str, Any] | None = None
+        self.int8: Int8Report | None = None
+        self.probe: Probe | None = None
         self.engines: list[dict[str, Any]] = []
 
     def run(self) -> ExportManifest:
@@ -243,14 +261,21 @@ class _Export:
         data = export_data(self.plan.cfg, self.plan.input_size, self.mean, self.std)
         parity_x, _ = stack_images(data.parity, self.plan.parity_images)
         reference = run_batched(self.torch, parity_x)
+        self.probe = Probe(data, self.plan.probe_images, self.plan.cfg.train.seed, self.torch)
         self.steps.done()
         for precision in self.plan.precisions:
-            self.onnx_variant(precision, data, parity_x, reference)
+            if precision == "int8":
+                self.int8_variant(data, parity_x, reference)
+            else:
+                self.onnx_variant(precision, parity_x, reference)
+        if self.plan.openvino:
+            for precision in self.plan.precisions:
+                self.openvino_variant(precision, parity_x, reference)
         self.steps.step("linear probe of the exported models")
-        reason = check_accuracy(self.variants, {"pytorch": self.torch, **self.ort}, data, self.plan.probe_images,
-                                seed=self.plan.cfg.train.seed)
-        if reason:
-            self.not_run.append(reason)
+        self.probe.judge([v for v in self.variants if v.accuracy is None and v.format == "onnx"], self.ort)
+        self.probe.judge([v for v in self.variants if v.accuracy is None and v.format == "openvino"], self.ov)
+        if self.probe.unavailable:
+            self.not_run.append(self.probe.unavailable)
         self.steps.done()
         if self.plan.build_engine:
             self.tensorrt_engines(parity_x, reference)
@@ -279,27 +304,32 @@ class _Export:
         self.steps.done()
         return exporter
 
-    def onnx_variant(self, precision: Precision, data: ExportData, parity_x: np.ndarray, reference: Outputs) -> None:
-        """Derive the ``precision`` graph from fp32 (fp16, int8) and check its parity with ONNX Runtime."""
+    def onnx_variant(self, precision: Precision, parity_x: np.ndarray, reference: Outputs) -> None:
+        """Derive the ``precision`` graph from fp32 (fp16) and check its parity with ONNX Runtime."""
         import onnx
-        import onnxruntime as ort
 
         fp32, path = self.out / FILE_NAMES["fp32"], self.out / FILE_NAMES[precision]
         if precision == "fp16":
             self.steps.step("converting to fp16 (normalisations and softmax kept in fp32)")
             onnx.save(convert_fp16(onnx.load(str(fp32))), str(path))
-            check_graph(path, self.spec.output_shapes())
-            self.steps.done()
-        elif precision == "int8":
-            self.steps.step(f"calibrating INT8 on {self.plan.calib_images} training images")
-            calib_x, _ = stack_images(data.calib, self.plan.calib_images)
-            info = quantize_int8(fp32, path, calib_x, method=self.plan.calib_method, runtime=self.plan.profile.runtime)
-            self.calibration = {**info, "split": "train"}
-            check_graph(path, self.spec.output_shapes())
             self.steps.done()
         self.steps.step(f"parity of {path.name} on {len(parity_x)} images")
+        variant = self.judge(precision, path, parity_x, reference)
+        if precision == "fp16" and variant.parity:
+            variant.notes.append(FP16_ON_CPU_NOTE)
+        self.variants.append(variant)
+        self.steps.done()
+
+    def judge(self, precision: Precision, path: Path, parity_x: np.ndarray, reference: Outputs) -> Variant:
+        """Check the graph at ``path`` (ONNX checker, output shapes) and its parity with ONNX Runtime."""
+        import onnxruntime as ort
+
+        check_graph(path, self.spec.output_shapes())
         variant = Variant(precision=precision, format="onnx", file=path.name, size_bytes=path.stat().st_size,
                           checked_with=f"onnxruntime {ort.__version__} CPUExecutionProvider")
+        old = self.ort.pop(precision, None)
+        if old is not None:
+            old.close()
         try:
             runner = OrtRunner(path, self.plan.profile.threads)
         except ModelError as e:  # ORT reports missing kernels as a generic runtime error
@@ -310,8 +340,55 @@ class _Export:
         else:
             self.ort[precision] = runner
             check_parity(variant, runner, reference, parity_x)
-            if precision == "fp16":
-                variant.notes.append(FP16_ON_CPU_NOTE)
+        return variant
+
+    def int8_variant(self, data: ExportData, parity_x: np.ndarray, reference: Outputs) -> None:
+        """Calibrate (or reuse the cache), quantize, check, and fall back block by block when the variant fails."""
+        plan = self.plan
+        self.steps.step(f"calibrating INT8 on {plan.calib_images} training images ({plan.calib_method})")
+        calib_x, _ = stack_images(data.calib, plan.calib_images)
+        previous = plan.out_dir / CALIBRATION_CACHE
+        int8_plan = Int8Plan(
+            fp32=self.out / FILE_NAMES["fp32"], dst=self.out / FILE_NAMES["int8"],
+            layout=int8_layout(plan.profile.runtime, plan.profile.tensorrt_major), method=plan.calib_method,
+            calib_images=calib_x, cache_from=previous if previous.is_file() else None,
+            cache_to=self.out / CALIBRATION_CACHE, fallback=plan.int8_fallback,
+            error_images=parity_x[:BLOCK_ERROR_IMAGES], threads=plan.profile.threads,
+        )
+
+        def judge(path: Path, always_probe: bool) -> Variant:
+            variant = self.judge("int8", path, parity_x, reference)
+            if self.probe is not None and "int8" in self.ort and (always_probe or not variant.failed):
+                self.probe.judge([variant], self.ort)
+            return variant
+
+        variant, calibration, self.int8 = build_int8(int8_plan, judge, self.steps)
+        self.calibration = {**calibration, "runtime": plan.profile.runtime, "split": "train"}
+        self.variants.append(variant)
+        self.steps.done()
+        self.steps.done()  # the parity step of the plan's count ran inside build_int8
+
+    def openvino_variant(self, precision: Precision, parity_x: np.ndarray, reference: Outputs) -> None:
+        """Convert the ``precision`` ONNX graph to an OpenVINO IR and check its parity with OpenVINO on this CPU."""
+        xml = self.out / OPENVINO_FILES[precision]
+        hint = OPENVINO_HINTS[precision]
+        self.steps.step(f"converting {FILE_NAMES[precision]} to the OpenVINO IR {xml.name}")
+        write_ir(self.out / FILE_NAMES[precision], xml, hint)
+        self.steps.done()
+        self.steps.step(f"parity of {xml.name} with OpenVINO on {len(parity_x)} images")
+        runner = OpenVINORunner(xml, self.plan.profile.threads)
+        version = import_openvino().__version__.split("-")[0]
+        variant = Variant(precision=precision, format="openvino", file=xml.name,
+                          size_bytes=xml.stat().st_size + weights_file(xml).stat().st_size,
+                          checked_with=f"OpenVINO {version} CPU, inference precision {hint}")
+        bf16 = cpu_bf16()
+        if hint == "bf16":
+            variant.notes.append(
+                f"non-INT8 layers ran in bf16 here ({bf16})" if bf16 else
+                "this CPU has no bf16 (AVX512-BF16 or AMX): non-INT8 layers ran in fp32 here; check on the target"
+            )
+        self.ov[precision] = runner
+        check_parity(variant, runner, reference, parity_x)
         self.variants.append(variant)
         self.steps.done()
 
@@ -397,6 +474,7 @@ class _Export:
             variants=self.variants,
             engines=self.engines,
             calibration=self.calibration,
+            int8=self.int8,
             parity_data={"source": data.source, "split": "val"},
             thresholds={"min_cosine": MIN_COSINE, "max_top1_drop": MAX_TOP1_DROP},
             reference=reference,

@@ -2,7 +2,9 @@
 
 Other tools read this file (``leapkit bench``, the deploy bundle's check script, CI jobs), so its
 keys are a contract: ``files`` (name -> sha256), ``input`` (name, shape, dtype, mean, std),
-``opset``, ``source_run``, ``leapkit_version``, and one entry per artefact in ``variants``.
+``opset``, ``source_run``, ``leapkit_version``, and one entry per artefact in ``variants``. INT8
+exports add ``calibration`` (method, images, cache, Q/DQ layout) and ``int8`` (the error per block,
+worst first, and the fallback's steps: :class:`leapkit.deploy.int8_report.Int8Report`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from leapkit.deploy.int8_report import Int8Report
 from leapkit.records import Record
 from leapkit.types import Precision, Status
 
@@ -32,7 +35,7 @@ class Variant(Record):
     """One exported artefact and the evidence that it computes what the student computes."""
 
     precision: Precision
-    format: Literal["onnx", "tensorrt"]
+    format: Literal["onnx", "openvino", "tensorrt"]
     file: str
     size_bytes: int = 0
     status: Status = "unchecked"
@@ -106,6 +109,7 @@ class ExportManifest(Record):
     opsets: dict[str, int] = field(default_factory=dict)
     engines: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
+    int8: Int8Report | None = None  # per-block INT8 error and the fallback's steps
     parity_data: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)

@@ -30,7 +30,9 @@ NEUTRAL_OPS = frozenset({
 FP16_MAX = 65504
 
 
-def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = FP32_OPS) -> onnx.ModelProto:
+def convert_fp16(
+    model: onnx.ModelProto, keep_fp32: Iterable[str] = FP32_OPS, follow_input: Iterable[str] = NEUTRAL_OPS
+) -> onnx.ModelProto:
     """A mixed-precision copy of an fp32 graph: fp16 weights and arithmetic, fp32 where it matters.
 
     Graph inputs and outputs stay float32. Ops in ``keep_fp32`` (normalisations, softmax) run in
@@ -40,6 +42,8 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = FP32_OPS) ->
     Args:
         model: an fp32 ONNX model without subgraphs.
         keep_fp32: op types that stay in fp32.
+        follow_input: op types that run in the type of their input (data movement; a QuantizeLinear
+            after an fp32 LayerNorm quantizes from fp32 without a Cast).
 
     Raises:
         ExportError: the graph has subgraphs, custom domains or scalar float Constants.
@@ -47,7 +51,7 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = FP32_OPS) ->
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    keep = frozenset(keep_fp32)
+    keep, neutral = frozenset(keep_fp32), frozenset(follow_input)
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     model = copy.deepcopy(model)
     graph = model.graph
@@ -94,7 +98,7 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = FP32_OPS) ->
         float_inputs = [i for i in node.input if i and elem.get(i) == FLOAT]
         if node.op_type in keep:
             mode = FLOAT
-        elif node.op_type in NEUTRAL_OPS:
+        elif node.op_type in neutral:
             live = [current[i] for i in float_inputs if i in current]
             mode = FLOAT if live and all(t == FLOAT for t in live) else HALF
         else:

@@ -120,13 +120,75 @@ def _cls_features(
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 
 
+class Probe:
+    """Linear-probe accuracy of CLS features against the PyTorch student's, whose features are computed once.
+
+    Args:
+        data: the export's images; the probe needs its labelled splits.
+        probe_images: cap on train images (val: half of it); None uses all of them.
+        seed: the probe's seed.
+        reference: the PyTorch student's runner.
+    """
+
+    def __init__(self, data: ExportData, probe_images: int | None, seed: int, reference: Runner) -> None:
+        self.data, self.probe_images, self.seed, self.reference = data, probe_images, seed, reference
+        self._ref: dict[str, float] | None = None
+        self._ref_features: tuple[np.ndarray, np.ndarray] | None = None
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the probe cannot run, or None."""
+        if self.data.train is None or self.data.val is None:
+            return f"linear-probe accuracy: the run's data has no labels ({self.data.no_labels})"
+        return None
+
+    def judge(self, variants: Sequence[Variant], runners: Mapping[str, Runner]) -> None:
+        """Record each variant's probe accuracy (those with a runner under their precision) and fail the ones
+        that fall more than :data:`MAX_TOP1_DROP` below PyTorch's."""
+        if self.unavailable:
+            return
+        assert self.data.train is not None and self.data.val is not None
+        wanted = {v.precision: runners[v.precision] for v in variants if v.precision in runners}
+        if not wanted:
+            return
+        if self._ref_features is None:
+            wanted = {"pytorch": self.reference, **wanted}
+        val_cap = None if self.probe_images is None else max(self.probe_images // 2, 1)
+        train_f, train_y = _cls_features(wanted, self.data.train, self.probe_images)
+        val_f, val_y = _cls_features(wanted, self.data.val, val_cap)
+        if self._ref_features is None:
+            self._ref_features, self._labels = (train_f.pop("pytorch"), val_f.pop("pytorch")), (train_y, val_y)
+            self._ref = probe_accuracy({"pytorch": self._ref_features}, train_y, val_y, self.seed)["pytorch"]
+        assert self._ref is not None and self._labels is not None
+        train_y, val_y = self._labels
+        acc = probe_accuracy({name: (train_f[name], val_f[name]) for name in train_f}, train_y, val_y, self.seed)
+        ref = self._ref
+        for v in variants:
+            if v.precision not in acc:
+                continue
+            got = acc[v.precision]
+            drop = ref["top1"] - got["top1"]
+            v.accuracy = {
+                "metric": "linear_probe_top1", "top1": round(got["top1"], 3), "top5": round(got["top5"], 3),
+                "pytorch_top1": round(ref["top1"], 3), "pytorch_top5": round(ref["top5"], 3),
+                "drop_top1": round(drop, 3), "max_drop_top1": MAX_TOP1_DROP[v.precision],
+                "n_train": int(len(train_y)), "n_val": int(len(val_y)), "features": "cls",
+            }
+            if not accuracy_passed(drop, v.precision):
+                v.status = "failed"
+                v.notes.append(
+                    f"accuracy: top-1 {got['top1']:.2f}% is {drop:.2f} points below PyTorch's {ref['top1']:.2f}%"
+                )
+
+
 def check_accuracy(
     variants: Sequence[Variant], runners: Mapping[str, Runner], data: ExportData, probe_images: int | None, seed: int
 ) -> str | None:
     """Linear-probe accuracy of each variant's CLS features against the PyTorch student's.
 
     Args:
-        variants: the variants to judge; those without a runner in ``runs`` are left alone.
+        variants: the variants to judge; those without a runner in ``runners`` are left alone.
         runners: ``pytorch`` and one runner per precision.
         data: the export's images; the probe needs its labelled splits.
         probe_images: cap on train images (val: half of it); None uses all of them.
@@ -135,30 +197,9 @@ def check_accuracy(
     Returns:
         Why the probe did not run, or None when it did.
     """
-    if data.train is None or data.val is None:
-        return f"linear-probe accuracy: the run's data has no labels ({data.no_labels})"
-    val_cap = None if probe_images is None else max(probe_images // 2, 1)
-    train_f, train_y = _cls_features(runners, data.train, probe_images)
-    val_f, val_y = _cls_features(runners, data.val, val_cap)
-    acc = probe_accuracy({name: (train_f[name], val_f[name]) for name in runners}, train_y, val_y, seed)
-    ref = acc["pytorch"]
-    for v in variants:
-        if v.precision not in acc:
-            continue
-        got = acc[v.precision]
-        drop = ref["top1"] - got["top1"]
-        v.accuracy = {
-            "metric": "linear_probe_top1", "top1": round(got["top1"], 3), "top5": round(got["top5"], 3),
-            "pytorch_top1": round(ref["top1"], 3), "pytorch_top5": round(ref["top5"], 3), "drop_top1": round(drop, 3),
-            "max_drop_top1": MAX_TOP1_DROP[v.precision], "n_train": int(len(train_y)), "n_val": int(len(val_y)),
-            "features": "cls",
-        }
-        if not accuracy_passed(drop, v.precision):
-            v.status = "failed"
-            v.notes.append(
-                f"accuracy: top-1 {got['top1']:.2f}% is {drop:.2f} points below PyTorch's {ref['top1']:.2f}%"
-            )
-    return None
+    probe = Probe(data, probe_images, seed, runners["pytorch"])
+    probe.judge(variants, {k: r for k, r in runners.items() if k != "pytorch"})
+    return probe.unavailable
 
 
 def overall_status(variants: Sequence[Variant]) -> Status:

@@ -13,7 +13,7 @@ from leapkit.deploy.onnx_graph import check_input_size, patch_size
 from leapkit.errors import ExportError
 from leapkit.models import create_student, load_weights
 from leapkit.run import STUDENT
-from leapkit.types import PRECISIONS, CalibMethod, Precision
+from leapkit.types import CALIB_METHODS, PRECISIONS, CalibMethod, Precision
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,6 +37,7 @@ class ExportPlan:
         batch: the batch range engines accept and are tuned for.
         calib_images: training images for INT8 calibration.
         calib_method: how INT8 activation ranges are chosen.
+        int8_fallback: move the blocks that lose the most accuracy out of INT8 until the variant passes.
         parity_images: validation images for the parity check.
         probe_images: cap on train images for the linear probe (val: half of it); None uses all.
         slim: simplify the fp32 graph with onnxslim.
@@ -55,6 +56,7 @@ class ExportPlan:
     batch: BatchRange
     calib_images: int = 256
     calib_method: CalibMethod = "percentile"
+    int8_fallback: bool = True
     parity_images: int = 64
     probe_images: int | None = 5000
     slim: bool = False
@@ -66,7 +68,9 @@ class ExportPlan:
 
     def __post_init__(self) -> None:
         if self.calib_images < 1 or self.parity_images < 1:
-            raise ExportError("--calib-images and --parity-images must be >= 1")
+            raise ExportError("--calibration-images and --parity-images must be >= 1")
+        if self.calib_method not in CALIB_METHODS:
+            raise ExportError(f"unknown calibration method '{self.calib_method}'; use {', '.join(CALIB_METHODS)}")
 
     @property
     def out_dir(self) -> Path:
@@ -77,10 +81,15 @@ class ExportPlan:
         return self.profile.runtime == "tensorrt"
 
     @property
+    def openvino(self) -> bool:
+        return self.profile.runtime == "openvino"
+
+    @property
     def total_steps(self) -> int:
-        """fp32 graph, images, parity per variant, fp16/int8 conversions, probe, bundle; build + parity per engine."""
+        """fp32 graph, images, parity per variant, fp16/int8 conversions, probe, bundle; build + parity per engine
+        or conversion + parity per OpenVINO IR."""
         n = len(self.precisions)
-        return 5 + 2 * (n - 1) + (2 * n if self.build_engine else 0)
+        return 5 + 2 * (n - 1) + (2 * n if self.build_engine or self.openvino else 0)
 
 
 def resolve_precisions(requested: str | Sequence[str] | None, profile: TargetProfile) -> tuple[Precision, ...]:

@@ -1,4 +1,4 @@
-"""What MODEL names: a run directory, an export folder, an ONNX file or a TensorRT engine.
+"""What MODEL names: a run directory, an export folder, an ONNX file, an OpenVINO IR or a TensorRT engine.
 
     resolve_model(model, target) -> ModelSource(kind, artifacts, out_dir, run_dir, export_dir, ...)
 
@@ -25,9 +25,12 @@ from leapkit.run import CONFIG, STUDENT, read_run_config, resolve_run
 from leapkit.types import PRECISIONS, Format, Runtime
 
 ONNX_SUFFIXES = (".onnx",)
+OPENVINO_SUFFIXES = (".xml",)  # an OpenVINO IR: the graph, its weights in the .bin beside it
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-MODEL_SUFFIXES = ONNX_SUFFIXES + ENGINE_SUFFIXES
-RUNTIME_OF: dict[Format, Runtime] = {"pytorch": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+MODEL_SUFFIXES = ONNX_SUFFIXES + OPENVINO_SUFFIXES + ENGINE_SUFFIXES
+RUNTIME_OF: dict[Format, Runtime] = {
+    "pytorch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "engine": "tensorrt",
+}
 EVAL = "eval.json"
 
 
@@ -41,7 +44,7 @@ class Artifact:
     """One model file, or the in-memory PyTorch student, to benchmark.
 
     Args:
-        format: pytorch, onnx or engine.
+        format: pytorch, onnx, openvino (an IR) or engine.
         precision: fp32, fp16 or int8; ``unknown`` for an engine without a hint.
         path: the file (None for the PyTorch student).
         size_mb: file size in MB (external ONNX data included).
@@ -79,7 +82,7 @@ class ModelSource:
         manifest: the export's manifest, when it has one.
     """
 
-    kind: Literal["run", "export", "onnx", "engine"]
+    kind: Literal["run", "export", "onnx", "openvino", "engine"]
     artifacts: list[Artifact]
     out_dir: Path
     run_dir: Path | None = None
@@ -136,9 +139,10 @@ def onnx_precision(path: Path) -> str:
 
 def _file_mb(path: Path) -> float:
     size = path.stat().st_size
-    data = path.with_name(path.name + ".data")  # ONNX external data saved next to the model
-    if data.is_file():
-        size += data.stat().st_size
+    # ONNX external data saved next to the model; an OpenVINO IR's weights
+    for data in (path.with_name(path.name + ".data"), path.with_suffix(".bin") if path.suffix == ".xml" else None):
+        if data is not None and data.is_file():
+            size += data.stat().st_size
     return size / 1e6
 
 
@@ -157,11 +161,14 @@ def file_artifact(path: Path, manifest: ExportManifest | None = None) -> Artifac
         fmt: Format = "onnx"
         precision = onnx_precision(path)  # also refuses a file that is not ONNX
         precision = variant.precision if variant else precision
+    elif path.suffix in OPENVINO_SUFFIXES:
+        fmt = "openvino"
+        precision = (variant.precision if variant else None) or precision_from_name(path.name) or "unknown"
     else:
         fmt = "engine"
         precision = (variant.precision if variant else None) or engine_precision(path)
     accuracy = variant.probe_top1 if variant else None
-    status = _status(variant) if variant or fmt == "onnx" else device_check_status(path, precision)
+    status = _status(variant) if variant or fmt != "engine" else device_check_status(path, precision)
     return Artifact(fmt, precision, path, _file_mb(path), accuracy, status)
 
 
@@ -240,11 +247,12 @@ def resolve_model(model: str | Path | None, target: str | None = None) -> ModelS
     if path.is_file():
         if path.suffix not in MODEL_SUFFIXES:
             raise ModelError(
-                f"{path.name} is not a model leapkit can bench; pass an .onnx file, a TensorRT engine "
-                f"({'/'.join(ENGINE_SUFFIXES)}), an export folder or a run directory"
+                f"{path.name} is not a model leapkit can bench; pass an .onnx file, an OpenVINO IR (.xml), a "
+                f"TensorRT engine ({'/'.join(ENGINE_SUFFIXES)}), an export folder or a run directory"
             )
         art = file_artifact(path)
-        return ModelSource("onnx" if art.format == "onnx" else "engine", [art], out_dir=path.parent.resolve())
+        kind = "engine" if art.format == "engine" else art.format
+        return ModelSource(kind, [art], out_dir=path.parent.resolve())
     if (path / CONFIG).is_file():
         return _from_run(resolve_run(path, need=(CONFIG,)), target)
     if (path / MANIFEST).is_file() or any(p.suffix in MODEL_SUFFIXES for p in path.iterdir()):

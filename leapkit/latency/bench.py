@@ -5,6 +5,8 @@
       run_bench(plan) -> BenchReport           time here: resolve, measure, decide, write bench/<target>.*
       bench_from_trtexec(paths, ...)           read the target's trtexec output (imported.py)
       bench_over_ssh(model, host, ...)         build and time on the device over SSH (imported.py)
+    then, whichever made the report: the comparison with ``baseline`` (regression.py), the JUnit file
+    (junit.py), and the checks (exit 1 on a FAIL verdict or a regression)
 
 A budget is judged only on the target's own figures: timings taken here count when this host is
 the target (:func:`leapkit.latency.machine.target_match`, evidence ``measured``); elsewhere they
@@ -31,9 +33,11 @@ from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import ModelSource, resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE, Cost, roofline, torch_cost
 from leapkit.latency.imported import bench_from_trtexec, bench_over_ssh, report_from_trtexec
+from leapkit.latency.junit import require_junitparser, write_junit
 from leapkit.latency.machine import environment, target_match
 from leapkit.latency.measure import measure
-from leapkit.latency.report import BenchReport, BenchResult, render_markdown
+from leapkit.latency.regression import DEFAULT_MAX_REGRESSION_PCT, compare, load_baseline
+from leapkit.latency.report import BenchReport, BenchResult
 from leapkit.latency.timing import (
     Method,
     auto_thread_candidates,
@@ -42,7 +46,6 @@ from leapkit.latency.timing import (
 )
 from leapkit.latency.verdict import decide, runs_on_target, setting_warnings, stat_key, warnings
 from leapkit.profiles import TargetProfile, load_target
-from leapkit.records import atomic_write_bytes
 from leapkit.run import load_student, read_run_config
 from leapkit.runtimes import import_tensorrt, ort_providers, require_cuda, tensorrt_ready
 from leapkit.threads import torch_threads
@@ -116,6 +119,9 @@ def bench(
     from_trtexec: Sequence[str | Path] | None = None,
     host: str | None = None,
     ssh_options: Sequence[str] = (),
+    baseline: str | Path | None = None,
+    max_regression_pct: float | None = None,
+    junit: str | Path | None = None,
 ) -> BenchReport:
     """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
 
@@ -152,14 +158,20 @@ def bench(
             them, from the target; replaces MODEL.
         host: ``[user@]host[:port]`` of the device: build, check and time MODEL's bundle there.
         ssh_options: extra ssh/scp arguments for ``host`` (``-i KEY``, ``-o Name=value``).
+        baseline: an earlier bench/<target>.json of the same target: each result's judged statistic is
+            compared with the same result there (:mod:`leapkit.latency.regression`), recorded under
+            ``baseline``, and a slowdown beyond ``max_regression_pct`` and the noise fails the check.
+        max_regression_pct: the slowdown allowed against ``baseline``, in percent (default 10).
+        junit: write the report as JUnit XML to this file too (:mod:`leapkit.latency.junit`).
 
     Raises:
-        ConfigError: bad budget, statistic, runtime or option values (nothing is written).
+        ConfigError: bad budget, statistic, runtime or option values, or a bad baseline (nothing is written).
         ModelError: MODEL is not a run, export, ONNX file or engine.
         MissingDependency: a requested runtime is not installed.
         TrtexecError: a trtexec file has no performance summary (nothing is written).
         HostError: the device cannot be reached or lacks what the bundle needs.
-        CheckFailed: the verdict is FAIL (or UNCONFIRMED with ``require_measured``) and ``check`` is set.
+        CheckFailed: the verdict is FAIL (or UNCONFIRMED with ``require_measured``), or a result regressed
+            against ``baseline``, and ``check`` is set.
     """
     wanted = list(dict.fromkeys(runtimes or []))
     problems = [f"unknown runtime '{r}'; use {', '.join(RUNTIMES)} or all"
@@ -195,19 +207,31 @@ def bench(
     if host:
         problems += [f"unknown --precision '{p}'; use {', '.join(PRECISIONS)}"
                      for p in precisions or () if p not in PRECISIONS]
+    problems += _ci_problems(baseline, max_regression_pct, junit)
+    prior = None
+    try:
+        prior = load_baseline(baseline) if baseline is not None else None
+    except ConfigError as e:
+        problems.append(str(e))
     if problems:
         raise ConfigError("; ".join(problems))
+    if junit is not None:
+        require_junitparser()
 
-    if from_trtexec:
-        assert target is not None  # _trtexec_problems
-        return bench_from_trtexec(from_trtexec, load_target(target), budget_ms=budget_ms, stat=stat,
-                                  out_dir=Path(out_dir) if out_dir is not None else None,
-                                  check=check)
+    outputs = Outputs(prior, baseline, DEFAULT_MAX_REGRESSION_PCT if max_regression_pct is None else max_regression_pct,
+                      Path(junit) if junit is not None else None, check, require_measured)
     profile = load_target(target if target is not None else _export_target(model))
+    if prior is not None and prior.target != profile.name:
+        raise ConfigError(f"--baseline {baseline} is a bench report for {prior.target}, not {profile.name}; "
+                          f"pass an earlier bench/{profile.name}.json")
+    if from_trtexec:
+        return outputs.conclude(bench_from_trtexec(
+            from_trtexec, profile, budget_ms=budget_ms, stat=stat,
+            out_dir=Path(out_dir) if out_dir is not None else None, check=False))
     if host:
-        return bench_over_ssh(model, profile, host, cast(list[Precision], list(precisions or [profile.precision])),
-                              budget_ms=budget_ms, stat=stat, out_dir=Path(out_dir) if out_dir is not None else None,
-                              ssh_options=ssh_options, check=check)
+        return outputs.conclude(bench_over_ssh(
+            model, profile, host, cast(list[Precision], list(precisions or [profile.precision])), budget_ms=budget_ms,
+            stat=stat, out_dir=Path(out_dir) if out_dir is not None else None, ssh_options=ssh_options, check=False))
     candidates = auto_thread_candidates(usable_cores() or os.cpu_count() or 1) if n_threads == "auto" else ()
     fixed = n_threads if isinstance(n_threads, int) else profile.threads or os.cpu_count() or 1
     method = Method(
@@ -221,9 +245,65 @@ def bench(
         budget_ms=float(profile.latency_budget_ms if budget_ms is None else budget_ms),
         budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
         stat=stat or profile.budget_stat, precisions=tuple(precisions or ()), method=method, ort_provider=ort_provider,
-        out_dir=Path(out_dir) if out_dir is not None else None, check=check, require_measured=require_measured,
+        out_dir=Path(out_dir) if out_dir is not None else None, check=False, require_measured=require_measured,
     )
-    return run_bench(plan)
+    return outputs.conclude(run_bench(plan))
+
+
+def _ci_problems(baseline: str | Path | None, max_regression_pct: float | None, junit: str | Path | None) -> list[str]:
+    """What is wrong with --baseline, --max-regression and --junit, before the baseline is read."""
+    problems = []
+    if max_regression_pct is not None:
+        if baseline is None:
+            problems.append("--max-regression applies to a comparison: pass --baseline PREV.json too")
+        elif not (math.isfinite(max_regression_pct) and max_regression_pct >= 0):
+            problems.append(f"--max-regression must be a finite percentage >= 0, got {max_regression_pct}")
+    if junit is not None and Path(junit).is_dir():
+        problems.append(f"--junit {junit} is a folder; pass a file name such as reports/latency.xml")
+    return problems
+
+
+@dataclass
+class Outputs:
+    """What follows a written report: the comparison with the baseline, the JUnit file and the checks.
+
+    Args:
+        baseline: the earlier report (None: no comparison).
+        baseline_path: where it was read from, as given.
+        max_regression_pct: the slowdown allowed against it, in percent.
+        junit: the JUnit XML file to write (None: none).
+        check: raise CheckFailed on a FAIL verdict or a regression.
+        require_measured: an UNCONFIRMED verdict fails too.
+    """
+
+    baseline: BenchReport | None
+    baseline_path: str | Path | None
+    max_regression_pct: float
+    junit: Path | None
+    check: bool
+    require_measured: bool
+
+    def conclude(self, report: BenchReport) -> BenchReport:
+        """Compare ``report`` with the baseline (writing it again with the comparison), write the JUnit
+        file, then check.
+
+        Raises:
+            CheckFailed: the verdict is FAIL (or UNCONFIRMED with ``require_measured``), or a result
+                regressed, and ``check`` is set.
+        """
+        if self.baseline is not None:
+            comparison = compare(report, self.baseline, self.baseline_path or "", self.max_regression_pct)
+            for w in comparison.warnings:
+                log.warning("baseline: %s", w)
+            report.baseline = comparison
+            report.warnings = [*report.warnings, *comparison.warnings]
+            report.write()
+            log.info("against the baseline %s: %s", comparison.path, comparison.counts())
+        if self.junit is not None:
+            log.info("wrote %s", write_junit(report, self.junit, self.require_measured))
+        if self.check:
+            report.check(self.require_measured)
+        return report
 
 
 def _trtexec_problems(model: str | Path | None, target: object, host: str | None,
@@ -367,11 +447,8 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         leapkit_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    json_path = (plan.out_dir or src.out_dir) / "bench" / f"{profile.name}.json"
-    report.save(json_path)
-    report.json_path = json_path
-    atomic_write_bytes(json_path.with_suffix(".md"), render_markdown(report).encode())
-    log.info("wrote %s and %s", json_path, report.md_path)
+    report.write((plan.out_dir or src.out_dir) / "bench" / f"{profile.name}.json")
+    log.info("wrote %s and %s", report.json_path, report.md_path)
     if plan.check:
         report.check(plan.require_measured)
     return report

@@ -1,6 +1,6 @@
 """Measure one artefact: load it in its runtime, pick its thread count, time it, and record the result.
 
-The runners are :mod:`leapkit.runtimes`' (one protocol for PyTorch, ONNX Runtime and TensorRT);
+The runners are :mod:`leapkit.runtimes`' (one protocol for PyTorch, ONNX Runtime, OpenVINO and TensorRT);
 each is timed through ``runner.timed(x)`` on one fixed random input, staged once.
 """
 
@@ -26,7 +26,7 @@ from leapkit.latency.timing import (
     reset_peak_rss,
     time_runner,
 )
-from leapkit.runtimes import OrtRunner, Runner, TensorRTRunner, TorchRunner
+from leapkit.runtimes import OpenVINORunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
 from leapkit.threads import torch_threads
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ def load_runner(art: Artifact, method: Method, threads: int, student: nn.Module 
     assert art.path is not None
     if art.format == "onnx":
         return OrtRunner(art.path, threads, method.providers)
+    if art.format == "openvino":
+        return OpenVINORunner(art.path, threads)  # in the precision the export checked it with (the IR records it)
     return TensorRTRunner(art.path)
 
 
@@ -58,7 +60,7 @@ def input_shape(runner: Runner, art: Artifact, batch: int, img_size: int | None)
     Raises:
         ModelError: an ONNX input keeps a free dimension.
     """
-    if isinstance(runner, OrtRunner):
+    if isinstance(runner, (OrtRunner, OpenVINORunner)):
         shape = runner.input_shape(batch, img_size)
         if shape[0] != batch:
             log.warning("%s has a fixed batch of %d; benchmarking at that batch instead of %d",

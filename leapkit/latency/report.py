@@ -5,7 +5,8 @@ runtime/format/precision with ``runtime``, ``format``, ``precision``, ``batch``,
 ``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` (``gpu_compute_ms`` when read from
 trtexec) and more; the top level holds ``budget_ms``, ``budget_stat``, ``evidence`` (measured |
 imported | estimated) with ``evidence_reason`` and ``measured_on``, ``verdict`` (PASS | FAIL |
-UNCONFIRMED), ``verdict_reason``, ``environment`` and more.
+UNCONFIRMED), ``verdict_reason``, ``environment`` and more; ``baseline`` (with ``--baseline``) holds
+each result against an earlier report (:mod:`leapkit.latency.regression`).
 
 The latency and method tables are built once as :class:`leapkit.tables.Table`; the Markdown file,
 ``leapkit bench``'s terminal output and ``leapkit report`` all render those same tables.
@@ -21,8 +22,9 @@ from typing import Any, ClassVar
 from leapkit.errors import CheckFailed
 from leapkit.latency.artifacts import export_failed
 from leapkit.latency.cost import ROOFLINE_FORMULA, Roofline
+from leapkit.latency.regression import Comparison
 from leapkit.latency.timing import PROBE_S, Method
-from leapkit.records import Record
+from leapkit.records import Record, atomic_write_bytes
 from leapkit.tables import Table, fmt
 from leapkit.types import STATS, Evidence, Format, Runtime, Stat, Verdict
 
@@ -30,6 +32,7 @@ LATENCY_COLUMNS = ("format", "precision", "runtime", "status", "size MB", "accur
                    "lower bound ms", "budget", "verdict")
 METHOD_COLUMNS = ("format", "threads", "iterations", "min ms", "mean ms", "p90 ms", "p95 ms", "max ms", "cv",
                   "process peak RSS MB", "achieved TFLOP/s at p50", "bound by")
+BASELINE_COLUMN = "vs baseline"
 TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy); FPS is images/s: "
                 "trtexec's queries per second times the batch (implicit-batch runs already count images).")
 
@@ -113,7 +116,9 @@ class BenchResult(Record):
 class BenchReport(Record):
     """Everything ``leapkit bench`` measured and decided: the content of bench/<target>.json.
 
-    ``json_path`` is where it was written or read (not part of the JSON).
+    ``baseline`` is written only when there is one. ``json_path`` is where it was written or read, and
+    ``sections`` the Markdown appended to bench/<target>.md (trtexec's per-layer profile); neither is
+    part of the JSON.
     """
 
     target: str
@@ -138,11 +143,15 @@ class BenchReport(Record):
     environment: dict[str, Any]
     leapkit_version: str
     created: str
+    baseline: Comparison | None = None
     json_path: Path | None = field(default=None, kw_only=True, compare=False, repr=False)
+    sections: list[str] = field(default_factory=list, kw_only=True, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        del data["json_path"]
+        del data["json_path"], data["sections"]
+        if self.baseline is None:
+            del data["baseline"]
         return data
 
     @classmethod
@@ -160,15 +169,29 @@ class BenchReport(Record):
     def md_path(self) -> Path | None:
         return self.json_path.with_suffix(".md") if self.json_path else None
 
+    def write(self, path: Path | None = None) -> None:
+        """Write bench/<target>.json and .md (at ``path``, else where it was last written)."""
+        self.json_path = Path(path) if path is not None else self.json_path
+        assert self.json_path is not None, "a report is written to a path"
+        self.save(self.json_path)
+        atomic_write_bytes(self.json_path.with_suffix(".md"), render_markdown(self, self.sections).encode())
+
     def check(self, require_measured: bool = False) -> None:
-        """Raise CheckFailed when the verdict is FAIL, or UNCONFIRMED and ``require_measured`` is set."""
+        """Raise CheckFailed when the verdict is FAIL, or UNCONFIRMED and ``require_measured`` is set, or a
+        result regressed against the baseline; every failed check in the one message."""
+        failed = []
         if self.verdict == "FAIL":
-            raise CheckFailed(f"bench verdict FAIL on {self.target}: {self.verdict_reason} (report: {self.md_path})")
-        if self.verdict == "UNCONFIRMED" and require_measured:
-            raise CheckFailed(
+            failed.append(f"bench verdict FAIL on {self.target}: {self.verdict_reason}")
+        elif self.verdict == "UNCONFIRMED" and require_measured:
+            failed.append(
                 f"bench verdict UNCONFIRMED on {self.target} and --require-measured is set: {self.evidence_reason}; "
-                f"bench on the device (--host) or import its trtexec output (--from-trtexec) (report: {self.md_path})"
+                f"bench on the device (--host) or import its trtexec output (--from-trtexec)"
             )
+        regression = self.baseline.failure() if self.baseline else None
+        if self.baseline and regression:
+            failed.append(f"latency regression on {self.target} against {self.baseline.path}: {regression}")
+        if failed:
+            raise CheckFailed(f"{'; and '.join(failed)} (report: {self.md_path})")
 
     @property
     def judged_here(self) -> bool:
@@ -198,22 +221,28 @@ def latency_title(report: BenchReport) -> str:
 
 
 def latency_table(report: BenchReport) -> Table:
-    """One row per benched format: latency, size, accuracy, lower bound on the target and verdict."""
-    table = Table.of(*LATENCY_COLUMNS, title=latency_title(report),
+    """One row per benched format: latency, size, accuracy, lower bound on the target and verdict, and the
+    change against the baseline when there is one."""
+    columns = (*LATENCY_COLUMNS, BASELINE_COLUMN) if report.baseline else LATENCY_COLUMNS
+    table = Table.of(*columns, title=latency_title(report),
                      right=("size MB", "accuracy %", "p50 ms", "p99 ms", "FPS", "lower bound ms"))
     for c in table.columns:
-        c.no_wrap = c.title in ("format", "budget")
+        c.no_wrap = c.title in ("format", "budget", BASELINE_COLUMN)
     for r in report.results:
         status = r.status.split(":")[0]
         if r.export_status != "ok":
             status += f", export {r.export_status.split(':')[0]}"
         verdict = result_verdict(r, report)
-        table.add(
-            r.label, r.precision, r.runtime, status, fmt(r.size_mb), fmt(r.accuracy, ".1f"), fmt(r.p50_ms, ".3f"),
-            fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"), fmt(r.roofline.estimate_ms if r.roofline else None, ".4g"),
-            f"{report.budget_stat} <= {report.budget_ms:g} ms", verdict,
-            style={"PASS": "green", "FAIL": "red", "FAIL (lower bound)": "red"}.get(verdict),
-        )
+        cells = [r.label, r.precision, r.runtime, status, fmt(r.size_mb), fmt(r.accuracy, ".1f"), fmt(r.p50_ms, ".3f"),
+                 fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"),
+                 fmt(r.roofline.estimate_ms if r.roofline else None, ".4g"),
+                 f"{report.budget_stat} <= {report.budget_ms:g} ms", verdict]
+        change = report.baseline.row(r) if report.baseline else None
+        if report.baseline:
+            cells.append(change.cell() if change else "new")
+        regressed = change is not None and change.change == "regressed"
+        table.add(*cells, style="red" if regressed else {"PASS": "green", "FAIL": "red",
+                                                          "FAIL (lower bound)": "red"}.get(verdict))
     return table
 
 
@@ -300,25 +329,57 @@ def _environment_lines(env: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(report: BenchReport, extra: Sequence[str] = ()) -> str:
-    """bench/<target>.md: the latency table, evidence and verdict, the method and the environment.
+def baseline_sentence(report: BenchReport) -> str | None:
+    """What the "vs baseline" column compares and how it came out, in Markdown; None without a baseline."""
+    c = report.baseline
+    if c is None:
+        return None
+    return (f"**Against the baseline** `{c.path}` ({c.evidence}, {c.created}): {c.stat} of each format; a slowdown "
+            f"beyond {c.max_regression_pct:g}% and beyond the noise band ({c.noise_k:g} standard errors of the "
+            f"difference, from both runs' cv and iterations) fails. {c.counts().capitalize()}.")
 
-    Args:
-        report: the report.
-        extra: Markdown sections appended at the end (the per-layer profile of trtexec figures).
-    """
-    shape = f", input {'x'.join(map(str, report.input_shape))}" if report.input_shape else ""
+
+def _head(report: BenchReport) -> list[str]:
+    """The latency table, the verdict and the comparison with the baseline: what CI summaries show."""
     lines = [
-        f"# Latency on {report.target}",
-        "",
-        f"{report.target_description}. Model: `{report.model}`{shape}.",
-        "",
         f"{latency_title(report)}:",
         "",
         latency_table(report).to_markdown(),
         "",
         f"**Verdict: {report.verdict}** ({report.verdict_reason}); budget {report.budget_stat} <= "
         f"{report.budget_ms:g} ms from {report.budget_source}.",
+    ]
+    comparison = baseline_sentence(report)
+    if comparison and report.baseline:
+        lines += ["", comparison, *[f"- {n}" for n in report.baseline.notes]]
+    return lines
+
+
+def summary_markdown(report: BenchReport) -> str:
+    """The latency table, verdict, evidence and baseline comparison under a heading: the CI job summary."""
+    lines = [f"### leapkit bench {report.target}: {report.verdict}", "", *_head(report), "",
+             _evidence_sentence(report)]
+    if report.warnings:
+        lines += ["", "Warnings:", *[f"- {w}" for w in report.warnings]]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: BenchReport, extra: Sequence[str] = ()) -> str:
+    """bench/<target>.md: the latency table, evidence and verdict, the method and the environment.
+
+    Args:
+        report: the report.
+        extra: Markdown sections appended at the end (the per-layer profile of trtexec figures); they
+            are kept in ``report.sections`` so that writing the report again keeps them.
+    """
+    report.sections = list(extra)
+    shape = f", input {'x'.join(map(str, report.input_shape))}" if report.input_shape else ""
+    lines = [
+        f"# Latency on {report.target}",
+        "",
+        f"{report.target_description}. Model: `{report.model}`{shape}.",
+        "",
+        *_head(report),
         "",
         _evidence_sentence(report),
     ]

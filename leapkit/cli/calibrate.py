@@ -1,0 +1,62 @@
+"""`leapkit calibrate --target T [--host H]`: fit a target's latency model to microbenchmarks timed on it.
+
+A CPU target is timed on this machine (which must be the target); a TensorRT target on this machine
+when it is the device, else over SSH with ``--host``. The calibration file goes to
+``~/.config/leapkit/calibration/<target>.json`` (or ``--out``), where ``leapkit plan`` and
+``leapkit bench`` find it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leapkit.cli.options import PrecisionsOpt, TargetOpt, split_choices
+from leapkit.types import PRECISIONS
+
+
+def calibrate_command(
+    target: TargetOpt,
+    host: Annotated[
+        str | None,
+        typer.Option(help="[user@]host[:port] of the device: a TensorRT target timed over SSH.", show_default=False),
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-option", help="ssh_config setting for --host (Key=Value), repeatable.", show_default=False),
+    ] = None,
+    precision: PrecisionsOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Calibration file (default ~/.config/leapkit/calibration/<target>.json).",
+                                  show_default=False)
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="ONNX Runtime threads (default: the target's).", show_default=False)
+    ] = None,
+    duration: Annotated[float, typer.Option(min=0.01, help="Seconds timed per microbenchmark (CPU).")] = 2.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per microbenchmark (CPU).")] = 0.5,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small grid that calibrates in seconds; its fit is rough.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Time the latency model's microbenchmarks on the target and write its calibration."""
+    from rich.console import Console
+
+    from leapkit.planning.calibrate import CalibratePlan, calibrate
+    from leapkit.planning.calibration import calibration_table
+    from leapkit.planning.microbench import GRID, QUICK_GRID
+    from leapkit.profiles import load_target
+
+    plan = CalibratePlan(
+        profile=load_target(target), precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
+        grid=QUICK_GRID if quick else GRID, out=out, host=host, ssh_options=tuple(ssh_option or ()),
+        threads=threads, warmup_s=warmup, duration_s=duration, progress=progress,
+    )
+    calibration, path = calibrate(plan)
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80
+    console.print(calibration_table(calibration).to_rich())
+    console.print(f"calibration: {path}")

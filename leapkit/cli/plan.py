@@ -1,0 +1,96 @@
+"""`leapkit plan`: forecast latency and training cost of candidate students before training.
+
+    leapkit plan --teacher NAME --target T [--budget-ms X] [--recipe R]   candidates, verdicts, training cost
+    leapkit plan --student NAME --img-size N --target T                   one given model
+
+Offline and in seconds: models are counted on the meta device and predicted with the target's
+latency model (its calibration, else the profile's published efficiencies, which the output says).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from leapkit.cli.options import BudgetOpt, PrecisionsOpt, TargetOpt, split_choices
+from leapkit.types import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+OutputFormat = Literal["table", "json"]
+DEFAULT_RECIPE = "imagenet100-vits14-from-vitg14"
+
+
+def plan_command(
+    target: TargetOpt,
+    teacher: Annotated[
+        str | None, typer.Option(help="timm teacher name: adds LEAP's training cost against the baseline.")
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help=f"Recipe of the training cost's schedule (default with --teacher: {DEFAULT_RECIPE})."),
+    ] = None,
+    budget_ms: BudgetOpt = None,
+    student: Annotated[
+        list[str] | None,
+        typer.Option("--student", help="timm name(s) to forecast instead of the default candidates; repeatable.",
+                     show_default=False),
+    ] = None,
+    img_size: Annotated[
+        list[int] | None,
+        typer.Option("--img-size", min=8, help="Input size(s), multiples of the patch; repeatable.",
+                     show_default=False),
+    ] = None,
+    precision: PrecisionsOpt = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="A table, or JSON (one object per candidate).")
+    ] = "table",
+    plot: Annotated[
+        Path | None, typer.Option(help="The frontier PNG (default plan-<target>.png; for --format json when given).",
+                                  show_default=False)
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration file (default: the target's, from leapkit calibrate).",
+                                  show_default=False)
+    ] = None,
+    gpu: Annotated[str, typer.Option(help="GPU the training hours are for.")] = "A100",
+    utilisation: Annotated[float, typer.Option(help="Model FLOP utilisation assumed for the training hours.")] = 0.4,
+    train_images: Annotated[
+        int | None, typer.Option(help="Training images per epoch (default: the recipe's dataset).", show_default=False)
+    ] = None,
+) -> None:
+    """Forecast latency (with a range), size and training cost of candidate students on a target."""
+    from rich.console import Console
+
+    from leapkit.config import resolve_config
+    from leapkit.planning import candidates
+    from leapkit.planning.frontier import draw
+    from leapkit.planning.plan import PlanRequest, plan, plan_table
+    from leapkit.profiles import load_target
+
+    profile = load_target(target)
+    precisions = split_choices(precision, PRECISIONS, "--precision") or []
+    overrides = {"model": {"teacher": teacher}} if teacher else None
+    cfg = resolve_config(recipe or DEFAULT_RECIPE, overrides) if (teacher or recipe) else None
+    request = PlanRequest(
+        profile=profile, budget_ms=budget_ms, students=tuple(student or candidates.STUDENTS),
+        img_sizes=tuple(img_size or ()), precisions=tuple(precisions), recipe=cfg, train_images=train_images,
+        gpu=gpu, utilisation=utilisation, calibration=calibration,
+    )
+    report = plan(request)
+    if output == "json":
+        typer.echo(json.dumps([r.to_dict() for r in report.rows], indent=2))
+        if plot is not None:
+            draw(report, plot)
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80
+    console.print(plan_table(report).to_rich())
+    for note in report.notes:
+        log.info(note)
+    path = draw(report, plot or Path(f"plan-{profile.name}.png"))
+    console.print(f"frontier: {path}")

@@ -1,0 +1,318 @@
+"""Each result against the same result in an earlier bench report: faster, same, slower, within noise or regressed.
+
+    load_baseline(path) -> BenchReport                             a bench/<target>.json, else one ConfigError line
+    compare(report, baseline, path, max_regression_pct) -> Comparison   recorded under ``baseline`` in the new report
+
+Results pair up by runtime, format, precision and batch (the target is the same: bench refuses a baseline
+of another target), and the statistic judged against the budget (``budget_stat``, p99 by default) is
+compared: the change is ``d = now / before - 1``.
+
+The noise band. A run's statistic has the standard error ``q * sigma / sqrt(n)``, taken relative to
+the statistic: ``sigma`` is the spread of the run's samples, its coefficient of variation times its
+mean (``cv * mean``), ``n`` its timed iterations and ``q`` the standard error of the statistic in units
+of ``sigma / sqrt(n)`` for normal samples: 1 for the mean, ``sqrt(p (1 - p)) / phi(z_p)`` for the
+p-quantile (1.25 at p50, 3.73 at p99), p99's for min and max. A few stalls far beyond p99 inflate the
+cv without making p50 or p99 any noisier, so ``sigma`` is at most the normal-equivalent spread of the
+quantiles, ``(p99 - p50) / 2.33``. The samples of one run are not independent (clocks, caches and
+neighbours drift over seconds) and a second run meets the machine in another state, so ``n`` counts at
+most :data:`EFFECTIVE_SAMPLES`: without that cap a long run would call any drift a change. The band is
+:data:`NOISE_K` standard errors of the difference, ``2 sqrt(se_now^2 + se_before^2)``; on a machine
+whose cv is 10% that is about +-3.5% for p50 and +-8.6% for p99, so a 3% change there is within noise.
+
+    same          |d| < SAME_PCT (1%)
+    within noise  |d| <= band: the noise cannot tell this change from none
+    faster        d < -band
+    slower        band < d <= max regression
+    regressed     d > band and d > max regression: the check fails (exit 1)
+
+A band wider than the allowed regression is a warning (a regression of that size would read as within
+noise), and so is every difference of environment: evidence kind, CPU, GPU, TensorRT, ONNX Runtime,
+torch, power mode, and per result the threads, device and providers. A run that recorded no cv or no
+iteration count adds no noise to the band; the notes say so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Literal
+
+from leapkit.errors import ConfigError, RunError
+from leapkit.records import Record
+from leapkit.types import FORMATS, STATS, Evidence, Format, Runtime, Stat
+
+if TYPE_CHECKING:
+    from leapkit.latency.report import BenchReport, BenchResult
+
+Change = Literal["faster", "same", "slower", "within noise", "regressed", "new", "not compared"]
+"""One result against its baseline; ``new``: the baseline has no such result, ``not compared``: a figure is missing."""
+
+DEFAULT_MAX_REGRESSION_PCT = 10.0
+NOISE_K = 2.0
+EFFECTIVE_SAMPLES = 100
+SAME_PCT = 1.0
+_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+_Z99 = NormalDist().inv_cdf(0.99)
+_HINT = "pass a bench/<target>.json that an earlier `leapkit bench` wrote"
+
+
+def stat_error_factor(stat: Stat) -> float:
+    """``q``: the standard error of ``stat`` in units of sigma / sqrt(n), for normal samples."""
+    if stat == "mean":
+        return 1.0
+    p = _QUANTILES.get(stat, 0.99)  # min and max are at least as noisy as p99
+    normal = NormalDist()
+    return math.sqrt(p * (1 - p)) / normal.pdf(normal.inv_cdf(p))
+
+
+def spread_ms(r: BenchResult) -> float | None:
+    """The spread of ``r``'s samples in ms: cv x mean, at most the normal-equivalent spread of p50..p99."""
+    if r.cv is None or r.mean_ms is None:
+        return None
+    sigma = r.cv * r.mean_ms
+    if r.p50_ms is not None and r.p99_ms is not None:
+        sigma = min(sigma, max(r.p99_ms - r.p50_ms, 0.0) / _Z99)
+    return sigma
+
+
+def relative_error(r: BenchResult, stat: Stat) -> float | None:
+    """The standard error of ``r``'s ``stat`` relative to it; None when the run recorded no cv or iteration count."""
+    sigma, value = spread_ms(r), r.stat_ms(stat)
+    if sigma is None or not r.iterations or not value:
+        return None
+    return stat_error_factor(stat) * sigma / math.sqrt(min(r.iterations, EFFECTIVE_SAMPLES)) / value
+
+
+def classify(change_pct: float, noise_pct: float, max_regression_pct: float) -> Change:
+    """The verdict for a change of ``change_pct`` percent with a noise band of +-``noise_pct`` percent."""
+    if abs(change_pct) < SAME_PCT:
+        return "same"
+    if abs(change_pct) <= noise_pct:
+        return "within noise"
+    if change_pct < 0:
+        return "faster"
+    return "regressed" if change_pct > max_regression_pct else "slower"
+
+
+@dataclass
+class RowChange(Record):
+    """One result of the new report against the same result in the baseline.
+
+    Args:
+        label: the result's row name (``ONNX fp32``).
+        runtime: its runtime.
+        format: its file format.
+        precision: its precision.
+        batch: its batch size.
+        before_ms: the baseline's statistic (None: no such result, or not recorded).
+        now_ms: this run's statistic (None: the format did not run).
+        change_pct: ``100 (now / before - 1)``.
+        noise_pct: the noise band, +-percent.
+        change: the verdict.
+    """
+
+    label: str
+    runtime: Runtime
+    format: Format
+    precision: str
+    batch: int
+    before_ms: float | None
+    now_ms: float | None
+    change_pct: float | None
+    noise_pct: float | None
+    change: Change
+
+    def cell(self) -> str:
+        """The table's "vs baseline" cell: ``+3.1% within noise (+-6.2%)``."""
+        if self.change_pct is None:
+            return self.change
+        noise = f" (±{self.noise_pct:.1f}%)" if self.noise_pct else ""
+        return f"{self.change_pct:+.1f}% {self.change}{noise}"
+
+    def describe(self, stat: Stat, max_regression_pct: float) -> str:
+        """The numbers behind a regression, for error messages and JUnit failures."""
+        return (f"{self.label} {stat} {self.now_ms:.3f} ms vs {self.before_ms:.3f} ms in the baseline "
+                f"({self.change_pct:+.1f}% > {max_regression_pct:g}% allowed; noise ±{self.noise_pct or 0:.1f}%)")
+
+
+@dataclass
+class Comparison(Record):
+    """A bench report against its baseline: the ``baseline`` key of bench/<target>.json.
+
+    Args:
+        path: the baseline file as given.
+        created: when the baseline was benched.
+        evidence: the baseline's evidence kind.
+        stat: the statistic compared (this report's ``budget_stat``).
+        max_regression_pct: the slowdown allowed beyond the noise.
+        noise_k: standard errors of the difference in the noise band.
+        effective_samples: the cap on the samples a run counts.
+        rows: one per result of this report, in its order.
+        warnings: what makes the two runs less comparable (environment, noise wider than the threshold).
+        notes: what else the comparison should say (host timings, results left out, unknown noise).
+    """
+
+    path: str
+    created: str
+    evidence: Evidence
+    stat: Stat
+    max_regression_pct: float
+    noise_k: float = NOISE_K
+    effective_samples: int = EFFECTIVE_SAMPLES
+    rows: list[RowChange] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[RowChange]:
+        return [r for r in self.rows if r.change == "regressed"]
+
+    def row(self, r: BenchResult) -> RowChange | None:
+        """The comparison of result ``r`` (matched by runtime, format, precision and batch)."""
+        return next((c for c in self.rows if _key(c) == _key(r)), None)
+
+    def counts(self) -> str:
+        """``1 regressed, 2 within noise``: how many results got each verdict."""
+        seen: dict[str, int] = {}
+        for r in self.rows:
+            seen[r.change] = seen.get(r.change, 0) + 1
+        return ", ".join(f"{n} {change}" for change, n in seen.items()) or "no results"
+
+    def failure(self) -> str | None:
+        """The regressions in one line, or None when there is none."""
+        if not self.regressions:
+            return None
+        return "; ".join(r.describe(self.stat, self.max_regression_pct) for r in self.regressions)
+
+
+def _key(r: BenchResult | RowChange) -> tuple[str, str, str, int]:
+    return r.runtime, r.format, r.precision, r.batch
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def load_baseline(path: str | Path) -> BenchReport:
+    """Read the bench report to compare with.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a bench report (one line naming the problem).
+    """
+    from leapkit.latency.report import BenchReport  # report.py holds this module's records: imported late
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--baseline {p}: no such file; {_HINT}")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--baseline {p} is not JSON ({e}); {_HINT}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ConfigError(f"--baseline {p} has no list of results: it is not a bench report; {_HINT}")
+    try:
+        report = BenchReport.from_dict(data)
+    except RunError as e:
+        raise ConfigError(f"--baseline {p} is not a bench report this leapkit reads "
+                          f"({str(e).split(';')[0]}); {_HINT}") from e
+    for i, r in enumerate(report.results):
+        bad = [k for k in (*(f"{s}_ms" for s in STATS), "cv", "iterations") if not _number(getattr(r, k))]
+        bad += [k for k, ok in (("format", r.format in FORMATS), ("batch", isinstance(r.batch, int))) if not ok]
+        if bad:
+            raise ConfigError(f"--baseline {p}: results[{i}] has a bad {', '.join(bad)}; {_HINT}")
+    if not isinstance(report.environment, dict):
+        raise ConfigError(f"--baseline {p}: its environment is not a JSON object; {_HINT}")
+    report.json_path = p
+    return report
+
+
+def compare(report: BenchReport, baseline: BenchReport, path: str | Path, max_regression_pct: float) -> Comparison:
+    """Compare every result of ``report`` with the same result in ``baseline``.
+
+    Args:
+        report: this run.
+        baseline: the earlier run (:func:`load_baseline`).
+        path: where the baseline was read from, as given (recorded).
+        max_regression_pct: the slowdown allowed beyond the noise band, in percent.
+    """
+    stat = report.budget_stat
+    before: dict[tuple[str, str, str, int], BenchResult] = {}
+    for b in baseline.results:
+        before.setdefault(_key(b), b)
+    out = Comparison(path=str(path), created=baseline.created, evidence=baseline.evidence, stat=stat,
+                     max_regression_pct=max_regression_pct, warnings=environment_differences(report, baseline))
+    for r in report.results:
+        old = before.pop(_key(r), None)
+        row = _compare_row(r, old, stat, max_regression_pct)
+        out.rows.append(row)
+        if old is None:
+            continue
+        out.warnings += setting_differences(r, old)
+        if row.noise_pct is not None and row.noise_pct > max_regression_pct:
+            out.warnings.append(
+                f"{r.label}: the noise band of {stat} (±{row.noise_pct:.1f}%) is wider than the allowed "
+                f"{max_regression_pct:g}% regression, which would read as within noise; bench longer (--duration) "
+                "or on a quieter machine")
+        unknown = [who for who, x in (("this run", r), ("the baseline", old)) if relative_error(x, stat) is None]
+        if unknown and row.change_pct is not None:
+            out.notes.append(f"{r.label}: {' and '.join(unknown)} recorded no cv or iteration count; its figure "
+                             "is taken as exact")
+    out.notes += [f"{b.label} (batch {b.batch}) of the baseline was not benched this time" for b in before.values()]
+    if report.evidence == "estimated":
+        out.notes.append(f"both are timings of this host, not of {report.target} (evidence estimated): the "
+                         f"comparison says whether the model got slower here, not on {report.target}")
+    return out
+
+
+def _compare_row(r: BenchResult, old: BenchResult | None, stat: Stat, max_regression_pct: float) -> RowChange:
+    now = r.stat_ms(stat)
+    then = old.stat_ms(stat) if old is not None else None
+    row = RowChange(label=r.label, runtime=r.runtime, format=r.format, precision=r.precision, batch=r.batch,
+                    before_ms=then, now_ms=now, change_pct=None, noise_pct=None,
+                    change="new" if old is None else "not compared")
+    if old is None or now is None or then is None or then <= 0:
+        return row
+    errors = [e for e in (relative_error(r, stat), relative_error(old, stat)) if e is not None]
+    row.change_pct = 100.0 * (now / then - 1)
+    row.noise_pct = 100.0 * NOISE_K * math.sqrt(sum(e * e for e in errors))
+    row.change = classify(row.change_pct, row.noise_pct, max_regression_pct)
+    return row
+
+
+def fingerprint(report: BenchReport) -> dict[str, str | None]:
+    """What a comparison should find equal in both runs' machines, by name."""
+    env = report.environment
+    if env.get("source") == "trtexec":
+        device = env.get("fingerprint") or {}
+        return {"device": env.get("device"), "TensorRT": env.get("tensorrt"),
+                "power mode": (device.get("jetson") or {}).get("power_mode")}
+    return {"CPU": env.get("cpu"), "GPU": (env.get("gpu") or {}).get("name"), "TensorRT": env.get("tensorrt"),
+            "ONNX Runtime": env.get("onnxruntime"), "torch": env.get("torch"),
+            "power mode": (env.get("jetson") or {}).get("power_mode")}
+
+
+def environment_differences(report: BenchReport, baseline: BenchReport) -> list[str]:
+    """One warning per difference between the two runs' evidence and machines (only what both recorded)."""
+    out = []
+    if report.evidence != baseline.evidence:
+        out.append(f"the baseline's evidence is {baseline.evidence}, this run's {report.evidence}: "
+                   "the figures come from different places")
+    then, now = fingerprint(baseline), fingerprint(report)
+    for name, value in now.items():
+        old = then.get(name)
+        if value and old and value != old:
+            out.append(f"another {name} than the baseline's: {value!r} now, {old!r} in the baseline")
+    return out
+
+
+def setting_differences(r: BenchResult, old: BenchResult) -> list[str]:
+    """One warning per setting of a result that differs from the baseline's: threads, device, providers."""
+    out = []
+    for name, now, then in (("threads", r.threads, old.threads), ("device", r.device, old.device),
+                            ("providers", r.providers, old.providers), ("torch.compile", r.compiled, old.compiled)):
+        if now is not None and then is not None and now != then:
+            out.append(f"{r.label}: {name} {now} now, {then} in the baseline")
+    return out

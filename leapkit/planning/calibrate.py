@@ -1,0 +1,150 @@
+"""`leapkit calibrate`: time the microbenchmarks on the target and fit its latency model.
+
+A CPU target (ONNX Runtime) is calibrated on this machine, which must be the target (its
+``device_match``), with the profile's thread count. A TensorRT target is calibrated on the device:
+on this machine when it is the device, else over SSH with ``host`` (:mod:`leapkit.planning.device_timing`).
+The result is a :class:`~leapkit.planning.calibration.Calibration` written to the user's
+configuration folder (or ``out``), which every later prediction for the target reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from leapkit.errors import ConfigError
+from leapkit.planning import device_timing
+from leapkit.planning.calibration import Calibration, Sample, default_path, fit, now
+from leapkit.planning.microbench import GRID, Micro, export_graphs, time_graph
+from leapkit.profiles import TargetProfile
+from leapkit.types import Precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibratePlan:
+    """What ``leapkit calibrate`` does.
+
+    Args:
+        profile: the target.
+        precisions: the precisions to fit (default: the profile's).
+        grid: the microbenchmarks.
+        out: the calibration file (default: :func:`~leapkit.planning.calibration.default_path`).
+        host: ``[user@]host[:port]`` of the device for a TensorRT target; None: this machine.
+        ssh_options: extra ssh/scp options for ``host``.
+        threads: ONNX Runtime threads (default: the profile's).
+        warmup_s: warm-up per microbenchmark (ONNX Runtime).
+        duration_s: timed duration per microbenchmark (ONNX Runtime).
+        progress: show a progress bar.
+    """
+
+    profile: TargetProfile
+    precisions: tuple[Precision, ...] = ()
+    grid: tuple[Micro, ...] = GRID
+    out: Path | None = None
+    host: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    threads: int | None = None
+    warmup_s: float = 0.5
+    duration_s: float = 2.0
+    progress: bool = True
+
+    def chosen_precisions(self) -> tuple[Precision, ...]:
+        wanted = self.precisions or self.profile.precisions
+        bad = [p for p in wanted if p not in self.profile.precisions]
+        if bad:
+            raise ConfigError(f"target {self.profile.name} does not run {', '.join(bad)}; its precisions are "
+                              f"{', '.join(self.profile.precisions)}")
+        return tuple(wanted)
+
+
+def _check_here(profile: TargetProfile) -> dict:
+    """This machine's fingerprint; raises ConfigError unless it is the target."""
+    from leapkit.latency.machine import environment, target_match
+
+    env = environment()
+    match = target_match(profile, env)
+    if not match.is_target:
+        how = ("--host [user@]device to time them on the device over SSH" if profile.runtime == "tensorrt"
+               else "a machine that is the target")
+        raise ConfigError(f"this machine is not {profile.name} ({match.reason}); calibrate on {how}: a latency "
+                          f"model is fitted to the target's own timings only")
+    return env
+
+
+def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
+    """Time the grid on the target, fit each precision, write the calibration; returns it and its path.
+
+    Raises:
+        ConfigError: this machine is not the target (without ``host``), ``host`` with an ONNX Runtime
+            target, a precision the target does not run, or too few microbenchmarks.
+        HostError: the device cannot be reached or a graph fails there.
+    """
+    from leapkit.deploy.progress import Steps
+
+    profile = plan.profile
+    precisions = plan.chosen_precisions()
+    if plan.host is not None and profile.runtime != "tensorrt":
+        raise ConfigError(f"--host times TensorRT engines on a device, but {profile.name} runs {profile.runtime}; "
+                          f"calibrate a CPU target on the machine itself, without --host")
+    env = None if plan.host is not None else _check_here(profile)
+    threads = plan.threads or profile.threads
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="leapkit-microbench-") as tmp, \
+            Steps(len(plan.grid) * (1 + len(precisions)), plan.progress) as steps:
+        folder = Path(tmp)
+        graphs: list[tuple[Micro, Precision, Path]] = []
+        for micro in plan.grid:
+            steps.step(f"export {micro.name}")
+            for precision, path in export_graphs(micro, precisions, folder, profile.runtime).items():
+                graphs.append((micro, precision, path))
+            steps.done()
+        if profile.runtime == "onnxruntime":
+            for micro, precision, path in graphs:
+                steps.step(f"time {micro.name} {precision}")
+                ms = time_graph(path, micro.img_size, threads, plan.warmup_s, plan.duration_s)
+                samples.append(Sample(micro.name, _fields(micro), precision, ms))
+                steps.done()
+            method = (f"ONNX Runtime CPU, {threads} threads, median of {plan.duration_s:g} s after "
+                      f"{plan.warmup_s:g} s warm-up per graph, batch 1")
+        else:
+            todo = [device_timing.Graph(p.name, precision, micro.img_size) for micro, precision, p in graphs]
+            (folder / device_timing.SCRIPT).write_text(device_timing.script(todo, profile.tensorrt,
+                                                                            profile.workspace_mb))
+            steps.step(f"time {len(todo)} engines with trtexec")
+            if plan.host is None:
+                times, found = device_timing.run_here(folder, todo)
+            else:
+                times, found = device_timing.run_on_host(folder, todo, plan.host, plan.ssh_options, profile.name)
+                env = device_timing.device_environment(found)
+                _check_version(env.get("tensorrt"), profile, plan.host)
+            samples = [Sample(micro.name, _fields(micro), precision, times[p.name]) for micro, precision, p in graphs]
+            method = (f"trtexec on the device: median GPU compute time of {device_timing.DURATION_S} s after "
+                      f"{device_timing.WARMUP_MS} ms warm-up per engine, batch 1, CUDA graph, no copies")
+            threads = None
+    efficiencies, ranges = {}, {}
+    for precision in precisions:
+        mine = [s for s in samples if s.precision == precision]
+        efficiencies[precision], ranges[precision] = fit(mine, precision)
+    calibration = Calibration(
+        target=profile.name, created=now(), environment=env or {}, runtime=profile.runtime, threads=threads,
+        efficiencies=efficiencies, ranges=ranges, samples=samples, method=method,
+    )
+    path = calibration.save(plan.out or default_path(profile.name))
+    return calibration, path
+
+
+def _fields(micro: Micro) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(micro.shape).items() if v is not None}
+
+
+def _check_version(found: str | None, profile: TargetProfile, host: str) -> None:
+    from leapkit.latency.remote import Host, check_versions
+
+    for warning in check_versions(found, profile, Host.parse(host)):
+        log.warning(warning)

@@ -1,0 +1,250 @@
+"""`leapkit plan`: which student fits the target's budget, and what distilling it would cost, before training.
+
+For each candidate (:mod:`leapkit.planning.candidates`) the plan gives the predicted latency and its
+range (:mod:`leapkit.planning.latency_model`), parameters, inference FLOPs, memory, the budget verdict
+and, given a teacher, LEAP's training cost against the fixed-target baseline
+(:mod:`leapkit.planning.train_cost`). Everything is counted from shapes on the meta device: offline,
+no weights, seconds.
+
+The verdict compares the range with the budget: ``fits`` when even its high end is within the budget,
+``does not fit`` when even its low end is over it, else ``too close to call``. The prediction is a
+median latency; the profile's budget statistic (p99 by default) sits a little above it on a quiet
+device, which the range is meant to cover.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from leapkit.config import Config
+from leapkit.errors import ConfigError
+from leapkit.planning import candidates as C
+from leapkit.planning.latency_model import LatencyModel, Prediction, model_for
+from leapkit.planning.shape import VitShape, of_timm
+from leapkit.planning.train_cost import DEFAULT_GPU, DEFAULT_UTILISATION, TrainCost, dataset_images, train_cost
+from leapkit.profiles import TargetProfile
+from leapkit.records import Record
+from leapkit.tables import Table, si
+from leapkit.types import Precision
+
+log = logging.getLogger(__name__)
+
+Fit = Literal["fits", "does not fit", "too close to call"]
+
+
+@dataclass
+class PlanRequest:
+    """What to plan.
+
+    Args:
+        profile: the target.
+        budget_ms: the latency budget (default: the profile's).
+        students: timm names to weigh (default: :data:`leapkit.planning.candidates.STUDENTS`).
+        img_sizes: input sizes (default: per patch, :func:`leapkit.planning.candidates.sizes`).
+        precisions: default: every precision the target runs.
+        recipe: the distillation config (teacher, schedule) for the training cost; None: no training cost.
+        train_images: training images per epoch (default: the recipe's dataset).
+        gpu: the GPU the training hours are for.
+        utilisation: the MFU assumed for them.
+        calibration: a calibration file (default: the target's own, else its published efficiencies).
+    """
+
+    profile: TargetProfile
+    budget_ms: float | None = None
+    students: tuple[str, ...] = C.STUDENTS
+    img_sizes: tuple[int, ...] = ()
+    precisions: tuple[Precision, ...] = ()
+    recipe: Config | None = None
+    train_images: int | None = None
+    gpu: str = DEFAULT_GPU
+    utilisation: float = DEFAULT_UTILISATION
+    calibration: Path | None = None
+
+    @property
+    def budget(self) -> float:
+        return self.budget_ms if self.budget_ms is not None else self.profile.latency_budget_ms
+
+
+@dataclass
+class PlanRow(Record):
+    """One candidate: the ``--format json`` object.
+
+    Args:
+        student: the timm name.
+        img_size: the input size.
+        precision: the precision.
+        predicted_ms: the predicted median latency.
+        predicted_range_ms: [low, high].
+        params: parameters.
+        gflops: inference GFLOPs per image (2 x MACs, :mod:`leapkit.macs`).
+        memory_mb: weights at the precision plus the peak activations, MB.
+        fits: true, false, or null when too close to call.
+        verdict: ``fits``, ``does not fit`` or ``too close to call``.
+        train_cost: LEAP vs baseline training cost; null without a teacher or when the teacher cannot
+            see this input size.
+        parts_ms: the prediction by part of the model.
+        calibrated: the latency model was calibrated on the target.
+        target: the target.
+        budget_ms: the budget judged against.
+    """
+
+    student: str
+    img_size: int
+    precision: Precision
+    predicted_ms: float
+    predicted_range_ms: list[float]
+    params: int
+    gflops: float
+    memory_mb: float
+    fits: bool | None
+    verdict: Fit
+    train_cost: TrainCost | None
+    parts_ms: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False
+    target: str = ""
+    budget_ms: float = 0.0
+
+
+@dataclass
+class PlanReport(Record):
+    """The plan: every candidate row, the budget, the latency model's source and the teacher."""
+
+    target: str
+    budget_ms: float
+    budget_stat: str
+    calibrated: bool
+    source: str
+    teacher: str | None
+    recipe: str | None
+    rows: list[PlanRow]
+    notes: list[str] = field(default_factory=list)
+
+
+def verdict(prediction: Prediction, budget_ms: float) -> Fit:
+    """``fits`` when the whole range is within the budget, ``does not fit`` when none of it is."""
+    if prediction.high_ms <= budget_ms:
+        return "fits"
+    if prediction.low_ms > budget_ms:
+        return "does not fit"
+    return "too close to call"
+
+
+def row(shape: VitShape, student: str, precision: Precision, model: LatencyModel, profile: TargetProfile,
+        budget_ms: float, cost: TrainCost | None) -> PlanRow:
+    """The plan row of one candidate."""
+    p = model.predict(shape, precision, profile.batch)
+    v = verdict(p, budget_ms)
+    return PlanRow(
+        student=student, img_size=shape.img_size, precision=precision, predicted_ms=round(p.ms, 4),
+        predicted_range_ms=[round(p.low_ms, 4), round(p.high_ms, 4)], params=shape.params,
+        gflops=round(shape.flops / 1e9, 4), memory_mb=round(shape.memory_bytes(precision, profile.batch) / 1e6, 2),
+        fits={"fits": True, "does not fit": False}.get(v), verdict=v, train_cost=cost,
+        parts_ms={k: round(ms, 4) for k, ms in p.parts_ms.items()}, calibrated=p.calibrated, target=profile.name,
+        budget_ms=budget_ms,
+    )
+
+
+def plan(request: PlanRequest) -> PlanReport:
+    """Every candidate of ``request`` with its prediction, verdict and training cost.
+
+    Raises:
+        ConfigError: the target has no latency model, a precision it does not run, an unknown GPU, or a
+            training set of unknown size.
+        ModelError: a student or teacher timm does not know, or that is not a plain ViT.
+    """
+    profile = request.profile
+    asked = C.check_precisions(profile, request.precisions)
+    model = model_for(profile, request.calibration)
+    if request.budget_ms is not None and request.budget_ms <= 0:
+        raise ConfigError(f"--budget-ms must be > 0, got {request.budget_ms}")
+    cfg = request.recipe
+    teacher_name = cfg.model.teacher if cfg is not None else None
+    teacher_patch = of_timm(teacher_name, cfg.model.img_size).patch_size if cfg is not None else None
+    images = dataset_images(cfg, request.train_images) if cfg is not None else 0
+    wanted = tuple(p for p in asked if p in model.efficiencies)
+    notes = [f"no {p} efficiencies in the latency model ({model.source}); {p} left out"
+             for p in asked if p not in model.efficiencies]
+    if not wanted:
+        raise ConfigError(f"the latency model of {profile.name} covers none of {', '.join(asked)}; it has "
+                          f"{', '.join(model.precisions)}; calibrate them with leapkit calibrate --target "
+                          f"{profile.name}")
+    found = C.candidates(profile, request.students, request.img_sizes, wanted,
+                         cfg.model.img_size if cfg is not None else 224, teacher_patch)
+    rows: list[PlanRow] = []
+    costs: dict[tuple[str, int], TrainCost | None] = {}
+    for cand in found:
+        key = (cand.student, cand.img_size)
+        if key not in costs:
+            costs[key] = None
+            if cfg is not None and teacher_patch and cand.img_size % teacher_patch == 0:
+                costs[key] = train_cost(of_timm(teacher_name, cand.img_size), cand.shape, cfg, images, request.gpu,
+                                        request.utilisation)
+        rows.append(row(cand.shape, cand.student, cand.precision, model, profile, request.budget, costs[key]))
+    if cfg is not None and any(r.train_cost is None for r in rows):
+        notes.append(f"no training cost where the input size is not a multiple of the teacher's patch "
+                     f"({teacher_patch}): the teacher sees the student's images")
+    rows.sort(key=lambda r: (r.predicted_ms, -r.gflops))
+    return PlanReport(
+        target=profile.name, budget_ms=request.budget, budget_stat=profile.budget_stat, calibrated=model.calibrated,
+        source=model.source, teacher=teacher_name, recipe=cfg.recipe if cfg is not None else None, rows=rows,
+        notes=notes,
+    )
+
+
+def largest_fit(rows: Sequence[PlanRow]) -> PlanRow | None:
+    """The candidate with the most inference FLOPs among those that fit (ties: fewer ms), or None."""
+    fitting = [r for r in rows if r.verdict == "fits"]
+    return max(fitting, key=lambda r: (r.gflops, -r.predicted_ms), default=None)
+
+
+_VERDICT_STYLE = {"fits": "green", "does not fit": "red", "too close to call": "yellow"}
+
+
+def plan_table(report: PlanReport) -> Table:
+    """One row per candidate: prediction and range, size, cost, verdict and training cost."""
+    caption = (f"Latency model {report.source}. Prediction: median ms at batch 1 with its range; verdict: "
+               f"the range against the {report.budget_ms:g} ms budget.")
+    if any(r.train_cost for r in report.rows):
+        cost = next(r.train_cost for r in report.rows if r.train_cost)
+        caption += (f" Training: {cost.epochs} epochs of {cost.images_per_epoch:,} images from {report.teacher}, "
+                    f"GPU-hours on one {cost.gpu} at {100 * cost.utilisation:.0f}% MFU; LEAP under the "
+                    f"{cost.schedule}.")
+    table = Table.of("student", "px", "precision", "predicted ms (range)", "params", "GFLOPs", "memory", "verdict",
+                     "GPU-h LEAP / baseline", "LEAP saving",
+                     title=f"leapkit plan: {report.target}, budget {report.budget_ms:g} ms", caption=caption,
+                     right=("px", "predicted ms (range)", "params", "GFLOPs", "memory", "GPU-h LEAP / baseline",
+                            "LEAP saving"))
+    for r in report.rows:
+        c = r.train_cost
+        low, high = r.predicted_range_ms
+        table.add(r.student, str(r.img_size), r.precision, f"{r.predicted_ms:.3g} ({low:.3g}-{high:.3g})",
+                  si(r.params), f"{r.gflops:.3g}", f"{r.memory_mb:.0f} MB", r.verdict,
+                  f"{c.leap_gpu_hours:.3g} / {c.baseline_gpu_hours:.3g}" if c else "-",
+                  f"<= {c.saving_pct:.0f} %" if c else "-", style=_VERDICT_STYLE[r.verdict])
+    return table
+
+
+def choose_student(request: PlanRequest) -> tuple[PlanRow, PlanReport]:
+    """The largest candidate (by inference FLOPs) whose whole predicted range fits the budget.
+
+    The range is the margin: a candidate too close to call is never chosen.
+
+    Raises:
+        ConfigError: no candidate fits; the message names the fastest one and what to change.
+    """
+    report = plan(request)
+    best = largest_fit(report.rows)
+    if best is None:
+        fastest = min(report.rows, key=lambda r: r.predicted_ms)
+        sizes = ", ".join(sorted({str(r.img_size) for r in report.rows}))
+        raise ConfigError(
+            f"no candidate student fits {report.budget_ms:g} ms on {report.target} at {sizes} px: the fastest, "
+            f"{fastest.student} {fastest.precision}, is predicted at {fastest.predicted_ms:.3g} ms "
+            f"({fastest.predicted_range_ms[0]:.3g}-{fastest.predicted_range_ms[1]:.3g}; {report.source}); raise "
+            f"--budget-ms, lower --img-size, or name a --student"
+        )
+    return best, report

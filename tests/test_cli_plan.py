@@ -1,0 +1,114 @@
+"""`leapkit plan` and `leapkit distill --student auto` through the real entry point: offline, seconds, no weights."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_cli
+
+from leapkit.cli.distill import choose_student
+from leapkit.errors import ConfigError
+
+KEYS = {"student", "img_size", "precision", "predicted_ms", "predicted_range_ms", "params", "gflops", "fits",
+        "train_cost"}
+
+
+@pytest.fixture(autouse=True)
+def no_user_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_plan_one_model_as_json(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["leapkit", "plan", "--student", "vit_small_patch14_dinov2", "--img-size", "224",
+                                     "--target", "jetson-orin-nano", "--format", "json"])
+    from leapkit.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code in (0, None)
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["precision"] for r in rows) == ["fp16", "fp32", "int8"]
+    for r in rows:
+        assert set(r) >= KEYS and r["student"] == "vit_small_patch14_dinov2" and r["img_size"] == 224
+        low, high = r["predicted_range_ms"]
+        assert low < r["predicted_ms"] < high and r["train_cost"] is None and r["calibrated"] is False
+        assert r["params"] == 21_628_800 and r["gflops"] == pytest.approx(12.27, rel=0.01)
+        assert r["fits"] is {"fits": True, "does not fit": False}.get(r["verdict"])
+    assert not list(Path.cwd().glob("*.png"))  # JSON only
+
+
+def test_plan_candidates_for_a_teacher_in_seconds(tmp_path, monkeypatch, capsys):
+    start = time.perf_counter()
+    plot = tmp_path / "frontier.png"
+    code, err = run_cli(["plan", "--teacher", "vit_giant_patch14_dinov2.lvd142m", "--target", "jetson-orin-nano",
+                         "--budget-ms", "20", "--plot", str(plot)], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert time.perf_counter() - start < 60  # seconds on a quiet machine; generous for a shared CI runner
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_json_carries_the_training_cost(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["leapkit", "plan", "--teacher", "vit_giant_patch14_dinov2.lvd142m", "--target",
+                                     "jetson-orin-nano", "--student", "vit_tiny_patch14_leapkit", "--img-size", "224",
+                                     "--precision", "fp16", "--format", "json", "--gpu", "H100"])
+    from leapkit.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code in (0, None)
+    (row,) = json.loads(capsys.readouterr().out)
+    cost = row["train_cost"]
+    assert cost["gpu"] == "H100" and cost["utilisation"] == 0.4 and cost["epochs"] == 100
+    assert 0 < cost["leap_flops"] < cost["baseline_flops"] and cost["leap_gpu_hours"] < cost["baseline_gpu_hours"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--student", "vit_small_patch14_dinov2", "--img-size", "100"],
+     "no candidate fits the input size(s) 100: each must be a multiple of a student's patch"),
+    (["--precision", "fp16", "--target", "x86-cpu"], "target x86-cpu does not run fp16"),
+    (["--student", "vit_nonexistent"], "unknown timm model 'vit_nonexistent'"),
+    (["--teacher", "vit_giant_patch14_dinov2", "--gpu", "V100"], "unknown GPU 'V100'"),
+    (["--budget-ms", "-1"], "--budget-ms must be > 0, got -1.0"),
+])
+def test_plan_bad_input_is_one_line_exit_2(args, message, monkeypatch, capsys):
+    target = [] if "--target" in args else ["--target", "jetson-orin-nano"]
+    code, err = run_cli(["plan", *target, *args], monkeypatch, capsys)
+    assert code == 2 and message in err and err.strip().count("\n") == 0, err
+    assert not list(Path.cwd().glob("*.png"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--student", "auto"], "--student auto needs --target T"),
+    (["--target", "x86-cpu"], "--target and --budget-ms choose the student: pass them with --student auto"),
+    (["--student", "auto", "--target", "x86-cpu", "--budget-ms", "0.0001"], "no candidate student fits 0.0001 ms"),
+])
+def test_distill_student_auto_errors_before_training(args, message, teacher_file, image_dir, tmp_path, monkeypatch,
+                                                     capsys):
+    out = tmp_path / "run"
+    code, err = run_cli(["distill", "--teacher-weights", str(teacher_file), "--data", str(image_dir), "--out", str(out),
+                         "--no-progress", *args], monkeypatch, capsys)
+    assert code == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_student_auto_takes_the_largest_that_fits_and_records_it(tiny_config):
+    from leapkit.config import save_config
+
+    tiny_config.model.student = "auto"
+    cfg = choose_student(tiny_config, "jetson-orin-nano", 5.0)
+    plan = cfg.plan
+    assert cfg.model.student != "auto" and plan.target == "jetson-orin-nano" and plan.budget_ms == 5.0
+    assert plan.predicted_range_ms[1] <= 5.0 and plan.predicted_range_ms[0] < plan.predicted_ms
+    assert plan.precision in ("fp32", "fp16", "int8") and plan.calibrated is False and plan.candidates > 3
+    path = Path("config.yaml")
+    save_config(cfg, path)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["plan"]["predicted_range_ms"] == list(plan.predicted_range_ms) and saved["model"]["student"] == (
+        cfg.model.student)
+    with pytest.raises(ConfigError, match="a resumed run keeps its own"):
+        choose_student(tiny_config, "jetson-orin-nano", 5.0, resumed=True)

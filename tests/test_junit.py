@@ -1,0 +1,109 @@
+"""leapkit.latency.junit: the bench report as JUnit XML, read back with junitparser as CI dashboards read it.
+
+The reports are real: `leapkit bench --from-trtexec` of published trtexec output (the timed runs and
+their JUnit files through the CLI are in test_bench.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from junitparser import Failure, JUnitXml, Skipped
+from test_regression import A5000_LOG, SAMPLES, scaled
+
+from leapkit.errors import MissingDependency
+from leapkit.latency.bench import bench
+from leapkit.latency.junit import require_junitparser, write_junit
+from leapkit.latency.regression import compare, load_baseline
+from leapkit.latency.report import BenchReport
+
+pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/trtexec-samples is absent")
+ORIN_LOG = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"
+
+
+def read(path: Path) -> list:
+    """The test cases of the one suite in a JUnit file, as junitparser reads them."""
+    (suite,) = list(JUnitXml.fromfile(str(path)))
+    return list(suite)
+
+
+def test_a_passing_report_is_one_passing_case_per_format(tmp_path):
+    report = bench(target="jetson-orin-nano", from_trtexec=[ORIN_LOG], out_dir=tmp_path)
+    path = write_junit(report, tmp_path / "reports" / "latency.xml")
+    xml = JUnitXml.fromfile(str(path))
+    (suite,) = list(xml)
+    assert suite.name == "leapkit bench jetson-orin-nano" and (suite.tests, suite.failures, suite.skipped) == (1, 0, 0)
+    assert {p.name: p.value for p in suite.properties()} == {
+        "target": "jetson-orin-nano", "evidence": "imported", "verdict": "PASS", "budget": "p99 <= 33.3 ms"}
+    (case,) = list(suite)
+    assert (case.name, case.classname, case.is_passed) == ("TensorRT engine fp16", "leapkit.bench.jetson-orin-nano",
+                                                           True)
+    assert case.system_out.startswith("TensorRT engine fp16 (tensorrt, batch 1): p50 10.797 ms, p90 10.933 ms, "
+                                      "p99 10.974 ms")
+
+
+def test_a_missed_budget_is_a_failure_with_the_numbers(tmp_path):
+    report = bench(target="rtx-4090", from_trtexec=[A5000_LOG], budget_ms=5, out_dir=tmp_path, check=False)
+    (case,) = read(write_junit(report, tmp_path / "latency.xml"))
+    (failure,) = case.result
+    assert isinstance(failure, Failure) and failure.type == "budget"
+    assert failure.message == ("budget FAIL on rtx-4090 (evidence imported): TensorRT engine fp16 (tensorrt) p99 "
+                               "6.443 ms > 5 ms")
+
+
+def test_a_regression_is_a_failure_with_the_numbers_beside_the_budget(tmp_path):
+    report = bench(target="rtx-4090", from_trtexec=[A5000_LOG], budget_ms=5, out_dir=tmp_path, check=False)
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps(scaled(json.loads(report.json_path.read_text()), 1 / 1.25)))
+    report.baseline = compare(report, load_baseline(prev), prev, 10.0)
+    (case,) = read(write_junit(report, tmp_path / "latency.xml"))
+    assert [(f.type, f.message) for f in case.result] == [
+        ("budget", "budget FAIL on rtx-4090 (evidence imported): TensorRT engine fp16 (tensorrt) p99 6.443 ms > 5 ms"),
+        ("regression", "regression: TensorRT engine fp16 p99 6.443 ms vs 5.155 ms in the baseline (+25.0% > 10% "
+                       "allowed; noise ±1.6%)"),
+    ]
+    assert case.system_out.endswith("; vs baseline: +25.0% regressed (±1.6%)")
+
+
+def unconfirmed(tmp_path: Path) -> BenchReport:
+    """A real report, relabelled as timed away from the target (the figures are left alone)."""
+    report = bench(target="jetson-orin-nano", from_trtexec=[ORIN_LOG], out_dir=tmp_path)
+    report.evidence, report.verdict = "estimated", "UNCONFIRMED"
+    report.evidence_reason = "measured on vm, not on jetson-orin-nano: nothing on vm matches 'Jetson Orin Nano'"
+    report.verdict_reason = "TensorRT engine fp16 on jetson-orin-nano: lower bound 0.24 ms <= 33.3 ms"
+    return report
+
+
+def test_unconfirmed_is_skipped_with_the_reason_unless_a_measurement_is_required(tmp_path):
+    report = unconfirmed(tmp_path)
+    (case,) = read(write_junit(report, tmp_path / "latency.xml"))
+    (skipped,) = case.result
+    assert isinstance(skipped, Skipped) and case.is_skipped
+    assert skipped.message == ("budget UNCONFIRMED on jetson-orin-nano: measured on vm, not on jetson-orin-nano: "
+                               "nothing on vm matches 'Jetson Orin Nano'; TensorRT engine fp16 on jetson-orin-nano: "
+                               "lower bound 0.24 ms <= 33.3 ms")
+    (case,) = read(write_junit(report, tmp_path / "latency.xml", require_measured=True))
+    (failure,) = case.result
+    assert failure.type == "budget" and failure.message.startswith(
+        "budget UNCONFIRMED on jetson-orin-nano and --require-measured is set: measured on vm")
+
+
+def test_no_format_that_ran_is_a_budget_case_of_its_own(tmp_path):
+    report = bench(target="jetson-orin-nano", from_trtexec=[ORIN_LOG], out_dir=tmp_path)
+    r = report.results[0]
+    r.status, r.p99_ms = "failed: the trtexec output has no latency figures", None
+    report.verdict, report.gated = "FAIL", None
+    report.verdict_reason = "no format ran on jetson-orin-nano (TensorRT engine fp16 failed: ...)"
+    engine, budget = read(write_junit(report, tmp_path / "latency.xml"))
+    assert engine.is_skipped and engine.result[0].message.startswith("TensorRT engine fp16 did not run: failed")
+    assert budget.name == "budget" and budget.result[0].message.startswith("budget FAIL on jetson-orin-nano")
+
+
+def test_junitparser_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "junitparser", None)
+    with pytest.raises(MissingDependency, match=r"^--junit FILE needs the 'junitparser' package: pip install "
+                                                r"'leapkit\[ci\]'$"):
+        require_junitparser()
