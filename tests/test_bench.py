@@ -200,7 +200,8 @@ def test_bench_bad_options(run_dir, tmp_path):
         bench(run_dir, "x86-cpu", budget_ms=0, **FAST)
     with pytest.raises(ConfigError, match="unknown statistic 'p999'"):
         bench(run_dir, "x86-cpu", stat="p999", **FAST)
-    with pytest.raises(ConfigError, match="unknown runtime 'tensorflow'; use torch, onnxruntime, tensorrt or all"):
+    unknown = "unknown runtime 'tensorflow'; use torch, onnxruntime, openvino, tensorrt or all"
+    with pytest.raises(ConfigError, match=unknown):
         bench(run_dir, "x86-cpu", runtimes=["tensorflow"], **FAST)
     with pytest.raises(ConfigError, match="--runtime all cannot be combined"):
         bench(run_dir, "x86-cpu", runtimes=["all", "torch"], **FAST)
@@ -255,7 +256,8 @@ def test_cli_bench_errors(run_dir, tmp_path, monkeypatch, capsys):
     common = ["--target", "x86-cpu", "-n", "5", "--warmup", "0", "--out", str(tmp_path)]
     for extra, message in (
         (["--budget-ms", "-1"], "error: the budget must be a positive number of ms, got -1.0 (--budget-ms)"),
-        (["--runtime", "tensorflow"], "error: unknown --runtime 'tensorflow'; use torch, onnxruntime, tensorrt or all"),
+        (["--runtime", "tensorflow"],
+         "error: unknown --runtime 'tensorflow'; use torch, onnxruntime, openvino, tensorrt or all"),
         (["--runtime", "all,torch"], "error: --runtime all cannot be combined with other --runtime values"),
         (["--threads", "many"], "error: --threads must be a positive integer or 'auto', got 'many'"),
         (["--precision", "fp8"], "error: unknown --precision 'fp8'; use fp32, fp16, int8 or all"),
