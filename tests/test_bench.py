@@ -633,7 +633,8 @@ def test_host_timings_away_from_the_target_compare_with_a_note(run_dir, tmp_path
     prev = scaled_copy(first.json_path, 4.0, tmp_path / "prev.json")  # this run is faster: nothing fails
     report = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path, baseline=prev,
                    junit=tmp_path / "latency.xml", **FAST)
-    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} == {"faster"}
+    # A baseline 4x slower than this host: the change reads faster, or within noise on a loaded machine; never worse.
+    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} <= {"faster", "within noise"}
     assert report.baseline.notes[-1].startswith("both are timings of this host, not of jetson-orin-nano (evidence "
                                                 "estimated)")
     assert report.baseline.notes[-1] in report.md_path.read_text()
