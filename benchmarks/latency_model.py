@@ -4,20 +4,25 @@
    vit_base_patch16_224; 160 and 224 px) and patch 14 (vit_tiny_patch14_leapkit, vit_small_patch14_dinov2,
    vit_base_patch14_dinov2; 168 and 224 px), random weights, with leapkit's own export: the fp32 graph of
    ``leapkit.deploy.onnx_graph.export_onnx`` and the INT8 graph of ``leapkit.deploy.onnx_int8.quantize_int8`` in
-   the ONNX Runtime layout (min-max ranges from 8 random images: the ranges do not change the speed).
-2. Wait for a quiet machine (1-minute load average <= 0.5; up to --max-wait seconds), recording the load. Every
-   timing below is also watched: the CPU time other processes take while it runs (/proc/stat less this
-   process) must stay under 0.1 core, else it is repeated once they have stopped.
-3. Calibrate x86-cpu with ``leapkit.planning.calibrate`` on its default grid of small ViTs (widths 64-1024
-   without 192/384/768: none of the models above), unless --calibration names an existing file.
-4. Time every model with ONNX Runtime as ``leapkit bench`` does (``leapkit.runtimes.OrtRunner``, the profile's
-   2 threads, ``leapkit.latency.timing.time_runner``) and predict it with ``leapkit.planning.predict_onnx`` from
-   the exported file. Report the p50 against the prediction: median and worst absolute error (targets: 15% and
-   30%), and whether the measurement falls in the predicted range.
+   the ONNX Runtime layout (min-max ranges from 8 random images: the ranges do not change the speed). The
+   calibration's microbenchmarks are exported as ``leapkit calibrate`` exports them
+   (``leapkit.planning.microbench``: its default grid of small ViTs, widths 64-1024 without 192/384/768, so
+   none of the models above).
+2. Wait for a quiet machine (1-minute load average <= 0.5; up to --max-wait seconds), recording the load.
+3. Time, in --rounds interleaved rounds (each round every microbenchmark and every model once, in a shuffled
+   order), with ONNX Runtime as ``leapkit calibrate`` and ``leapkit bench`` do (``leapkit.runtimes.OrtRunner``,
+   the profile's 2 threads, ``leapkit.latency.timing.time_runner``). Each timing is watched: the CPU other
+   processes take meanwhile (/proc/stat less this process) must stay under 0.1 core, else it is repeated once
+   they stop. A graph's latency is the median over the rounds of its p50. Why rounds: on this 2-vCPU VM a
+   two-thread latency moves by up to ~40% between minutes with nothing else running here (the host's other
+   tenants), and interleaving exposes the microbenchmarks and the models to the same conditions.
+4. Fit x86-cpu's latency model to the microbenchmarks alone (``leapkit.planning.calibration.fit``, the fit
+   ``leapkit calibrate`` runs) and write the calibration; predict each model with
+   ``leapkit.planning.predict_onnx`` from its exported file. Report the median and worst absolute error
+   (targets: 15% and 30%) and whether each measurement falls in the predicted range.
 
 Usage:
-    python benchmarks/latency_model.py                      # writes benchmarks/results/latency_model.{md,json}
-    python benchmarks/latency_model.py --work /tmp/lm --calibration benchmarks/results/latency_model_calibration.json
+    python benchmarks/latency_model.py        # writes benchmarks/results/latency_model{.md,.json,_calibration.json}
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import io
 import json
 import logging
 import os
+import random
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +50,8 @@ from leapkit.deploy.onnx_int8 import quantize_int8
 from leapkit.latency.machine import describe_host, environment
 from leapkit.latency.timing import latency_stats, time_runner
 from leapkit.planning import predict_onnx
-from leapkit.planning.calibrate import CalibratePlan, calibrate
-from leapkit.planning.calibration import Calibration
+from leapkit.planning.calibration import Calibration, Sample, fit, now
+from leapkit.planning.microbench import GRID, Micro, export_graphs
 from leapkit.profiles import load_target
 from leapkit.runtimes import OrtRunner
 from leapkit.tables import Table
@@ -58,9 +66,12 @@ MODELS = {
 PRECISIONS = ("fp32", "int8")
 TARGET_MEDIAN, TARGET_WORST = 15.0, 30.0
 OTHERS_MAX = 0.1  # cores other processes may use during a timing
+MICRO_TIMING = (0.3, 1.5)  # warm-up and timed seconds per microbenchmark
+STATS = ("median", "fastest")  # of a graph's p50 over the rounds
+DEFAULT_OUT = RESULTS / "latency_model"
 
 
-def export(name: str, size: int, work: Path) -> dict[str, Path]:
+def export_model(name: str, size: int, work: Path) -> dict[str, Path]:
     """The fp32 and INT8 graphs of a random-weight timm model, exported once into ``work``."""
     import leapkit.models  # noqa: F401  (registers vit_tiny_patch14_leapkit)
 
@@ -75,6 +86,14 @@ def export(name: str, size: int, work: Path) -> dict[str, Path]:
             images = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
             quantize_int8(fp32, int8, images, method="minmax", runtime="onnxruntime")
     return {"fp32": fp32, "int8": int8}
+
+
+def export_micro(micro: Micro, work: Path) -> dict[str, Path]:
+    """A microbenchmark's fp32 and INT8 graphs, as ``leapkit calibrate`` exports them, once into ``work``."""
+    files = {"fp32": work / f"{micro.name}.onnx", "int8": work / f"{micro.name}_int8.onnx"}
+    if not all(f.is_file() for f in files.values()):
+        export_graphs(micro, PRECISIONS, work, "onnxruntime")
+    return files
 
 
 def wait_for_quiet(threshold: float, max_wait: float, pause: float = 120.0) -> list[float]:
@@ -108,34 +127,31 @@ class Watch:
 
     @staticmethod
     def _now() -> tuple[float, float, float]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
-        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # steal time counts as busy
         t = os.times()
         return busy, t.user + t.system, time.monotonic()
 
 
-def others_now(window: float = 10.0) -> float:
-    """The cores other processes use over ``window`` seconds while this one sleeps."""
-    with Watch() as w:
-        time.sleep(window)
-    return w.others
-
-
 def wait_for_others(max_wait: float, pause: float = 50.0) -> None:
-    """Sleep until other processes use at most OTHERS_MAX cores.
+    """Sleep until other processes use at most OTHERS_MAX cores over a 10 s look.
 
     Raises:
         SystemExit: not within ``max_wait`` seconds.
     """
     start = time.monotonic()
-    while (busy := others_now()) > OTHERS_MAX:
+    while True:
+        with Watch() as w:
+            time.sleep(10.0)
+        if w.others <= OTHERS_MAX:
+            return
         if time.monotonic() - start >= max_wait:
-            raise SystemExit(f"other processes still use {busy:.2f} cores after {max_wait:.0f} s; run again later")
-        log.info("other processes use %.2f cores: waiting %.0f s", busy, pause)
+            raise SystemExit(f"other processes still use {w.others:.2f} cores after {max_wait:.0f} s; run again later")
+        log.info("other processes use %.2f cores: waiting %.0f s", w.others, pause)
         time.sleep(pause)
 
 
-def watched(what: str, fn: Any, max_wait: float, tries: int = 5) -> tuple[Any, float]:
+def watched(what: str, fn: Callable[[], Any], max_wait: float, tries: int = 5) -> tuple[Any, float]:
     """``fn()`` and the cores other processes used meanwhile; repeated (after they stop) while above OTHERS_MAX."""
     for attempt in range(tries):
         with Watch() as w:
@@ -159,102 +175,147 @@ def measure(path: Path, size: int, threads: int, warmup_s: float, duration_s: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/leapkit-latency-model"), help="exported graphs")
-    parser.add_argument("--calibration", type=Path, help="an existing calibration (default: calibrate now)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latency_model")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: the x86-cpu profile's, 2)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per model")
+    parser.add_argument("--duration", type=float, default=2.0, help="timed seconds per model")
     parser.add_argument("--quiet-load", type=float, default=0.5)
     parser.add_argument("--max-wait", type=float, default=1800.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_target("x86-cpu")
-    threads = profile.threads or 2
-    args.work.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or profile.threads or 2
+    (args.work / "microbench").mkdir(parents=True, exist_ok=True)
 
-    graphs = {}
-    for name, sizes in MODELS.items():
-        for size in sizes:
-            log.info("export %s at %d px", name, size)
-            graphs[(name, size)] = export(name, size, args.work)
+    micro_files = {m: export_micro(m, args.work / "microbench") for m in GRID}
+    model_files = {(n, s): export_model(n, s, args.work) for n, sizes in MODELS.items() for s in sizes}
+    items: list[tuple[str, Path, int, tuple[float, float]]] = [
+        (p, f, m.img_size, MICRO_TIMING) for m, files in micro_files.items() for p, f in files.items()
+    ] + [(p, f, key[1], (args.warmup, args.duration)) for key, files in model_files.items() for p, f in files.items()]
 
-    loads = {"before_calibration": wait_for_quiet(args.quiet_load, args.max_wait)}
-    cal_path = args.calibration
-    others: dict[str, float] = {}
-    if cal_path is None:
-        cal_path = args.out.with_name(args.out.name + "_calibration.json")
-        log.info("calibrating x86-cpu on its microbenchmarks -> %s", cal_path)
-        _, others["calibration"] = watched("calibration", lambda: calibrate(CalibratePlan(profile, out=cal_path,
-                                                                                            progress=False)),
-                                           args.max_wait)
-    cal = Calibration.read(cal_path)
-    loads["before_models"] = [os.getloadavg()[0]]
+    loads = {"start": wait_for_quiet(args.quiet_load, args.max_wait)}
+    p50s: dict[tuple[str, str], list[float]] = {}
+    stats: dict[tuple[str, str], list[dict[str, float]]] = {}
+    worst_others = 0.0
+    for r in range(args.rounds):
+        random.Random(r).shuffle(items)
+        log.info("round %d of %d: %d timings", r + 1, args.rounds, len(items))
+        for precision, path, size, (warmup, duration) in items:
+            s, busy = watched(path.name, lambda f=path, z=size, w=warmup, d=duration: measure(f, z, threads, w, d),
+                              args.max_wait)
+            p50s.setdefault((path.name, precision), []).append(s["p50_ms"])
+            stats.setdefault((path.name, precision), []).append(s)
+            worst_others = max(worst_others, busy)
+        loads[f"after round {r + 1}"] = [os.getloadavg()[0]]
 
+    env = environment()
+    results = {stat: evaluate(stat, p50s, micro_files, model_files, profile, threads, env, args) for stat in STATS}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    flags = [f"--threads {args.threads}" if args.threads else "", f"--rounds {args.rounds}" if args.rounds != 5 else "",
+             f"--out {args.out}" if args.out != DEFAULT_OUT else ""]
+    command = " ".join(["python benchmarks/latency_model.py", *(f for f in flags if f)])
+    record = {"command": command, "date": date, "environment": env, "load_avg_1m": loads,
+              "worst_other_cores": worst_others, "rounds": args.rounds, "threads": threads, "warmup_s": args.warmup,
+              "duration_s": args.duration, "results": results,
+              "cv": {f"{k[0]} {k[1]}": statistics.median(x["cv"] for x in v) for k, v in stats.items()}}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(record) + "\n")
+    for stat, res in results.items():
+        log.info("%s: median |error| %.1f%%, worst %.1f%%", stat, res["summary"]["median_abs_error_pct"],
+                 res["summary"]["worst_abs_error_pct"])
+
+
+def evaluate(stat: str, p50s: dict[tuple[str, str], list[float]], micro_files: dict[Micro, dict[str, Path]],
+             model_files: dict[tuple[str, int], dict[str, Path]], profile: Any, threads: int, env: dict[str, Any],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Fit to the microbenchmarks' ``stat`` over the rounds, predict the models, compare with theirs."""
+    pick = statistics.median if stat == "median" else min
+
+    def latency(path: Path, precision: str) -> float:
+        return pick(p50s[(path.name, precision)])
+
+    samples = [Sample(m.name, {k: v for k, v in asdict(m.shape).items() if v is not None}, p, latency(f, p))
+               for m, files in micro_files.items() for p, f in files.items()]
+    efficiencies, ranges = {}, {}
+    for precision in PRECISIONS:
+        efficiencies[precision], ranges[precision] = fit([s for s in samples if s.precision == precision], precision)
+    suffix = "_calibration.json" if stat == "median" else f"_calibration_{stat}.json"
+    cal_path = args.out.with_name(args.out.name + suffix)
+    what = "median over" if stat == "median" else "fastest of"
+    cal = Calibration(
+        target=profile.name, created=now(), environment=env, runtime=profile.runtime, threads=threads,
+        efficiencies=efficiencies, ranges=ranges, samples=samples,
+        method=(f"ONNX Runtime CPU, {threads} threads, batch 1; each graph's {what} {args.rounds} interleaved rounds "
+                f"of the p50 of {MICRO_TIMING[1]:g} s after {MICRO_TIMING[0]:g} s warm-up "
+                f"(benchmarks/latency_model.py)"),
+    )
+    cal.save(cal_path)
     rows: list[dict[str, Any]] = []
-    for (name, size), files in graphs.items():
-        for precision in PRECISIONS:
-            stats, busy = watched(f"{name} {size} {precision}", lambda f=files[precision], s=size: measure(
-                f, s, threads, args.warmup, args.duration), args.max_wait)
-            p = predict_onnx(files[precision], profile, calibration=cal_path)
-            err = 100.0 * (p.ms - stats["p50_ms"]) / stats["p50_ms"]
-            rows.append({"model": name, "img_size": size, "precision": precision, "p50_ms": stats["p50_ms"],
-                         "cv": stats["cv"], "iterations": stats["iterations"], "predicted_ms": p.ms,
+    for (name, size), files in model_files.items():
+        for precision, path in files.items():
+            measured = latency(path, precision)
+            p = predict_onnx(path, profile, calibration=cal_path)
+            err = 100.0 * (p.ms - measured) / measured
+            rows.append({"model": name, "img_size": size, "precision": precision, "measured_ms": measured,
+                         "round_p50s_ms": p50s[(path.name, precision)], "predicted_ms": p.ms,
                          "predicted_range_ms": [p.low_ms, p.high_ms], "error_pct": err,
-                         "in_range": p.low_ms <= stats["p50_ms"] <= p.high_ms, "parts_ms": p.parts_ms,
-                         "load_avg_1m": os.getloadavg()[0], "other_cores": busy})
-            log.info("%s %d %s: p50 %.2f ms, predicted %.2f ms (%+.1f%%)", name, size, precision, stats["p50_ms"],
-                     p.ms, err)
-    loads["after"] = [os.getloadavg()[0]]
+                         "in_range": p.low_ms <= measured <= p.high_ms, "parts_ms": p.parts_ms})
     errors = [abs(r["error_pct"]) for r in rows]
+    loo = {pr: [abs(x.loo_ms / x.measured_ms - 1) * 100 for x in samples if x.precision == pr] for pr in PRECISIONS}
     summary = {"median_abs_error_pct": statistics.median(errors), "worst_abs_error_pct": max(errors),
                "in_range": sum(r["in_range"] for r in rows), "count": len(rows),
-               "median_met": statistics.median(errors) <= TARGET_MEDIAN, "worst_met": max(errors) <= TARGET_WORST}
-    env = environment()
-    command = "python benchmarks/latency_model.py" + (f" --calibration {args.calibration}" if args.calibration else "")
-    record = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "environment": env,
-              "load_avg_1m": loads, "other_cores": others, "calibration": str(cal_path),
-              "calibration_created": cal.created,
-              "threads": threads, "warmup_s": args.warmup, "duration_s": args.duration, "summary": summary,
-              "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(record, cal) + "\n")
-    log.info("median |error| %.1f%%, worst %.1f%%", summary["median_abs_error_pct"], summary["worst_abs_error_pct"])
+               "median_met": statistics.median(errors) <= TARGET_MEDIAN, "worst_met": max(errors) <= TARGET_WORST,
+               "calibration_loo_error_pct": {pr: [statistics.median(v), max(v)] for pr, v in loo.items()},
+               "calibration_range": ranges}
+    shown = cal_path.relative_to(Path.cwd()) if cal_path.is_relative_to(Path.cwd()) else cal_path
+    return {"calibration": str(shown), "summary": summary, "rows": rows}
 
 
-def markdown(record: dict[str, Any], cal: Calibration) -> str:
-    env, s, loads = record["environment"], record["summary"], record["load_avg_1m"]
-    table = Table.of("model", "px", "precision", "measured p50 ms", "cv", "predicted ms", "range ms", "error",
-                     "in range", right=("px", "measured p50 ms", "cv", "predicted ms", "range ms", "error"))
-    for r in record["rows"]:
-        low, high = r["predicted_range_ms"]
-        table.add(r["model"], str(r["img_size"]), r["precision"], f"{r['p50_ms']:.2f}", f"{r['cv']:.2f}",
-                  f"{r['predicted_ms']:.2f}", f"{low:.2f}-{high:.2f}", f"{r['error_pct']:+.1f} %",
-                  "yes" if r["in_range"] else "no")
+def markdown(record: dict[str, Any]) -> str:
+    env, loads = record["environment"], record["load_avg_1m"]
+    med, fast = record["results"]["median"], record["results"]["fastest"]
+    table = Table.of("model", "px", "precision", "p50 per round, ms", "median ms", "predicted", "error",
+                     "in range", "fastest ms", "predicted", "error",
+                     right=("px", "median ms", "predicted", "error", "fastest ms"))
+    for a, b in zip(med["rows"], fast["rows"], strict=True):
+        table.add(a["model"], str(a["img_size"]), a["precision"], ", ".join(f"{x:.1f}" for x in a["round_p50s_ms"]),
+                  f"{a['measured_ms']:.2f}", f"{a['predicted_ms']:.2f}", f"{a['error_pct']:+.1f} %",
+                  "yes" if a["in_range"] else "no", f"{b['measured_ms']:.2f}", f"{b['predicted_ms']:.2f}",
+                  f"{b['error_pct']:+.1f} %")
+    summary = Table.of("statistic over the rounds", "calibration", "leave-one-out error fp32 / int8 (median, max)",
+                       "median abs. error", "worst abs. error", "in range")
     met = {True: "met", False: "**not met**"}
-    worst_others = max([r["other_cores"] for r in record["rows"]] + list(record["other_cores"].values()))
+    for stat, res in record["results"].items():
+        s = res["summary"]
+        loo = " / ".join(f"{a:.0f}%, {b:.0f}%" for a, b in s["calibration_loo_error_pct"].values())
+        summary.add(stat, f"`{res['calibration']}`", loo,
+                    f"{s['median_abs_error_pct']:.1f}% ({met[s['median_met']]} <= {TARGET_MEDIAN:g}%)",
+                    f"{s['worst_abs_error_pct']:.1f}% ({met[s['worst_met']]} <= {TARGET_WORST:g}%)",
+                    f"{s['in_range']} of {s['count']}")
+    load_text = "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in loads.items())
     lines = [
-        "# Latency model: predicted against measured on x86-cpu (calibrated here from microbenchmarks only)",
+        f"# Latency model: predicted against measured on x86-cpu, {record['threads']} thread(s), calibrated here from "
+        f"microbenchmarks only",
         "",
         f"Command: `{record['command']}`  ",
         f"Machine: {describe_host(env)}, {env.get('cpu_cores')} cores, flags {', '.join(env.get('cpu_flags') or [])}; "
         f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, Python {env.get('python')}.  ",
-        f"Date: {record['date']}. ONNX Runtime CPU, {record['threads']} threads, batch 1; p50 of "
-        f"{record['duration_s']:g} s after a {record['warmup_s']:g} s warm-up per model.  ",
-        f"Load average (1 min): before calibrating {', '.join(f'{x:.2f}' for x in loads['before_calibration'])}; "
-        f"before the models {', '.join(f'{x:.2f}' for x in loads['before_models'])}; after "
-        f"{loads['after'][0]:.2f} (this job included). Other processes used at most {worst_others:.2f} core during any "
-        f"timing (each is repeated above {OTHERS_MAX} core).",
+        f"Date: {record['date']}. ONNX Runtime CPU, {record['threads']} thread(s), batch 1; {record['rounds']} "
+        f"interleaved rounds, each timing every microbenchmark ({MICRO_TIMING[1]:g} s after {MICRO_TIMING[0]:g} s) "
+        f"and every model ({record['duration_s']:g} s after {record['warmup_s']:g} s) once, in a shuffled order.  ",
+        f"Load average (1 min; this job's own load included after the start): {load_text}. Other processes used at "
+        f"most {record['worst_other_cores']:.2f} core during any kept timing (a timing is repeated above "
+        f"{OTHERS_MAX}).",
         "",
-        f"Calibration: `{record['calibration']}` ({cal.created}), {len(cal.samples)} microbenchmark timings of small "
-        f"ViTs (widths 64-1024 without 192/384/768, 5-785 tokens, 1-4 blocks): none of the models below. "
-        f"{cal.method}.",
+        f"The calibrations are fitted to {len(GRID) * len(PRECISIONS)} microbenchmark graphs (small ViTs of widths "
+        f"64-1024 without 192/384/768, 5-785 tokens, 1-4 blocks), none of the models below, once to each graph's "
+        f"median p50 over the rounds and once to its fastest round's p50; each prediction is compared with the "
+        f"same statistic of the model.",
+        "",
+        summary.to_markdown(),
         "",
         table.to_markdown(),
-        "",
-        f"- median absolute error: **{s['median_abs_error_pct']:.1f}%** (target <= {TARGET_MEDIAN:g}%: "
-        f"{met[s['median_met']]})",
-        f"- worst absolute error: **{s['worst_abs_error_pct']:.1f}%** (target <= {TARGET_WORST:g}%: "
-        f"{met[s['worst_met']]})",
-        f"- measurements within the predicted range: {s['in_range']} of {s['count']}",
     ]
     return "\n".join(lines)
 
