@@ -11,10 +11,11 @@ PyTorch model on real held-out images (digits upscaled to 224 px):
 
 The timings interleave: each round times every variant for a few seconds; the table gives, per
 variant, the p50 of its least disturbed round (the smallest per-round p50: other jobs on a shared
-machine only ever add time) and the median over rounds. ONNX Runtime runs as
-benchmarks/bench_latency.py runs it (non-spinning thread pool: spinning workers on a 2-core machine
-shared with other jobs multiply the latency). Targets (issue 12): the best parity-passing variant
-at least 2.5x faster than ONNX Runtime fp32 (aim: 3x); ONNX Runtime INT8 at least 2x over its fp32.
+machine only ever add time) and the median over rounds. ONNX Runtime runs as `leapkit bench` runs
+it (leapkit.runtimes.OrtRunner: a spinning intra-op pool; another job on a shared 2-core machine
+slows it more than a sleeping pool, which the least disturbed round filters out). Targets (issue
+12): the best parity-passing variant at least 2.5x faster than ONNX Runtime fp32 (aim: 3x); ONNX
+Runtime INT8 at least 2x over its fp32.
 Timing needs a quiet machine: the script waits (up to --wait-min minutes) for the 1-minute load
 average to fall to 0.5 and records it.
 
@@ -32,6 +33,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,18 +107,24 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         files, model = build(work, args.calib_images)
-        variants: list[tuple[str, str, str, Runner]] = [
-            ("onnxruntime", "fp32", "model.onnx", OrtRunner(files["fp32"], threads, spin=False)),
-            ("onnxruntime", "int8", "model_int8.onnx", OrtRunner(files["int8"], threads, spin=False)),
-            ("openvino", "fp32", "model_openvino_fp32.xml (f32)", OpenVINORunner(files["ov_fp32"], threads, "f32")),
-            ("openvino", "bf16", "model_openvino_fp32.xml (bf16)", OpenVINORunner(files["ov_fp32"], threads, "bf16")),
-            ("openvino", "int8", "model_openvino_int8.xml (bf16)", OpenVINORunner(files["ov_int8"], threads)),
+        # Each runner lives only while it runs: an idle ONNX Runtime session's spinning pool would take the
+        # cores from the variant being timed.
+        variants: list[tuple[str, str, str, Callable[[], Runner]]] = [
+            ("onnxruntime", "fp32", "model.onnx", lambda: OrtRunner(files["fp32"], threads)),
+            ("onnxruntime", "int8", "model_int8.onnx", lambda: OrtRunner(files["int8"], threads)),
+            ("openvino", "fp32", "model_openvino_fp32.xml (f32)",
+             lambda: OpenVINORunner(files["ov_fp32"], threads, "f32")),
+            ("openvino", "bf16", "model_openvino_fp32.xml (bf16)",
+             lambda: OpenVINORunner(files["ov_fp32"], threads, "bf16")),
+            ("openvino", "int8", "model_openvino_int8.xml (bf16)", lambda: OpenVINORunner(files["ov_int8"], threads)),
         ]
         val = stack_images(DigitsDataset("val", 224, MEAN, STD), args.parity_images)[0]
         reference = run_batched(TorchRunner(model), val, 16)
         rows: list[dict[str, Any]] = []
-        for runtime, precision, name, runner in variants:
+        for runtime, precision, name, make in variants:
+            runner = make()
             stats = compare(reference, run_batched(runner, val, 16))
+            runner.close()
             worst = min(s["cosine_min"] for s in stats.values())
             rows.append({"runtime": runtime, "precision": precision, "file": name, "cosine_min": worst,
                          "cls_cosine_min": stats["cls"]["cosine_min"], "gate": GATE[precision],
@@ -124,10 +132,11 @@ def main() -> None:
             print(json.dumps({k: rows[-1][k] for k in ("runtime", "precision", "cosine_min", "passed")}), flush=True)
         load_before = wait_for_quiet(args.wait_min)
         x = val[:1]
-        timers = [runner.timed(x) for *_, runner in variants]
         for _ in range(args.rounds):
-            for row, fn in zip(rows, timers, strict=True):
-                row["p50_rounds"].append(float(np.median(time_runner(fn, 0.5, None, args.seconds))))
+            for row, (*_, make) in zip(rows, variants, strict=True):
+                runner = make()
+                row["p50_rounds"].append(float(np.median(time_runner(runner.timed(x), 0.5, None, args.seconds))))
+                runner.close()
         load_after = os.getloadavg()[0]
     base = None
     for row in rows:

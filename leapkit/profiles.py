@@ -21,10 +21,22 @@ from typing import Any, Literal
 
 from leapkit import config, schema
 from leapkit.errors import ConfigError
-from leapkit.types import FAMILIES, PRECISIONS, STATS, TARGET_RUNTIMES, Family, Precision, Stat, TargetRuntime
+from leapkit.types import (
+    CHOICES,
+    FAMILIES,
+    PRECISIONS,
+    STATS,
+    TARGET_RUNTIMES,
+    Choice,
+    Family,
+    Precision,
+    Stat,
+    TargetRuntime,
+)
 
 __all__ = [
-    "FAMILIES", "FAMILY_DEFAULTS", "PRECISIONS", "STATS", "TARGET_RUNTIMES", "Family", "Precision", "Stat",
+    "CHOICES", "FAMILIES", "FAMILY_DEFAULTS", "PRECISIONS", "STATS", "TARGET_RUNTIMES", "Choice", "Family", "Precision",
+    "Stat",
     "TargetProfile", "TargetRuntime", "kind_of", "list_recipes", "list_targets", "load_target", "target_path",
     "targets_dir", "validate_recipe", "validate_target", "LatencyModelSection", "PublishedEfficiency",
     "PublishedMeasurement",
@@ -37,6 +49,10 @@ FAMILY_DEFAULTS: dict[str, str] = {
     "cpu": "x86-cpu",
     "gpu": "rtx-4090",
 }
+
+# Peaks a profile may leave out (read as unknown: no lower bound at that precision). Data sheets rarely give a
+# bf16 figure, and only CPUs with AVX512-BF16 or AMX run it.
+OPTIONAL_PEAKS: tuple[Precision, ...] = ("bf16",)
 
 
 @dataclass(frozen=True)
@@ -175,6 +191,13 @@ class TargetProfile:
     on-chip cache that could hold weights between inferences; without it the lower bound counts
     compute only. ``latency_model`` holds the efficiencies :mod:`leapkit.planning` predicts with when
     the target has no calibration, each set from a published measurement it cites.
+
+    ``runtimes`` lists every runtime the target may deploy with, in preference order (ties go to the
+    earlier one); empty means ``runtime`` alone, which is always among them: it is the one the export
+    needs (an optional one, such as OpenVINO, is left out with a log line where it is not installed).
+    ``choose`` says which benched variant the verdict judges: ``profile``, the runtime and precision
+    above; ``fastest``, the fastest variant whose export checks passed, among ``runtimes`` and
+    ``precisions`` (the export then writes every precision by default).
     """
 
     name: str
@@ -192,6 +215,8 @@ class TargetProfile:
     tensorrt: str | None
     latency_budget_ms: float
     budget_stat: Stat = "p99"
+    runtimes: tuple[TargetRuntime, ...] = ()
+    choose: Choice = "profile"
     workspace_mb: int | None = None
     threads: int | None = None
     device_match: tuple[str, ...] = ()
@@ -201,6 +226,11 @@ class TargetProfile:
     notes: str = ""
     latency_model: LatencyModelSection | None = None
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def deploy_runtimes(self) -> tuple[TargetRuntime, ...]:
+        """The runtimes the target deploys with, in preference order: ``runtimes``, else ``runtime`` alone."""
+        return self.runtimes or (self.runtime,)
 
     def peak_ops(self, precision: Precision) -> float | None:
         """Peak dense operations per second at ``precision``, or None when unknown."""
@@ -234,7 +264,7 @@ class TargetProfile:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["precisions"] = list(self.precisions)
+        d["precisions"], d["runtimes"] = list(self.precisions), list(self.runtimes)
         d["device_match"], d["power_modes"] = list(self.device_match), list(self.power_modes)
         d["path"] = str(self.path) if self.path else None
         if d["latency_model"] is not None:
@@ -313,7 +343,8 @@ def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
             p.append(f"peak_tops.{key} is not a precision; use {'|'.join(PRECISIONS)}")
         for key in PRECISIONS:
             if key not in peak:
-                p.append(f"peak_tops.{key} is missing (use null when the hardware has no fast path)")
+                if key not in OPTIONAL_PEAKS:
+                    p.append(f"peak_tops.{key} is missing (use null when the hardware has no fast path)")
             elif peak[key] is not None and not peak[key] > 0:
                 p.append(f"peak_tops.{key} must be a number > 0 or null, got {peak[key]!r}")
 
@@ -322,8 +353,17 @@ def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
         p.append(f"precision '{v['precision']}' is not in precisions {list(precisions)}")
     if precisions is not None and peak is not None:
         for prec in precisions:
-            if peak.get(prec) is None:
+            if peak.get(prec) is None and not (prec in OPTIONAL_PEAKS and prec not in peak):
                 p.append(f"precision {prec} is listed in precisions but peak_tops.{prec} is null")
+    runtimes = v.get("runtimes") or ((v["runtime"],) if "runtime" in v else ())
+    need("runtimes", lambda x: len(set(x)) == len(x), f"a list of distinct values from {'|'.join(TARGET_RUNTIMES)}")
+    if v.get("runtimes") and "runtime" in v and v["runtime"] not in v["runtimes"]:
+        p.append(f"runtime {v['runtime']} is not in runtimes {list(v['runtimes'])}; list it there too")
+    if "openvino" in runtimes and v.get("family") not in (None, "cpu"):
+        p.append(f"runtime openvino runs on the CPU: it is for family cpu, not {v['family']}")
+    if precisions is not None and "bf16" in precisions and runtimes and "openvino" not in runtimes:
+        p.append("precision bf16 runs only on OpenVINO (the fp32 IR with the bf16 inference precision hint): add "
+                 "openvino to runtimes, or drop bf16 from precisions")
     if v.get("runtime") == "tensorrt":
         if v.get("tensorrt") is None:
             p.append("runtime tensorrt needs the expected TensorRT version in 'tensorrt' (e.g. \"10.3\")")

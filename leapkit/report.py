@@ -5,8 +5,10 @@ Sections, each read through the record of the stage that writes it: the run's se
 with plots), training FLOPs against the fixed-target baseline (:class:`~leapkit.flops.FlopsReport`,
 computed when missing or older than the metrics), evaluation (:class:`~leapkit.evaluate.EvalReport`,
 or the closing evaluation in the summary), export parity and accuracy
-(:class:`~leapkit.deploy.manifest.ExportManifest`) and latency with the budget verdict
-(:class:`~leapkit.latency.report.BenchReport`). The tables are the ones the commands print, rendered
+(:class:`~leapkit.deploy.manifest.ExportManifest`), latency with the budget verdict
+(:class:`~leapkit.latency.report.BenchReport`) and, when a latency was predicted (``--student auto``'s
+``plan`` in config.yaml, or bench's predictions), the prediction against the target's measurement
+(:mod:`leapkit.latency.forecast`). The tables are the ones the commands print, rendered
 to Markdown. A section without data says which command produces it.
 """
 
@@ -37,7 +39,7 @@ from leapkit.run import (
     read_run_config,
     resolve_run,
 )
-from leapkit.tables import Table
+from leapkit.tables import Table, fmt
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +277,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _export_section(run_dir: Path, q: str) -> Section:
     from leapkit.deploy.manifest import MANIFEST, ExportManifest
-    from leapkit.deploy.summary import variants_table
+    from leapkit.deploy.summary import int8_blocks_table, int8_steps_table, variants_table
 
     folders = [p for p in _subdirs(run_dir / "export") if (p / MANIFEST).is_file()]
     command = f"leapkit export {q} --target T"
@@ -299,6 +301,12 @@ def _export_section(run_dir: Path, q: str) -> Section:
         if required:
             lines += ["", "Parity passes at a worst cosine of at least "
                       + ", ".join(f"{thr:g} for {prec}" for prec, thr in required.items()) + "."]
+        for table in (int8_blocks_table(m), int8_steps_table(m)):
+            if table is not None:
+                lines += ["", f"{table.title}:", "", table.to_markdown()]
+        if m.int8 is not None and m.int8.moved:
+            lines += ["", f"INT8 fallback: {', '.join(m.int8.moved)} moved out of INT8 (they run in "
+                      f"{m.int8.high_precision})."]
         failed = [f"`{v.file}`: {v.why_failed()}" for v in m.variants if v.failed]
         if failed:
             lines += ["", "Failed: " + "; ".join(failed) + "."]
@@ -325,10 +333,37 @@ def _bench_section(run_dir: Path, q: str) -> Section:
                   f"leapkit {b.leapkit_version}.", "", latency_table(b).to_markdown()]
         lines += ["", f"**Verdict: {b.verdict}** ({b.verdict_reason}); budget {b.budget_stat} <= {b.budget_ms:g} ms "
                   f"from {b.budget_source}. The lower bound column is a bound for the target, not a measurement."]
+        if b.choice:
+            lines += ["", f"Judged: {b.choice}."]
         if b.warnings:
             lines += ["", *[f"- warning: {w}" for w in b.warnings]]
         lines.append("")
     return Section("Latency", lines)
+
+
+def _prediction_section(run_dir: Path, cfg: Config, q: str) -> Section | None:
+    """The latency predicted before training (``--student auto``) and at bench time, against the target's p50;
+    None when nothing was predicted."""
+    from leapkit.latency.forecast import comparison_table, forecasts
+    from leapkit.latency.report import BenchReport
+
+    files = sorted((run_dir / "bench").glob("*.json")) if (run_dir / "bench").is_dir() else []
+    plan = cfg.plan if cfg.plan.target else None
+    rows = forecasts(plan, cfg.model.student, [BenchReport.load(p) for p in files])
+    if not rows:
+        return None
+    lines = ["The target's latency model against the p50 measured on the target (bench evidence measured or "
+             "imported); _in range_ says whether the measurement fell within the forecast's range.", ""]
+    if plan is not None:
+        lines += [f"`leapkit distill --student auto` chose `{cfg.model.student}` for {plan.target} at {plan.precision} "
+                  f"within {fmt(plan.budget_ms, 'g')} ms, the largest of {plan.candidates} candidates ({plan.source}).",
+                  ""]
+    lines.append(comparison_table(rows).to_markdown())
+    unmeasured = sorted({f.target for f in rows if f.measured_ms is None and f.landed().startswith("not ")})
+    if unmeasured:
+        lines += ["", f"Not measured on {', '.join(unmeasured)} yet: run `leapkit bench {q} --target T` on the "
+                  "device (from here: `--host HOST` for a Jetson, or `--from-trtexec` with its trtexec output)."]
+    return Section("Prediction against measurement", lines)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -382,6 +417,8 @@ def write_report(
         lambda: _bench_section(run_dir, q),
     ]
     sections = [build() for build in builders]
+    predicted = _prediction_section(run_dir, cfg, q)
+    sections += [predicted] if predicted is not None else []
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"# leapkit report: {run_dir.name}",

@@ -24,12 +24,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from leapkit.errors import ConfigError, MissingDependency, ModelError
-from leapkit.types import Runtime
+from leapkit.types import OpenVINOHint, Runtime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -230,8 +230,6 @@ class OrtRunner:
         del self.session
 
 
-OpenVINOHint = Literal["f32", "bf16"]
-"""OpenVINO's inference precision for what is not INT8: strict fp32, or bf16 where the CPU has it."""
 OPENVINO_HINT_KEY = ("runtime_options", "INFERENCE_PRECISION_HINT")
 
 
@@ -242,6 +240,20 @@ def import_openvino(purpose: str = "running an OpenVINO model") -> Any:
     except ImportError as e:
         raise MissingDependency("openvino", "openvino", purpose) from e
     return openvino
+
+
+def openvino_version() -> str:
+    """OpenVINO's release (``2026.4.1``), without its build suffix.
+
+    Raises:
+        MissingDependency: openvino is not installed.
+    """
+    return str(import_openvino("reading OpenVINO's version").__version__).split("-")[0]
+
+
+def openvino_installed() -> bool:
+    """Whether the openvino package (the ``openvino`` extra) is installed, without importing it."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 CPU_FLAGS = Path("/proc/cpuinfo")
@@ -260,7 +272,7 @@ def cpu_bf16() -> str | None:
     found = [f for f in BF16_FLAGS if f in flags]
     if found:
         return found[-1]
-    if importlib.util.find_spec("openvino") is not None and not CPU_FLAGS.is_file():
+    if openvino_installed() and not CPU_FLAGS.is_file():
         import openvino
 
         if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -302,9 +314,8 @@ class OpenVINORunner:
         self.compiled = self._core.compile_model(self.model, "CPU", self.config)
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-        version = ov.__version__.split("-")[0]
         used = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin took: f32 without bf16
-        self.providers = [f"OpenVINO {version} CPU ({used.to_string()}, "
+        self.providers = [f"OpenVINO {openvino_version()} CPU ({used.to_string()}, "
                           f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} threads)"]
 
     def input_shape(self, batch: int, img_size: int | None = None) -> list[int]:

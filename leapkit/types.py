@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Precision = Literal["fp32", "fp16", "int8"]
-"""Numeric precision of an exported artefact or a target's fast path."""
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+"""Numeric precision of an exported artefact or a target's fast path (bf16: OpenVINO's inference precision on CPUs
+with AVX512-BF16 or AMX; it runs the fp32 graph)."""
 
 Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
 """What runs a model: PyTorch eager, ONNX Runtime, OpenVINO (CPU) or a TensorRT engine."""
@@ -37,6 +38,13 @@ Amp = Literal["auto", "bf16", "fp16", "off"]
 
 CalibMethod = Literal["percentile", "entropy", "minmax"]
 """How INT8 activation ranges are chosen from the calibration images."""
+
+OpenVINOHint = Literal["f32", "bf16"]
+"""OpenVINO's inference precision for what is not INT8: strict fp32, or bf16 where the CPU has it."""
+
+Choice = Literal["profile", "fastest"]
+"""Which benched variant a target's verdict judges: the profile's runtime and precision, or the fastest one whose
+export checks passed, among the target's runtimes and precisions."""
 
 Switch = Literal["on", "off"]
 """An on/off command-line choice (``--int8-fallback on``)."""
@@ -70,5 +78,6 @@ CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
 ORT_PROVIDERS: tuple[OrtProvider, ...] = get_args(OrtProvider)
 EVIDENCES: tuple[Evidence, ...] = get_args(Evidence)
 SWITCHES: tuple[Switch, ...] = get_args(Switch)
+CHOICES: tuple[Choice, ...] = get_args(Choice)
 
-BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "int8": 1}
+BYTES_PER_ELEMENT: dict[Precision, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}

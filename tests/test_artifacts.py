@@ -74,7 +74,7 @@ def test_engine_precision_falls_back_to_the_name(tmp_path):
     assert engine_precision(engine) == "fp16"
     (tmp_path / "net.fp16.engine.json").write_text("not json")
     assert engine_precision(engine) == "fp16"
-    (tmp_path / "net.fp16.engine.json").write_text(json.dumps({"precision": "bf16"}))  # not one leapkit knows
+    (tmp_path / "net.fp16.engine.json").write_text(json.dumps({"precision": "fp8"}))  # not one leapkit knows
     assert engine_precision(engine) == "fp16"
     assert precision_from_name("model.engine") is None
 

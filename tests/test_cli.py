@@ -82,7 +82,7 @@ def test_literal_aliases_are_checked_by_the_parser():
 @pytest.mark.parametrize(
     "values, expected",
     [(None, None), ([], None), (["fp16"], ["fp16"]), (["fp16,int8", "fp16"], ["fp16", "int8"]),
-     (["all"], ["fp32", "fp16", "int8"]), ([" int8 , fp32 "], ["int8", "fp32"])],
+     (["all"], ["fp32", "fp16", "bf16", "int8"]), ([" int8 , fp32 "], ["int8", "fp32"])],
 )
 def test_split_choices(values, expected):
     assert split_choices(values, PRECISIONS, "--precision") == expected
@@ -90,7 +90,7 @@ def test_split_choices(values, expected):
 
 @pytest.mark.parametrize(
     "values, message",
-    [(["fp8"], "unknown --precision 'fp8'; use fp32, fp16, int8 or all"),
+    [(["fp8"], "unknown --precision 'fp8'; use fp32, fp16, bf16, int8 or all"),
      (["all,fp16"], "--precision all cannot be combined with other --precision values")],
 )
 def test_split_choices_rejects(values, message):

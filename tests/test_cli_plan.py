@@ -12,6 +12,9 @@ from helpers import run_cli
 
 from leapkit.cli.distill import choose_student
 from leapkit.errors import ConfigError
+from leapkit.planning.candidates import candidates
+from leapkit.planning.latency_model import model_for
+from leapkit.profiles import load_target
 
 KEYS = {"student", "img_size", "precision", "predicted_ms", "predicted_range_ms", "params", "gflops", "fits",
         "train_cost"}
@@ -86,14 +89,42 @@ def test_plan_bad_input_is_one_line_exit_2(args, message, monkeypatch, capsys):
     (["--student", "auto"], "--student auto needs --target T"),
     (["--target", "x86-cpu"], "--target and --budget-ms choose the student: pass them with --student auto"),
     (["--student", "auto", "--target", "x86-cpu", "--budget-ms", "0.0001"], "no candidate student fits 0.0001 ms"),
+    (["--budget-ms", "5"], "--target and --budget-ms choose the student: pass them with --student auto"),
+    (["--student", "auto", "--target", "nowhere"], "unknown target 'nowhere'"),
+    (["--student", "auto", "--target", "x86-cpu", "--budget-ms", "-1"], "--budget-ms must be > 0"),
 ])
 def test_distill_student_auto_errors_before_training(args, message, teacher_file, image_dir, tmp_path, monkeypatch,
                                                      capsys):
     out = tmp_path / "run"
     code, err = run_cli(["distill", "--teacher-weights", str(teacher_file), "--data", str(image_dir), "--out", str(out),
                          "--no-progress", *args], monkeypatch, capsys)
-    assert code == 2 and message in err, err
+    assert code == 2 and message in err and err.strip().count("\n") == 0, err
     assert not out.exists()
+
+
+def test_distill_student_auto_trains_the_largest_fit_and_records_its_forecast(teacher_file, image_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    """End to end at 16 px: the budget is the one candidate's predicted high end, so that it alone fits."""
+    profile = load_target("x86-cpu")
+    model = model_for(profile)
+    precisions = tuple(p for p in profile.precisions if p in model.efficiencies)
+    found = candidates(profile, img_sizes=(16,), precisions=precisions)
+    predicted = {(c.student, c.precision): model.predict(c.shape, c.precision, profile.batch) for c in found}
+    (student, precision), best = min(predicted.items(), key=lambda kv: kv[1].high_ms)
+    assert sum(p.high_ms <= best.high_ms for p in predicted.values()) == 1
+    out = tmp_path / "run"
+    code, err = run_cli(["distill", "--teacher-weights", str(teacher_file), "--data", str(image_dir),
+                         "--img-size", "16", "--batch-size", "8", "--epochs", "1", "--set", "train.eval_at_end=false",
+                         "--set", "curriculum.max_epochs_per_block=1", "--student", "auto", "--target", "x86-cpu",
+                         "--budget-ms", repr(best.high_ms), "--out", str(out), "--no-progress"], monkeypatch, capsys)
+    assert code in (0, None), err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["student"] == student and (out / "student.safetensors").is_file()
+    plan = saved["plan"]
+    assert (plan["target"], plan["budget_ms"], plan["precision"]) == ("x86-cpu", best.high_ms, precision)
+    assert plan["predicted_ms"] == pytest.approx(best.ms, abs=1e-4)
+    assert plan["predicted_range_ms"] == pytest.approx([best.low_ms, best.high_ms], abs=1e-4)
+    assert (plan["calibrated"], plan["source"], plan["candidates"]) == (False, model.source, len(found))
 
 
 def test_student_auto_takes_the_largest_that_fits_and_records_it(tiny_config):

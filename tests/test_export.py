@@ -225,12 +225,15 @@ def test_summary_table_lists_every_variant(exported):
 def test_resolve_precisions():
     jetson, cpu = load_target("jetson"), load_target("x86-cpu")
     assert resolve_precisions(None, jetson) == ("fp32", "fp16")
-    assert resolve_precisions("all", cpu) == ("fp32", "int8")
+    assert resolve_precisions("all", cpu) == resolve_precisions(None, cpu) == ("fp32", "bf16", "int8")
     assert resolve_precisions(["int8"], jetson) == ("fp32", "int8")
     with pytest.raises(ExportError, match="precision fp16 is not available for target x86-cpu"):
         resolve_precisions(["fp16"], cpu)
-    with pytest.raises(ExportError, match="unknown precision 'bf16'"):
+    with pytest.raises(ExportError, match=r"precision bf16 is not available for target jetson-orin-nano \(runtime "
+                                          r"tensorrt takes fp32, fp16, int8\)"):
         resolve_precisions(["bf16"], jetson)
+    with pytest.raises(ExportError, match="unknown precision 'fp8'; use fp32, fp16, bf16, int8 or all"):
+        resolve_precisions(["fp8"], jetson)
 
 
 @pytest.mark.parametrize(
@@ -238,10 +241,11 @@ def test_resolve_precisions():
     [
         (["--target", "nope", "--overwrite"], "unknown target 'nope'; known: "),
         (["--target", "x86-cpu", "--precision", "fp16", "--overwrite"],
-         "precision fp16 is not available for target x86-cpu (runtime onnxruntime takes fp32, int8)"),
+         "precision fp16 is not available for target x86-cpu (runtimes openvino, onnxruntime take fp32, bf16, int8)"),
         (["--target", "jetson", "--input-size", "30", "--overwrite"],
          "input size 30 is not divisible by the patch size 4 of leapkit_demo_student"),
-        (["--target", "jetson", "--precision", "bf16", "--overwrite"], "unknown precision 'bf16'"),
+        (["--target", "jetson", "--precision", "bf16", "--overwrite"],
+         "precision bf16 is not available for target jetson-orin-nano (runtime tensorrt takes fp32, fp16, int8)"),
         (["--target", "jetson", "--calibration", "kl", "--overwrite"],
          "'kl' is not one of 'percentile', 'entropy', 'minmax'"),
         (["--target", "jetson", "--int8-fallback", "maybe", "--overwrite"], "'maybe' is not one of"),

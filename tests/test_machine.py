@@ -16,6 +16,7 @@ from leapkit.latency.machine import (
     target_match,
 )
 from leapkit.profiles import load_target
+from leapkit.runtimes import cpu_bf16
 
 JETSON = {"host": "orin", "device_model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
           "gpu_names": ["Orin"], "cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
@@ -29,6 +30,21 @@ def test_environment_fingerprint():
     assert env["torch"] == torch.__version__ and env["onnxruntime"] == package_version("onnxruntime")
     assert (env["gpu"] is None) == (not torch.cuda.is_available())
     json.dumps(env)  # goes into bench/<target>.json as it is
+
+
+def test_fingerprint_records_bf16_and_openvino(monkeypatch, tmp_path):
+    import leapkit.runtimes as runtimes
+
+    env = environment()
+    assert env["bf16"] == cpu_bf16() and env["openvino"] == package_version("openvino")
+    assert (env["bf16"] is None) == ("avx512_bf16" not in env["cpu_flags"] and "amx_bf16" not in env["cpu_flags"])
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Xeon\nflags\t\t: avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    monkeypatch.setattr(runtimes, "CPU_FLAGS", info)
+    monkeypatch.setattr("leapkit.latency.machine.package_version",
+                        lambda dist: None if dist == "openvino" else package_version(dist))
+    env = environment()
+    assert env["bf16"] == "amx_bf16" and env["openvino"] is None  # the flag that gives bf16, and no OpenVINO
 
 
 def test_package_version_of_a_missing_distribution():

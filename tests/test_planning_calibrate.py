@@ -50,12 +50,13 @@ def test_calibrate_a_cpu_target_through_the_entry_point(tmp_path):
     out = tmp_path / "x86.json"
     proc = subprocess.run(
         [sys.executable, "-m", "leapkit", "calibrate", "--target", "x86-cpu", "--quick", "--precision", "fp32",
-         "--duration", "0.05", "--warmup", "0", "--no-progress", "--out", str(out)],
+         "--duration", "0.05", "--warmup", "0", "--rounds", "2", "--no-progress", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     cal = Calibration.read(out)
     assert cal.target == "x86-cpu" and cal.runtime == "onnxruntime" and cal.threads == 2
+    assert "fastest of 2 interleaved rounds" in cal.method
     assert cal.environment["cpu"] and cal.environment["host"] and cal.created[:2] == "20"
     assert set(cal.efficiencies) == {"fp32"} and len(cal.samples) == len(QUICK_GRID)
     assert all(s.measured_ms > 0 and s.fitted_ms and s.loo_ms for s in cal.samples)

@@ -100,7 +100,7 @@ def test_all_problems_reported_at_once(tmp_path):
                   memory_gb="DROP")
     problems = P.validate_target(path)
     text = "\n".join(problems)
-    for needle in ("precision must be one of fp32|fp16|int8", "batch must be an integer >= 1",
+    for needle in ("precision must be one of fp32|fp16|bf16|int8", "batch must be an integer >= 1",
                    "latency_budget_ms must be a number > 0", "budget_stat must be one of", "unknown key 'speed'",
                    "missing key 'memory_gb'"):
         assert needle in text
@@ -114,6 +114,42 @@ def test_cross_field_problems(tmp_path):
     assert "precision 'int8' is not in precisions" in text
     assert "peak_tops.fp16 is null" in text
     assert "needs the expected TensorRT version" in text and "needs workspace_mb" in text
+
+
+def test_x86_cpu_chooses_the_fastest_of_openvino_and_onnxruntime():
+    x86 = P.load_target("x86-cpu")
+    assert (x86.runtime, x86.runtimes, x86.choose) == ("onnxruntime", ("openvino", "onnxruntime"), "fastest")
+    assert x86.deploy_runtimes == ("openvino", "onnxruntime") and x86.precisions == ("fp32", "bf16", "int8")
+    assert x86.peak_ops("bf16") == pytest.approx(2 * x86.peak_ops("fp32"))  # two bf16 MACs per 32-bit lane
+    assert x86.to_dict()["runtimes"] == ["openvino", "onnxruntime"] and x86.to_dict()["choose"] == "fastest"
+    text = (P.targets_dir() / "x86-cpu.yaml").read_text()
+    for figure in ("71.6 ms", "37.7 ms", "60.5 ms", "39.7 ms", "25.3 ms", "benchmarks/results/cpu_runtimes.md"):
+        assert figure in text, figure  # the measured figures the choice rests on, cited
+
+
+def test_a_missing_bf16_peak_is_unknown_not_an_error(tmp_path):
+    nano = P.load_target("jetson-orin-nano")
+    assert "bf16" not in nano.peak_tops and nano.peak_ops("bf16") is None and nano.bound_ops("bf16") is None
+    assert nano.deploy_runtimes == ("tensorrt",) and nano.choose == "profile"
+    peaks = {"fp32": 0.237, "fp16": None, "int8": 0.947}  # no bf16 key at all
+    assert P.validate_target(_write(tmp_path, peak_tops=peaks)) == []
+    text = "\n".join(P.validate_target(_write(tmp_path, peak_tops={**peaks, "bf16": None})))
+    assert "precision bf16 is listed in precisions but peak_tops.bf16 is null" in text
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"choose": "quick"}, "choose must be one of profile|fastest, got 'quick'"),
+    ({"runtimes": ["openvino", "openvino", "onnxruntime"]},
+     "runtimes must be a list of distinct values from onnxruntime|openvino|tensorrt"),
+    ({"runtimes": ["openvino", "tflite"]}, "runtimes[1] must be one of onnxruntime|openvino|tensorrt, got 'tflite'"),
+    ({"runtimes": ["openvino"]}, "runtime onnxruntime is not in runtimes ['openvino']; list it there too"),
+    ({"runtimes": "DROP"}, "precision bf16 runs only on OpenVINO (the fp32 IR with the bf16 inference precision hint): "
+                           "add openvino to runtimes, or drop bf16 from precisions"),
+    ({"family": "jetson", "jetpack": "6.2"}, "runtime openvino runs on the CPU: it is for family cpu, not jetson"),
+])
+def test_runtimes_and_choose_are_checked(tmp_path, changes, problem):
+    problems = P.validate_target(_write(tmp_path, **changes))
+    assert any(problem in p for p in problems), problems
 
 
 def test_kind_of():
@@ -166,7 +202,8 @@ def test_type_problems_come_from_the_shared_checker(tmp_path):
     text = "\n".join(P.validate_target(path))
     for needle in ("batch must be an integer, got 'four'", "input_size must be an integer or null, got 6.5",
                    "jetpack must be a string (quote numbers in YAML) or null, got 6.2",
-                   "precisions must be a list of fp32|fp16|int8, got 'fp16'", "peak_tops.fp32 must be a number or null",
+                   "precisions must be a list of fp32|fp16|bf16|int8, got 'fp16'",
+                   "peak_tops.fp32 must be a number or null",
                    "unknown key 'runtme' (did you mean 'runtime'?)"):
         assert needle in text
 

@@ -135,6 +135,8 @@ def test_full_report_has_every_section(leap_run, tmp_path):
     lat = section(text, "Latency")
     verdict = json.loads((run / "bench" / "x86-cpu.json").read_text())["verdict"]
     assert f"**Verdict: {verdict}**" in lat and "| ONNX fp32 |" in lat
+    predicted = section(text, "Prediction against measurement")  # bench predicts for x86-cpu; no --student auto
+    assert "| bench | x86-cpu | ONNX fp32 | fp32 |" in predicted and "distill --student auto" not in predicted
     assert set(report.plots) == set(FILES) and all(p.is_file() for p in report.plots.values())
 
     # Every table is the one the commands print, read through the stage's record.

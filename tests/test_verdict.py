@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from leapkit.errors import ConfigError
 from leapkit.latency.cost import Cost, roofline
 from leapkit.latency.report import BenchResult
 from leapkit.latency.verdict import (
+    choice_reason,
     decide,
     gated_result,
     runs_on_target,
@@ -20,7 +23,7 @@ from leapkit.profiles import load_target
 
 
 def result(runtime: str, precision: str, p99: float | None, **kw) -> BenchResult:
-    fmt = {"torch": "pytorch", "onnxruntime": "onnx", "tensorrt": "engine"}[runtime]
+    fmt = {"torch": "pytorch", "onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "engine"}[runtime]
     status = "ok" if p99 is not None else "failed: RuntimeError: boom"
     return BenchResult(runtime=runtime, format=fmt, precision=precision, batch=1, p99_ms=p99, p50_ms=p99, status=status,
                        **kw)
@@ -28,7 +31,13 @@ def result(runtime: str, precision: str, p99: float | None, **kw) -> BenchResult
 
 @pytest.fixture(scope="module")
 def x86():
-    return load_target("x86-cpu")  # onnxruntime fp32
+    """ONNX Runtime fp32 alone: a profile without ``runtimes`` and ``choose``, judged as every target was before."""
+    return replace(load_target("x86-cpu"), runtimes=(), choose="profile", precisions=("fp32", "int8"))
+
+
+@pytest.fixture(scope="module")
+def fastest():
+    return load_target("x86-cpu")  # runtimes [openvino, onnxruntime], choose: fastest
 
 
 def test_stat_key():
@@ -61,6 +70,43 @@ def test_a_format_the_export_failed_fails_the_verdict_whatever_its_latency(x86):
     failed = result("onnxruntime", "fp32", 1.0, export_status="failed: parity: cosine 0.91 < 0.9999")
     verdict, reason, _ = decide([failed], x86, 5.0, "p99")
     assert verdict == "FAIL" and "the export marked it as failed: parity: cosine 0.91" in reason
+
+
+def test_choose_fastest_judges_the_fastest_variant_that_passed(fastest):
+    failed = "failed: parity: worst cosine 0.91 < 0.98"
+    results = [result("torch", "fp32", 0.5), result("onnxruntime", "fp32", 3.0), result("onnxruntime", "int8", 2.0),
+               result("openvino", "fp32", 2.5), result("openvino", "bf16", 1.8),
+               result("openvino", "int8", 1.2, export_status=failed)]
+    gated = gated_result(results, fastest, "p99")
+    assert gated is results[4]  # PyTorch is not a deploy runtime; the failed INT8 IR is not a candidate
+    verdict, reason, judged = decide(results, fastest, 33.3, "p99")
+    assert (verdict, judged) == ("PASS", gated) and reason == "OpenVINO bf16 (openvino) p99 1.800 ms <= 33.3 ms"
+    assert choice_reason(results, fastest, "p99", "measured", judged) == (
+        "OpenVINO bf16 (openvino), the fastest by p99 of the 4 variants in openvino, onnxruntime whose export checks "
+        "passed (1.800 ms; next ONNX int8 2.000 ms); left out, their export checks failed: OpenVINO int8")
+    assert choice_reason(results, replace(fastest, choose="profile"), "p99", "measured", judged) is None
+
+
+def test_choose_fastest_ties_go_to_the_preferred_runtime_and_failures_still_fail(fastest):
+    tie = [result("onnxruntime", "int8", 2.0), result("openvino", "int8", 2.0)]
+    assert gated_result(tie, fastest, "p99") is tie[1]
+    broken = [result("onnxruntime", "fp32", 1.0, export_status="failed: parity"),
+              result("openvino", "int8", 2.0, export_status="failed: accuracy")]
+    verdict, reason, gated = decide(broken, fastest, 33.3, "p99")
+    assert verdict == "FAIL" and gated is broken[0] and "the export marked it as failed: parity" in reason
+    assert choice_reason(broken, fastest, "p99", "measured", gated) == (
+        "choose fastest: no variant in openvino, onnxruntime passed its export checks, so ONNX fp32 is judged by the "
+        "profile's onnxruntime fp32 rule; left out, their export checks failed: ONNX fp32, OpenVINO int8")
+    verdict, reason, _ = decide([result("torch", "fp32", 1.0)], fastest, 2.0, "p99")
+    assert reason.endswith("measured with torch, not the target's openvino/onnxruntime")
+
+
+def test_choose_fastest_away_from_the_target_compares_lower_bounds(fastest):
+    results = [bounded("onnxruntime", "fp32", 1.0, 1e9, fastest), bounded("openvino", "int8", 9.0, 1e9, fastest)]
+    verdict, reason, gated = decide(results, fastest, 33.3, "p99", "estimated")
+    assert verdict == "UNCONFIRMED" and gated is results[1]  # the INT8 peak bounds it lowest; timings are ignored
+    assert choice_reason(results, fastest, "p99", "estimated", gated).startswith(
+        "OpenVINO int8 (openvino), the fastest by lower bound of the 2 variants in openvino, onnxruntime")
 
 
 def test_warnings(x86):

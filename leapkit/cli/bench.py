@@ -19,7 +19,8 @@ from leapkit.types import PRECISIONS, RUNTIMES, OrtProvider
 
 ModelArg = Annotated[
     str | None,
-    typer.Argument(help="Run directory, export folder, .onnx file or TensorRT engine (default: runs/latest).",
+    typer.Argument(help="Run directory, export folder, .onnx file, OpenVINO IR (.xml) or TensorRT engine (default: "
+                   "runs/latest).",
                    show_default=False),
 ]
 OrtProviderOpt = Annotated[
@@ -35,8 +36,8 @@ DurationOpt = Annotated[
 WarmupOpt = Annotated[float, typer.Option("--warmup", help="Warm-up seconds per format.")]
 ThreadsOpt = Annotated[
     str | None,
-    typer.Option("--threads", help="CPU threads for torch and ONNX Runtime, or 'auto': the fastest of 1, 2, 4, ... "
-                 "cores per format (default: the target's, else all cores).", show_default=False),
+    typer.Option("--threads", help="CPU threads for torch, ONNX Runtime and OpenVINO, or 'auto': the fastest of 1, 2, "
+                 "4, ... cores per format (default: the target's, else all cores).", show_default=False),
 ]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch", help="Batch size (default: the target's).", show_default=False)
@@ -145,6 +146,8 @@ def bench_cmd(
     console.print(f"evidence: {report.evidence} ({escape(report.evidence_reason)})", highlight=False)
     colour = VERDICT_COLOUR[report.verdict]
     console.print(f"[bold {colour}]{report.verdict}[/]: {escape(report.verdict_reason)}", highlight=False)
+    if report.choice:
+        console.print(f"judged: {escape(report.choice)}", highlight=False)
     if report.baseline:
         colour = "red" if report.baseline.regressions else "green"
         console.print(f"[{colour}]vs baseline[/] {escape(report.baseline.path)}: {report.baseline.counts()}",

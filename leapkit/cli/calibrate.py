@@ -36,8 +36,10 @@ def calibrate_command(
     threads: Annotated[
         int | None, typer.Option(min=1, help="ONNX Runtime threads (default: the target's).", show_default=False)
     ] = None,
-    duration: Annotated[float, typer.Option(min=0.01, help="Seconds timed per microbenchmark (CPU).")] = 2.0,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per microbenchmark (CPU).")] = 0.5,
+    duration: Annotated[float, typer.Option(min=0.01, help="Seconds timed per microbenchmark and round (CPU).")] = 1.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per microbenchmark and round (CPU).")] = 0.2,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (CPU); each microbenchmark keeps its fastest "
+                                                    "round's median.")] = 9,
     quick: Annotated[
         bool, typer.Option("--quick", help="A small grid that calibrates in seconds; its fit is rough.")
     ] = False,
@@ -54,7 +56,7 @@ def calibrate_command(
     plan = CalibratePlan(
         profile=load_target(target), precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
         grid=QUICK_GRID if quick else GRID, out=out, host=host, ssh_options=tuple(ssh_option or ()),
-        threads=threads, warmup_s=warmup, duration_s=duration, progress=progress,
+        threads=threads, warmup_s=warmup, duration_s=duration, rounds=rounds, progress=progress,
     )
     calibration, path = calibrate(plan)
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80

@@ -64,8 +64,11 @@ def export_command(
     """Export the run's student for a target and check every artefact against PyTorch; writes RUN/export/<target>/.
 
     fp32 is always exported (the other precisions derive from it); --precision defaults to the
-    target's and 'all' means every precision the target takes. INT8 ranges are cached in the export
-    folder (calibration_cache.json), so a re-export with --overwrite and other options reuses them.
+    target's (every precision it takes when it chooses the fastest variant, as x86-cpu does) and 'all'
+    means every precision the target takes. Targets that deploy with OpenVINO also get OpenVINO IRs
+    when it is installed (bf16: the fp32 IR with the bf16 hint, on a CPU with bf16). INT8 ranges are
+    cached in the export folder (calibration_cache.json), so a re-export with --overwrite and other
+    options reuses them.
     """
     from rich.console import Console
     from rich.markup import escape

@@ -28,16 +28,16 @@ OptionalTargetOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where it runs: cpu, cuda, cuda:N or auto.")]
 
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Numeric precision.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Numeric precision (fp32, fp16, bf16 or int8).")]
 PrecisionsOpt = Annotated[
     list[str] | None,
-    typer.Option("--precision", "-p", help="fp32, fp16, int8 or all; repeatable or comma-separated.",
-                 show_default=False),
+    typer.Option("--precision", "-p", help="fp32, fp16, bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX), int8 or all; "
+                 "repeatable or comma-separated.", show_default=False),
 ]
 RuntimesOpt = Annotated[
     list[str] | None,
-    typer.Option("--runtime", "-r", help="torch|onnxruntime|tensorrt, repeatable or comma-separated, or 'all'.",
-                 show_default=False),
+    typer.Option("--runtime", "-r", help="torch|onnxruntime|openvino|tensorrt, repeatable or comma-separated, or "
+                 "'all'.", show_default=False),
 ]
 StatOpt = Annotated[
     Stat | None,
@@ -50,7 +50,8 @@ BudgetOpt = Annotated[
 ]
 CalibMethodOpt = Annotated[
     CalibMethod,
-    typer.Option("--calib-method", help="INT8 activation ranges: percentile (robust to outliers) or minmax."),
+    typer.Option("--calib-method", help="INT8 activation ranges: percentile (robust to outliers), entropy (KL "
+                 "divergence, TensorRT's) or minmax."),
 ]
 ModeOpt = Annotated[
     Mode | None, typer.Option("--curriculum", help="leap, or baseline (fixed last block, no early exit).")

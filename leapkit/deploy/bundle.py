@@ -41,7 +41,7 @@ from leapkit.errors import ExportError
 from leapkit.types import Precision
 
 if TYPE_CHECKING:
-    from leapkit.deploy.manifest import ExportManifest
+    from leapkit.deploy.manifest import ExportManifest, Variant
     from leapkit.profiles import TargetProfile
 
 MIN_TENSORRT = (8, 6)
@@ -489,20 +489,46 @@ def _openvino_section(manifest: ExportManifest, profile: TargetProfile) -> list[
     pick = next((v for v in irs if v.precision == profile.precision), irs[0] if irs else None)
     if pick is None:
         return []
-    hint = OPENVINO_HINTS.get(pick.precision, "f32")
+
+    def hint(v: Variant) -> str:
+        return v.inference_precision or OPENVINO_HINTS.get(v.precision, "f32")
+
     return [
-        "## Running it",
-        f"With OpenVINO on the CPU, {threads} threads, in the inference precision each IR was checked with "
-        f"({', '.join(f'{v.file}: {OPENVINO_HINTS.get(v.precision)}' for v in irs)}; OpenVINO's own default is "
+        "## Running it with OpenVINO" if len(profile.deploy_runtimes) > 1 else "## Running it",
+        f"With OpenVINO on the CPU, {threads} threads, in the inference precision each variant was checked with "
+        f"({', '.join(f'{v.precision}: {v.file} with {hint(v)}' for v in irs)}; OpenVINO's own default is "
         "bf16 wherever the CPU has it, so pass it):",
         "```python",
         "import openvino as ov",
         f"compiled = ov.Core().compile_model('{pick.file}', 'CPU', {{'INFERENCE_NUM_THREADS': {threads}, "
-        f"'INFERENCE_PRECISION_HINT': '{hint}', 'PERFORMANCE_HINT': 'LATENCY'}})",
+        f"'INFERENCE_PRECISION_HINT': '{hint(pick)}', 'PERFORMANCE_HINT': 'LATENCY'}})",
         f"tokens, cls, patch_tokens = compiled(images).values()  # images: float32 (B, 3, {size}, {size})",
         "```",
         "",
     ]
+
+
+def _onnxruntime_section(manifest: ExportManifest, profile: TargetProfile) -> list[str]:
+    size, name = manifest.input.img_size, manifest.input.name
+    return [
+        "## Running it with ONNX Runtime" if len(profile.deploy_runtimes) > 1 else "## Running it",
+        "```python",
+        "import onnxruntime as ort",
+        "session = ort.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])",
+        f"tokens, cls, patch_tokens = session.run(None, {{'{name}': images}})  "
+        f"# images: float32 (B, 3, {size}, {size})",
+        "```",
+        "",
+    ]
+
+
+def _choice_line(profile: TargetProfile) -> list[str]:
+    """How `leapkit bench` picks among the variants, for a target that chooses the fastest."""
+    if profile.choose != "fastest":
+        return []
+    return [f"`leapkit bench --target {profile.name}` times every variant here and judges the budget on the fastest "
+            f"one whose checks passed, among {', '.join(profile.deploy_runtimes)} (choose: fastest in the profile).",
+            ""]
 
 
 def readme(manifest: ExportManifest, profile: TargetProfile) -> str:
@@ -526,19 +552,13 @@ def readme(manifest: ExportManifest, profile: TargetProfile) -> str:
     lines += int8_section(manifest)
     if profile.runtime == "tensorrt" and bundle_variants(manifest):
         lines += _device_section(manifest, profile)
-    elif profile.runtime == "openvino":
-        lines += _openvino_section(manifest, profile)
     else:
-        lines += [
-            "## Running it",
-            "```python",
-            "import onnxruntime as ort",
-            "session = ort.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])",
-            f"tokens, cls, patch_tokens = session.run(None, {{'{inp.name}': images}})  "
-            f"# images: float32 (B, 3, {size}, {size})",
-            "```",
-            "",
-        ]
+        lines += _choice_line(profile)
+        for runtime in profile.deploy_runtimes:
+            if runtime == "openvino":
+                lines += _openvino_section(manifest, profile)
+            elif runtime == "onnxruntime":
+                lines += _onnxruntime_section(manifest, profile)
     lines += ["## Not run when this bundle was made", ""]
     lines += [f"- {item}" for item in manifest.not_run] or ["- nothing: every check ran"]
     lines.append("")

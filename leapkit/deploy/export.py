@@ -6,8 +6,9 @@
 runs it: the fp32 graph (onnx_graph), its fp16 and int8 variants (onnx_fp16; onnx_int8 through
 int8_fallback, which calibrates, measures the error per block and moves the worst blocks out of
 INT8 when the variant fails), parity of each with ONNX Runtime against the PyTorch student on real
-images and the linear-probe accuracy of its CLS features (parity), OpenVINO IRs for OpenVINO
-targets (openvino_ir, checked with OpenVINO), TensorRT engines where TensorRT and a GPU exist
+images and the linear-probe accuracy of its CLS features (parity), OpenVINO IRs for targets that
+deploy with OpenVINO (openvino_ir, checked with OpenVINO; bf16 is the fp32 IR with the bf16 hint,
+where the CPU has bf16), TensorRT engines where TensorRT and a GPU exist
 (trt_build), the deploy bundle and README (bundle), and manifest.json (manifest). A variant that
 misses its threshold is kept, marked ``failed`` in manifest.json, and the export raises CheckFailed.
 """
@@ -46,7 +47,7 @@ from leapkit.deploy.onnx_graph import (
     target_opset,
 )
 from leapkit.deploy.onnx_int8 import int8_layout
-from leapkit.deploy.openvino_ir import OPENVINO_FILES, OPENVINO_HINTS, weights_file, write_ir
+from leapkit.deploy.openvino_ir import OPENVINO_FILES, OPENVINO_HINTS, OWN_IR, weights_file, write_ir
 from leapkit.deploy.parity import (
     MAX_TOP1_DROP,
     MIN_COSINE,
@@ -55,7 +56,7 @@ from leapkit.deploy.parity import (
     device_tolerances,
     overall_status,
 )
-from leapkit.deploy.plan import ExportPlan, load_student, resolve_precisions
+from leapkit.deploy.plan import ExportPlan, load_student, resolve_precisions, resolve_runtimes
 from leapkit.deploy.progress import Steps
 from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
 from leapkit.errors import CheckFailed, ExportError, ModelError, RunError
@@ -72,7 +73,7 @@ from leapkit.runtimes import (
     TensorRTRunner,
     TorchRunner,
     cpu_bf16,
-    import_openvino,
+    openvino_version,
     run_batched,
 )
 from leapkit.types import CalibMethod, Precision
@@ -135,15 +136,18 @@ def export(
     """Export a run's student for a target and check every artefact against PyTorch.
 
     Writes ``RUN/export/<target>/`` (model.onnx and its fp16/int8 variants, manifest.json,
-    README.md, the reference input, and for TensorRT targets build/bench/check scripts or, where
-    TensorRT and a GPU exist, engines) and points ``RUN/export/latest`` at it. The folder is built
+    README.md, the reference input, OpenVINO IRs for targets that deploy with OpenVINO when it is
+    installed, and for TensorRT targets build/bench/check scripts or, where TensorRT and a GPU exist,
+    engines) and points ``RUN/export/latest`` at it. The folder is built
     aside and swapped in when complete, so an existing export survives a failed attempt.
 
     Args:
         run: the run directory (default ``runs/latest``).
         target: target profile name, family (``jetson``), YAML path or a loaded profile.
-        precision: ``fp32``, ``fp16``, ``int8``, a list of them or ``all``; default: the profile's.
-            fp32 is always exported: the other variants derive from it.
+        precision: ``fp32``, ``fp16``, ``bf16``, ``int8``, a list of them or ``all``; default: the
+            profile's (all of its precisions when it chooses the fastest variant). fp32 is always
+            exported: the other variants derive from it. bf16 is an OpenVINO variant (the fp32 IR run
+            with the bf16 hint), written where OpenVINO and a CPU with bf16 arithmetic are here.
         overwrite: replace an existing export for this target.
         calib_images: training images for INT8 calibration.
         calib_method: how INT8 activation ranges are chosen (percentile, entropy or minmax).
@@ -162,27 +166,29 @@ def export(
 
     Raises:
         ConfigError: unknown target.
-        ExportError: a precision the target cannot take, an input size the patch size does not divide.
+        ExportError: a precision the target cannot take (bf16 named on a CPU without it), an input size the
+            patch size does not divide.
         RunError: no run, a run without weights, an existing export without ``overwrite``.
-        MissingDependency: --slim without onnxslim, --build-engine without tensorrt.
+        MissingDependency: --slim without onnxslim, --build-engine without tensorrt, an OpenVINO target or
+            bf16 named without openvino.
         CheckFailed: a variant failed parity or accuracy (only with ``check``).
     """
     profile = load_target(target)
-    precisions = resolve_precisions(precision, profile)
+    named = [precision] if isinstance(precision, str) else list(precision or ())
+    runtimes, precisions = resolve_runtimes(profile, resolve_precisions(precision, profile), "bf16" in named)
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
     cfg = read_run_config(run_dir)
     batch_size = batch if batch is not None else profile.batch
     if batch_size < 1:
         raise ExportError(f"batch must be >= 1, got {batch_size}; pass --batch N")
     engines, no_engine = engines_wanted(build_engine) if profile.runtime == "tensorrt" else (False, None)
-    if profile.runtime == "openvino":
-        import_openvino(f"exporting for {profile.name} (runtime openvino)")
     plan = ExportPlan(
         run_dir=run_dir, cfg=cfg, profile=profile, precisions=precisions,
         input_size=input_size or profile.resolve_input_size(cfg.model.img_size),
         batch=BatchRange(1, batch_size, batch_size), calib_images=calib_images, calib_method=calib_method,
         int8_fallback=int8_fallback, parity_images=parity_images, probe_images=probe_images, slim=slim,
         build_engine=engines, no_engine_reason=no_engine, overwrite=overwrite, check=check, progress=progress,
+        runtimes=runtimes,
     )
     return export_plan(plan)
 
@@ -263,14 +269,13 @@ class _Export:
         reference = run_batched(self.torch, parity_x)
         self.probe = Probe(data, self.plan.probe_images, self.plan.cfg.train.seed, self.torch)
         self.steps.done()
-        for precision in self.plan.precisions:
+        for precision in self.plan.onnx_precisions:
             if precision == "int8":
                 self.int8_variant(data, parity_x, reference)
             else:
                 self.onnx_variant(precision, parity_x, reference)
-        if self.plan.openvino:
-            for precision in self.plan.precisions:
-                self.openvino_variant(precision, parity_x, reference)
+        for precision in self.plan.openvino_precisions:
+            self.openvino_variant(precision, parity_x, reference)
         self.steps.step("linear probe of the exported models")
         self.probe.judge([v for v in self.variants if v.accuracy is None and v.format == "onnx"], self.ort)
         self.probe.judge([v for v in self.variants if v.accuracy is None and v.format == "openvino"], self.ov)
@@ -369,20 +374,24 @@ class _Export:
         self.steps.done()  # the parity step of the plan's count ran inside build_int8
 
     def openvino_variant(self, precision: Precision, parity_x: np.ndarray, reference: Outputs) -> None:
-        """Convert the ``precision`` ONNX graph to an OpenVINO IR and check its parity with OpenVINO on this CPU."""
+        """Convert the ``precision`` ONNX graph to an OpenVINO IR (bf16: reuse the fp32 one) and check its parity
+        with OpenVINO on this CPU, run with the variant's inference precision hint."""
         xml = self.out / OPENVINO_FILES[precision]
         hint = OPENVINO_HINTS[precision]
-        self.steps.step(f"converting {FILE_NAMES[precision]} to the OpenVINO IR {xml.name}")
-        write_ir(self.out / FILE_NAMES[precision], xml, hint)
-        self.steps.done()
-        self.steps.step(f"parity of {xml.name} with OpenVINO on {len(parity_x)} images")
-        runner = OpenVINORunner(xml, self.plan.profile.threads)
-        version = import_openvino().__version__.split("-")[0]
+        if precision in OWN_IR:
+            self.steps.step(f"converting {FILE_NAMES[precision]} to the OpenVINO IR {xml.name}")
+            write_ir(self.out / FILE_NAMES[precision], xml, hint)
+            self.steps.done()
+        self.steps.step(f"parity of {xml.name} ({hint}) with OpenVINO on {len(parity_x)} images")
+        runner = OpenVINORunner(xml, self.plan.profile.threads, hint=hint)
         variant = Variant(precision=precision, format="openvino", file=xml.name,
                           size_bytes=xml.stat().st_size + weights_file(xml).stat().st_size,
-                          checked_with=f"OpenVINO {version} CPU, inference precision {hint}")
+                          checked_with=f"OpenVINO {openvino_version()} CPU, inference precision {hint}",
+                          inference_precision=hint)
         bf16 = cpu_bf16()
-        if hint == "bf16":
+        if precision == "bf16":
+            variant.notes.append(f"the fp32 IR run with the bf16 inference precision hint ({bf16})")
+        elif hint == "bf16":
             variant.notes.append(
                 f"non-INT8 layers ran in bf16 here ({bf16})" if bf16 else
                 "this CPU has no bf16 (AVX512-BF16 or AMX): non-INT8 layers ran in fp32 here; check on the target"

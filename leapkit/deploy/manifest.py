@@ -2,7 +2,9 @@
 
 Other tools read this file (``leapkit bench``, the deploy bundle's check script, CI jobs), so its
 keys are a contract: ``files`` (name -> sha256), ``input`` (name, shape, dtype, mean, std),
-``opset``, ``source_run``, ``leapkit_version``, and one entry per artefact in ``variants``. INT8
+``opset``, ``source_run``, ``leapkit_version``, and one entry per artefact in ``variants`` (an
+OpenVINO IR may back two: its fp32 variant and its bf16 one, told apart by ``precision`` and
+``inference_precision``, the hint each was checked with). INT8
 exports add ``calibration`` (method, images, cache, Q/DQ layout) and ``int8`` (the error per block,
 worst first, and the fallback's steps: :class:`leapkit.deploy.int8_report.Int8Report`).
 """
@@ -16,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from leapkit.deploy.int8_report import Int8Report
 from leapkit.records import Record
-from leapkit.types import Precision, Status
+from leapkit.types import OpenVINOHint, Precision, Status
 
 MANIFEST = "manifest.json"
 
@@ -32,7 +34,11 @@ def sha256(path: Path) -> str:
 
 @dataclass
 class Variant(Record):
-    """One exported artefact and the evidence that it computes what the student computes."""
+    """One exported artefact and the evidence that it computes what the student computes.
+
+    ``inference_precision`` is set for OpenVINO variants only (and written only there): the precision
+    hint the IR runs with, ``f32`` or ``bf16``.
+    """
 
     precision: Precision
     format: Literal["onnx", "openvino", "tensorrt"]
@@ -43,6 +49,13 @@ class Variant(Record):
     parity: dict[str, Any] | None = None  # see leapkit.deploy.parity.parity_verdict
     accuracy: dict[str, Any] | None = None  # linear-probe top-1 of its CLS features against PyTorch's
     notes: list[str] = field(default_factory=list)
+    inference_precision: OpenVINOHint | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if self.inference_precision is None:
+            del data["inference_precision"]
+        return data
 
     @property
     def failed(self) -> bool:
@@ -117,9 +130,19 @@ class ExportManifest(Record):
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes
 
-    def variant(self, file: str) -> Variant | None:
-        """The entry of ``file`` (an ONNX file or an engine), when the export recorded it."""
-        return next((v for v in self.variants if v.file == file), None)
+    def variant(self, file: str, precision: str | None = None) -> Variant | None:
+        """The entry of ``file`` (an ONNX file, an IR or an engine), when the export recorded it.
+
+        Args:
+            file: the file name.
+            precision: which of the entries of a file that backs several (the fp32 IR: fp32 and bf16);
+                None: the first.
+        """
+        return next((v for v in self.variants if v.file == file and precision in (None, v.precision)), None)
+
+    def variants_of(self, file: str) -> list[Variant]:
+        """Every entry of ``file``: one, or two for the fp32 OpenVINO IR with a bf16 variant."""
+        return [v for v in self.variants if v.file == file]
 
     @property
     def pytorch_top1(self) -> float | None:

@@ -91,7 +91,10 @@ INT8_LAYOUTS: dict[str, QdqLayout] = {
         symmetric=False, weight_ops_only=True,
         why=(
             "The x86 INT8 kernels of ONNX Runtime and OpenVINO take uint8 activations with int8 weights (VNNI's "
-            "u8 x s8 dot product). "
+            "u8 x s8 dot product). Q/DQ sit on the inputs of the quantized ops, not on their outputs: ONNX "
+            "Runtime then runs each as an integer product dequantized straight to float, with no requantize "
+            "before the bias add, faster and closer to fp32 than with quantized outputs "
+            "(benchmarks/results/cpu_runtimes.md). "
             "Only the MatMul/Gemm/Conv ops with a weight operand are quantized: attention's q.k^T and attn.v stay "
             "float, and with them the Softmax, which ONNX Runtime would otherwise fuse into a slower QLinearSoftmax "
             "(benchmarks/bench_latency.md)"
@@ -316,10 +319,9 @@ class Int8Quantizer:
         from leapkit.deploy.onnx_fp16 import NEUTRAL_OPS, convert_fp16
 
         layout = self.layout
-        options: dict[str, Any] = {"QuantizeBias": False}
+        options: dict[str, Any] = {"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": list(INT8_OPS)}
         if layout.symmetric:
-            options |= {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                        "OpTypesToExcludeOutputQuantization": list(INT8_OPS)}
+            options |= {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True}
         quantizer = QDQQuantizer(
             onnx.load(str(self.pre)), True, False, QuantType.QInt8,
             QuantType.QInt8 if layout.symmetric else QuantType.QUInt8, tensors_data(ranges, method), [],

@@ -1,4 +1,4 @@
-"""What an export will do, validated before anything is written: run, target, precisions, sizes, checks."""
+"""What an export will do, validated before anything is written: run, target, runtimes, precisions, sizes, checks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leapkit.deploy.bundle import BatchRange
-from leapkit.deploy.onnx_graph import check_input_size, patch_size
+from leapkit.deploy.onnx_graph import FILE_NAMES, check_input_size, patch_size
+from leapkit.deploy.openvino_ir import OPENVINO_FILES, OWN_IR
 from leapkit.errors import ExportError
 from leapkit.models import create_student, load_weights
 from leapkit.run import STUDENT
-from leapkit.types import CALIB_METHODS, PRECISIONS, CalibMethod, Precision
+from leapkit.runtimes import cpu_bf16, import_openvino, openvino_installed
+from leapkit.types import CALIB_METHODS, PRECISIONS, CalibMethod, Precision, TargetRuntime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,7 +34,7 @@ class ExportPlan:
         run_dir: the run directory (resolved, with config and weights).
         cfg: the run's config.
         profile: the target profile.
-        precisions: the variants, fp32 first (the others derive from it).
+        precisions: the variants, fp32 first (the others derive from it); bf16 only as an OpenVINO variant.
         input_size: image size of the graph.
         batch: the batch range engines accept and are tuned for.
         calib_images: training images for INT8 calibration.
@@ -46,6 +48,8 @@ class ExportPlan:
         overwrite: replace an existing export for this target.
         check: raise CheckFailed when a variant fails its checks.
         progress: show a progress bar on stderr.
+        runtimes: the target's runtimes this export writes for (those installed here); empty: the profile's
+            ``runtime``.
     """
 
     run_dir: Path
@@ -65,6 +69,7 @@ class ExportPlan:
     overwrite: bool = False
     check: bool = True
     progress: bool = False
+    runtimes: tuple[TargetRuntime, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calib_images < 1 or self.parity_images < 1:
@@ -82,42 +87,99 @@ class ExportPlan:
 
     @property
     def openvino(self) -> bool:
-        return self.profile.runtime == "openvino"
+        return "openvino" in (self.runtimes or (self.profile.runtime,))
+
+    @property
+    def onnx_precisions(self) -> tuple[Precision, ...]:
+        """The precisions with an ONNX graph of their own (bf16 runs the fp32 graph in OpenVINO)."""
+        return tuple(p for p in self.precisions if p in FILE_NAMES)
+
+    @property
+    def openvino_precisions(self) -> tuple[Precision, ...]:
+        """The precisions with an OpenVINO variant (none unless the export writes for OpenVINO)."""
+        return tuple(p for p in self.precisions if p in OPENVINO_FILES) if self.openvino else ()
 
     @property
     def total_steps(self) -> int:
-        """fp32 graph, images, parity per variant, fp16/int8 conversions, probe, bundle; build + parity per engine
-        or conversion + parity per OpenVINO IR."""
-        n = len(self.precisions)
-        return 5 + 2 * (n - 1) + (2 * n if self.build_engine or self.openvino else 0)
+        """fp32 graph, images, parity per variant, fp16/int8 conversions, probe, bundle; build + parity per engine;
+        conversion (fp32 and int8 only) + parity per OpenVINO variant."""
+        n = len(self.onnx_precisions)
+        engines = 2 * n if self.build_engine else 0
+        irs = sum(2 if p in OWN_IR else 1 for p in self.openvino_precisions)
+        return 5 + 2 * (n - 1) + engines + irs
 
 
 def resolve_precisions(requested: str | Sequence[str] | None, profile: TargetProfile) -> tuple[Precision, ...]:
     """The variants to export: fp32 (always, the base of the others) plus the requested ones.
 
     Args:
-        requested: a precision, several, ``all`` (the profile's), or None (the profile's default).
+        requested: a precision, several, ``all`` (the profile's), or None (the profile's default: its
+            ``precision``, or all of ``precisions`` when it chooses the fastest variant).
         profile: the target.
 
     Raises:
         ExportError: a precision is unknown or not among those the target's runtime takes.
     """
     if requested is None:
-        wanted = [profile.precision]
+        wanted = list(profile.precisions) if profile.choose == "fastest" else [profile.precision]
     else:
         wanted = [requested] if isinstance(requested, str) else list(requested)
         if "all" in wanted:
             wanted = list(profile.precisions)
     unknown = [p for p in wanted if p not in PRECISIONS]
     if unknown:
-        raise ExportError(f"unknown precision '{unknown[0]}'; use fp32, fp16, int8 or all")
+        raise ExportError(f"unknown precision '{unknown[0]}'; use {', '.join(PRECISIONS)} or all")
     refused = [p for p in wanted if p not in profile.precisions]
     if refused:
+        runtimes = profile.deploy_runtimes
+        which = f"runtime {runtimes[0]} takes" if len(runtimes) == 1 else f"runtimes {', '.join(runtimes)} take"
         raise ExportError(
-            f"precision {refused[0]} is not available for target {profile.name} (runtime {profile.runtime} takes "
+            f"precision {refused[0]} is not available for target {profile.name} ({which} "
             f"{', '.join(profile.precisions)}); pick one of those or --precision all"
         )
     return tuple(p for p in PRECISIONS if p == "fp32" or p in wanted)
+
+
+def resolve_runtimes(
+    profile: TargetProfile, precisions: tuple[Precision, ...], bf16_named: bool = False
+) -> tuple[tuple[TargetRuntime, ...], tuple[Precision, ...]]:
+    """The target's runtimes to export for here, and the precisions they take.
+
+    The profile's ``runtime`` is required; another of its ``runtimes`` (OpenVINO) that is not
+    installed is left out with one log line. bf16 is the fp32 OpenVINO IR run with the bf16 hint, so
+    it needs OpenVINO and a CPU with bf16 arithmetic to check its parity on: named in ``--precision``
+    it is refused without them, otherwise left out with one log line.
+
+    Args:
+        profile: the target.
+        precisions: :func:`resolve_precisions`' result.
+        bf16_named: bf16 was asked for by name (not through ``all`` or the profile's default).
+
+    Raises:
+        MissingDependency: openvino is not installed and the profile's runtime is openvino, or bf16 was named.
+        ExportError: bf16 was named and this CPU has no bf16 arithmetic.
+    """
+    runtimes: list[TargetRuntime] = []
+    for runtime in profile.deploy_runtimes:
+        if runtime == "openvino" and not openvino_installed():
+            if runtime == profile.runtime:
+                import_openvino(f"exporting for {profile.name} (runtime openvino)")
+            if bf16_named and "bf16" in precisions:
+                import_openvino("--precision bf16 (the fp32 OpenVINO IR with the bf16 hint)")
+            others = ", ".join(r for r in profile.deploy_runtimes if r != "openvino")
+            precisions = tuple(p for p in precisions if p != "bf16")
+            log.info("openvino is not installed: exporting for %s only (%s; no OpenVINO IRs, no bf16); "
+                     "pip install 'leapkit[openvino]' adds them", others, ", ".join(precisions))
+            continue
+        runtimes.append(runtime)
+    if "bf16" in precisions and "openvino" in runtimes and cpu_bf16() is None:
+        why = ("this CPU has no bf16 arithmetic (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo): OpenVINO would "
+               "run bf16 in fp32, so its parity cannot be checked here")
+        if bf16_named:
+            raise ExportError(f"--precision bf16: {why}; export bf16 on a CPU that has it (the target itself)")
+        log.info("bf16 left out: %s", why)
+        precisions = tuple(p for p in precisions if p != "bf16")
+    return tuple(runtimes), precisions
 
 
 def load_student(plan: ExportPlan) -> nn.Module:

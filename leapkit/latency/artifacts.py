@@ -4,10 +4,11 @@
 
 A run contributes its PyTorch student and the files of its export for the target (or its newest
 export). An export folder is read through its manifest (:class:`ExportManifest`), which gives
-each file's precision, status and probe accuracy; a folder without a manifest is scanned for
-model files. Engines built on the device with the bundle's build_engine.sh are not in the
-manifest: every export folder is also scanned for them, their precision read from the ``.json``
-beside each engine, else from the file name, else ``unknown``.
+each file's precision, status and probe accuracy (one artefact per variant: the fp32 OpenVINO IR
+is benched twice when the export checked a bf16 variant of it, once with each precision hint); a
+folder without a manifest is scanned for model files. Engines built on the device with the
+bundle's build_engine.sh are not in the manifest: every export folder is also scanned for them,
+their precision read from the ``.json`` beside each engine, else from the file name, else ``unknown``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from leapkit.deploy.manifest import MANIFEST, ExportManifest, Variant
 from leapkit.errors import ModelError, RunError
 from leapkit.records import read_json
 from leapkit.run import CONFIG, STUDENT, read_run_config, resolve_run
-from leapkit.types import PRECISIONS, Format, Runtime
+from leapkit.types import PRECISIONS, Format, OpenVINOHint, Runtime
 
 ONNX_SUFFIXES = (".onnx",)
 OPENVINO_SUFFIXES = (".xml",)  # an OpenVINO IR: the graph, its weights in the .bin beside it
@@ -50,6 +51,8 @@ class Artifact:
         size_mb: file size in MB (external ONNX data included).
         accuracy: linear-probe top-1 (%) when the run's evaluation or the export recorded it.
         status: ``ok``, ``unchecked``, or ``failed: <why>`` as the export recorded it.
+        hint: the OpenVINO inference precision to run an IR with (``f32``, ``bf16``); None: the one the
+            IR records.
     """
 
     format: Format
@@ -58,6 +61,7 @@ class Artifact:
     size_mb: float | None = None
     accuracy: float | None = None
     status: str = "ok"
+    hint: OpenVINOHint | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -154,9 +158,21 @@ def _status(variant: Variant | None) -> str:
     return variant.status
 
 
-def file_artifact(path: Path, manifest: ExportManifest | None = None) -> Artifact:
-    """One ONNX file or engine, with what the export recorded about it when there is a manifest."""
-    variant = manifest.variant(path.name) if manifest else None
+def file_artifacts(path: Path, manifest: ExportManifest | None = None) -> list[Artifact]:
+    """One artefact per variant the manifest records for ``path`` (the fp32 IR may back fp32 and bf16), else one."""
+    variants = manifest.variants_of(path.name) if manifest else []
+    return [file_artifact(path, manifest, v.precision) for v in variants] or [file_artifact(path, manifest)]
+
+
+def file_artifact(path: Path, manifest: ExportManifest | None = None, precision: str | None = None) -> Artifact:
+    """One ONNX file, IR or engine, with what the export recorded about it when there is a manifest.
+
+    Args:
+        path: the file.
+        manifest: the export's manifest, if any.
+        precision: which of the file's variants (the fp32 IR also backs bf16); None: its first.
+    """
+    variant = manifest.variant(path.name, precision) if manifest else None
     if path.suffix in ONNX_SUFFIXES:
         fmt: Format = "onnx"
         precision = onnx_precision(path)  # also refuses a file that is not ONNX
@@ -169,7 +185,8 @@ def file_artifact(path: Path, manifest: ExportManifest | None = None) -> Artifac
         precision = (variant.precision if variant else None) or engine_precision(path)
     accuracy = variant.probe_top1 if variant else None
     status = _status(variant) if variant or fmt != "engine" else device_check_status(path, precision)
-    return Artifact(fmt, precision, path, _file_mb(path), accuracy, status)
+    hint = variant.inference_precision if variant else None
+    return Artifact(fmt, precision, path, _file_mb(path), accuracy, status, hint)
 
 
 def engine_precision(path: Path) -> str:
@@ -214,7 +231,7 @@ def export_artifacts(export_dir: Path) -> tuple[list[Artifact], ExportManifest |
         names = sorted(p.name for p in export_dir.iterdir() if p.suffix in MODEL_SUFFIXES)
     names += sorted(p.name for p in export_dir.iterdir() if p.suffix in ENGINE_SUFFIXES and p.name not in names)
     paths = [export_dir / n for n in names if Path(n).suffix in MODEL_SUFFIXES and (export_dir / n).is_file()]
-    return [file_artifact(p, manifest) for p in paths], manifest
+    return [art for p in paths for art in file_artifacts(p, manifest)], manifest
 
 
 def _run_export_dir(run_dir: Path, target: str | None) -> Path | None:

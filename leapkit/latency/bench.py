@@ -11,7 +11,8 @@
 A budget is judged only on the target's own figures: timings taken here count when this host is
 the target (:func:`leapkit.latency.machine.target_match`, evidence ``measured``); elsewhere they
 are shown, labelled, and the verdict rests on the lower bound beside them (cost.py, evidence
-``estimated``). The verdict is in verdict.py, the report and its tables in report.py.
+``estimated``). Each result also carries the target's latency-model prediction (forecast.py), which
+is never judged. The verdict is in verdict.py, the report and its tables in report.py.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from torch import nn
 
 from leapkit import __version__
 from leapkit.errors import ConfigError
-from leapkit.latency.artifacts import ModelSource, resolve_model
+from leapkit.latency.artifacts import Artifact, ModelSource, resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE, Cost, roofline, torch_cost
+from leapkit.latency.forecast import Forecaster
 from leapkit.latency.imported import bench_from_trtexec, bench_over_ssh, report_from_trtexec
 from leapkit.latency.junit import require_junitparser, write_junit
 from leapkit.latency.machine import environment, target_match
@@ -44,10 +46,18 @@ from leapkit.latency.timing import (
     parse_threads,
     usable_cores,
 )
-from leapkit.latency.verdict import decide, runs_on_target, setting_warnings, stat_key, warnings
+from leapkit.latency.verdict import choice_reason, decide, runs_on_target, setting_warnings, stat_key, warnings
 from leapkit.profiles import TargetProfile, load_target
 from leapkit.run import load_student, read_run_config
-from leapkit.runtimes import import_tensorrt, ort_providers, require_cuda, tensorrt_ready
+from leapkit.runtimes import (
+    cpu_bf16,
+    import_openvino,
+    import_tensorrt,
+    openvino_installed,
+    ort_providers,
+    require_cuda,
+    tensorrt_ready,
+)
 from leapkit.threads import torch_threads
 from leapkit.types import ORT_PROVIDERS, PRECISIONS, RUNTIMES, Evidence, OrtProvider, Precision, Runtime, Stat
 
@@ -134,7 +144,7 @@ def bench(
             runs/latest (its PyTorch student plus its export for the target, or newest export).
         target: profile name, family (``jetson``), YAML path, or a loaded profile; None takes
             the target of MODEL's export (its manifest's ``target``).
-        runtimes: any of torch, onnxruntime, tensorrt, or ``["all"]``; None benches what MODEL has.
+        runtimes: any of torch, onnxruntime, openvino, tensorrt, or ``["all"]``; None benches what MODEL has.
         budget_ms: overrides the profile's latency budget.
         stat: the statistic judged against the budget (default: the profile's, p99).
         precisions: only bench formats at these precisions.
@@ -335,14 +345,19 @@ def choose_runtimes(src: ModelSource, runtimes: Sequence[Runtime] | None) -> lis
     """The runtimes to bench: those asked for (each must have something to run), else all MODEL has.
 
     Without an explicit request, a TensorRT engine is skipped with a warning where TensorRT or a GPU
-    is missing, unless it is all there is.
+    is missing, and an OpenVINO IR where openvino is not installed, unless it is all there is.
 
     Raises:
         ConfigError: a requested runtime has nothing to run in MODEL.
-        MissingDependency: TensorRT is requested (or is all there is) and not installed.
+        MissingDependency: TensorRT or OpenVINO is requested (or is all there is) and not installed.
     """
     if not runtimes:
         chosen = [r for r in RUNTIMES if src.has(r)]
+        if "openvino" in chosen and not openvino_installed():
+            if chosen == ["openvino"]:
+                import_openvino("benchmarking an OpenVINO IR")
+            log.warning("skipping the OpenVINO IRs: openvino is not installed (pip install 'leapkit[openvino]')")
+            chosen.remove("openvino")
         trt_ready = tensorrt_ready()
         if chosen == ["tensorrt"] and not trt_ready:
             import_tensorrt("benchmarking a TensorRT engine")
@@ -353,6 +368,7 @@ def choose_runtimes(src: ModelSource, runtimes: Sequence[Runtime] | None) -> lis
         return chosen
     need = {"torch": "a run directory with student.safetensors",
             "onnxruntime": "an .onnx file or an export holding one",
+            "openvino": "an OpenVINO IR (.xml) or an export holding one (targets whose runtimes include openvino)",
             "tensorrt": "a TensorRT engine (.engine/.plan), built on the device with build_engine.sh"}
     for r in runtimes:
         if not src.has(r):
@@ -361,7 +377,18 @@ def choose_runtimes(src: ModelSource, runtimes: Sequence[Runtime] | None) -> lis
     if "tensorrt" in runtimes:
         import_tensorrt("benchmarking a TensorRT engine")
         require_cuda("--runtime tensorrt")
+    if "openvino" in runtimes:
+        import_openvino("--runtime openvino")
     return list(runtimes)
+
+
+def runnable_here(art: Artifact) -> bool:
+    """False (with a warning) for an OpenVINO bf16 variant on a CPU without bf16 arithmetic: it would run in fp32."""
+    if art.format == "openvino" and art.hint == "bf16" and art.precision == "bf16" and cpu_bf16() is None:
+        log.warning("skipping %s bf16: this CPU has no bf16 arithmetic (avx512_bf16 or amx_bf16), OpenVINO would run "
+                    "it in fp32; bench it on the target", art.name)
+        return False
+    return True
 
 
 def _student_cost(student: nn.Module, img_size: int, method: Method) -> Cost | None:
@@ -386,8 +413,8 @@ def run_bench(plan: BenchPlan) -> BenchReport:
     profile, method = plan.profile, plan.method
     src = resolve_model(plan.model, profile.name)
     chosen = choose_runtimes(src, plan.runtimes)
-    artifacts = [a for a in src.artifacts
-                 if a.runtime in chosen and (not plan.precisions or a.precision in plan.precisions)]
+    artifacts = [a for a in src.artifacts if a.runtime in chosen
+                 and (not plan.precisions or a.precision in plan.precisions) and runnable_here(a)]
     if not artifacts:
         raise ConfigError(f"nothing to bench in {src.export_dir or src.out_dir} for runtimes {chosen or 'none'} "
                           f"and precisions {list(plan.precisions) or 'any'}")
@@ -402,6 +429,7 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         cost = _student_cost(student, student_size, method)
 
     env = environment()
+    forecaster = Forecaster.of(profile)
     results: list[BenchResult] = []
     for art in artifacts:
         log.info("benchmarking %s (%s, %s) for %s", art.name, art.format, art.precision, profile.name)
@@ -411,6 +439,9 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         results.append(result)
 
     evidence, evidence_reason, host = _evidence(results, profile, env)
+    for art, r in zip(artifacts, results, strict=True):
+        size = student_size if art.format == "pytorch" else img_size
+        forecaster.attach(r, forecaster.shape_for(art, student, size), measured_here=evidence == "measured")
     for r in results:
         value = r.stat_ms(plan.stat)
         on_target = evidence == "measured" and runs_on_target(r, profile)
@@ -440,6 +471,7 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         verdict=verdict,
         verdict_reason=reason,
         gated=gated.label if gated else None,
+        choice=choice_reason(results, profile, plan.stat, evidence, gated),
         method=method,
         roofline_note=ROOFLINE_NOTE,
         warnings=notes,

@@ -7,9 +7,10 @@
 
 The report has the keys of a local bench: ``p50_ms``..``max_ms`` and ``mean_ms`` are trtexec's
 "Latency" (host latency: H2D + GPU compute + D2H), ``throughput`` its qps, ``gpu_compute_ms`` its
-"GPU Compute Time". The device trtexec and device.json name, the TensorRT release and the Jetson
-power mode are checked against the profile; a mismatch is a warning in the report, not a refusal:
-the user named the target.
+"GPU Compute Time"; with the export's ONNX known, each run carries the target's latency-model
+prediction (:mod:`leapkit.latency.forecast`). The device trtexec and device.json name, the TensorRT
+release and the Jetson power mode are checked against the profile; a mismatch is a warning in the
+report, not a refusal: the user named the target.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from leapkit import __version__
 from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE
+from leapkit.latency.forecast import Forecaster
 from leapkit.latency.remote import bench_on_host
 from leapkit.latency.report import TRTEXEC_NOTE, BenchReport, BenchResult, render_markdown
 from leapkit.latency.timing import NOISY_CV
@@ -116,7 +118,8 @@ def report_from_trtexec(
         model: what the report names as the model.
         host: the device's SSH host, for ``measured``.
         check: raise CheckFailed after writing the report when the verdict is FAIL.
-        onnx: the ONNX model the engine was built from, to place profiled layers in ViT blocks.
+        onnx: the ONNX model the engine was built from, to place profiled layers in ViT blocks and to
+            predict each run's latency with the target's latency model.
 
     Raises:
         ConfigError: no run has the statistic to judge (nothing is written).
@@ -126,6 +129,10 @@ def report_from_trtexec(
     budget = float(profile.latency_budget_ms if budget_ms is None else budget_ms)
     results = [_result(run) for run in imported.runs]
     _check_stat(results, stat, imported.sources)
+    forecaster = Forecaster.of(profile)
+    shape = forecaster.graph_shape(onnx) if onnx is not None and onnx.is_file() else None
+    for r in results:
+        forecaster.attach(r, shape, measured_here=True)
     for r in results:
         value = r.stat_ms(stat)
         r.budget_ok = None if value is None else value <= budget

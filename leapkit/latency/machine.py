@@ -1,7 +1,8 @@
 """A fingerprint of the machine and software a measurement came from, and whether that machine is the target.
 
-Every bench report records the fingerprint under ``environment``; the benchmarks/ scripts record
-it too. :func:`target_match` compares it with a profile's ``device_match`` patterns: a host whose
+Every bench report records the fingerprint under ``environment`` (``bf16``: the CPU feature that
+gives bf16 arithmetic, or null; ``openvino``: its version when installed); the benchmarks/ scripts
+record it too. :func:`target_match` compares it with a profile's ``device_match`` patterns: a host whose
 device-tree model, GPU name, CPU model or architecture one of them finds *is* the target, and
 only its timings are measurements of the target.
 """
@@ -22,6 +23,7 @@ import torch
 
 from leapkit import __version__
 from leapkit.latency.timing import usable_cores
+from leapkit.runtimes import cpu_bf16
 
 if TYPE_CHECKING:
     from leapkit.profiles import TargetProfile
@@ -148,10 +150,12 @@ def environment() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": usable_cores(),
         "cpu_flags": cpu_flags(),
+        "bf16": cpu_bf16(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+        "openvino": package_version("openvino"),
         "tensorrt": package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt_lean"),
         "leapkit": __version__,
         "gpu": gpu_info(),

@@ -50,7 +50,7 @@ def load_runner(art: Artifact, method: Method, threads: int, student: nn.Module 
     if art.format == "onnx":
         return OrtRunner(art.path, threads, method.providers)
     if art.format == "openvino":
-        return OpenVINORunner(art.path, threads)  # in the precision the export checked it with (the IR records it)
+        return OpenVINORunner(art.path, threads, hint=art.hint)  # the hint the export checked it with
     return TensorRTRunner(art.path)
 
 

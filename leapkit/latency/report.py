@@ -3,10 +3,13 @@
 The JSON keys are a contract (scripts and CI read them): ``results`` holds one entry per
 runtime/format/precision with ``runtime``, ``format``, ``precision``, ``batch``, ``p50_ms``,
 ``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` (``gpu_compute_ms`` when read from
-trtexec) and more; the top level holds ``budget_ms``, ``budget_stat``, ``evidence`` (measured |
-imported | estimated) with ``evidence_reason`` and ``measured_on``, ``verdict`` (PASS | FAIL |
-UNCONFIRMED), ``verdict_reason``, ``environment`` and more; ``baseline`` (with ``--baseline``) holds
-each result against an earlier report (:mod:`leapkit.latency.regression`).
+trtexec), ``roofline`` (the lower bound on the target), ``predicted_ms``, ``predicted_range_ms``
+[low, high] and ``prediction_source`` (the target's latency model, :mod:`leapkit.latency.forecast`;
+null where it cannot read the model) and more; the top level holds ``budget_ms``, ``budget_stat``,
+``evidence`` (measured | imported | estimated) with ``evidence_reason`` and ``measured_on``,
+``verdict`` (PASS | FAIL | UNCONFIRMED), ``verdict_reason``, ``gated`` (the judged result's label) with
+``choice`` (why it was judged, for a target that chooses the fastest variant), ``environment`` and more; ``baseline``
+(with ``--baseline``) holds each result against an earlier report (:mod:`leapkit.latency.regression`).
 
 The latency and method tables are built once as :class:`leapkit.tables.Table`; the Markdown file,
 ``leapkit bench``'s terminal output and ``leapkit report`` all render those same tables.
@@ -33,6 +36,8 @@ LATENCY_COLUMNS = ("format", "precision", "runtime", "status", "size MB", "accur
 METHOD_COLUMNS = ("format", "threads", "iterations", "min ms", "mean ms", "p90 ms", "p95 ms", "max ms", "cv",
                   "process peak RSS MB", "achieved TFLOP/s at p50", "bound by")
 BASELINE_COLUMN = "vs baseline"
+PREDICTED_COLUMN = "predicted ms (range)"
+RATIO_COLUMN = "measured / predicted"
 TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy); FPS is images/s: "
                 "trtexec's queries per second times the batch (implicit-batch runs already count images).")
 
@@ -88,6 +93,10 @@ class BenchResult(Record):
     gpu_compute_ms: dict[str, float | None] | None = None
     roofline: Roofline | None = None
     budget_ok: bool | None = None  # None: not judged (timed away from the target, or off its device)
+    # the target's latency model (leapkit.latency.forecast); None where it cannot read the model; never judged
+    predicted_ms: float | None = None
+    predicted_range_ms: list[float] | None = None
+    prediction_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -98,10 +107,12 @@ class BenchResult(Record):
 
     @property
     def label(self) -> str:
-        """``PyTorch eager``, ``ONNX fp16``, ``TensorRT engine int8``: the row name in tables and verdicts."""
+        """``PyTorch eager``, ``ONNX fp16``, ``OpenVINO bf16``, ``TensorRT engine int8``: the row name in tables and
+        verdicts."""
         if self.format == "pytorch":
             return "PyTorch (torch.compile)" if self.compiled else "PyTorch eager"
-        return {"onnx": f"ONNX {self.precision}", "engine": f"TensorRT engine {self.precision}"}[self.format]
+        return {"onnx": f"ONNX {self.precision}", "openvino": f"OpenVINO {self.precision}",
+                "engine": f"TensorRT engine {self.precision}"}[self.format]
 
     @property
     def export_failed(self) -> bool:
@@ -110,6 +121,11 @@ class BenchResult(Record):
     def stat_ms(self, stat: Stat) -> float | None:
         """The value of a budget statistic (``p99`` -> ``p99_ms``), None when the format did not run."""
         return getattr(self, f"{stat}_ms")
+
+    @property
+    def measured_over_predicted(self) -> float | None:
+        """p50 over the prediction (None without both)."""
+        return self.p50_ms / self.predicted_ms if self.p50_ms is not None and self.predicted_ms else None
 
 
 @dataclass
@@ -144,14 +160,16 @@ class BenchReport(Record):
     leapkit_version: str
     created: str
     baseline: Comparison | None = None
+    choice: str | None = None  # which result the verdict judges and why, for a target that chooses the fastest
     json_path: Path | None = field(default=None, kw_only=True, compare=False, repr=False)
     sections: list[str] = field(default_factory=list, kw_only=True, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         del data["json_path"], data["sections"]
-        if self.baseline is None:
-            del data["baseline"]
+        for key in ("baseline", "choice"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -220,12 +238,38 @@ def latency_title(report: BenchReport) -> str:
     return f"Latency on {report.target}, measured on {report.measured_on}"
 
 
+def prediction_columns(report: BenchReport) -> tuple[str, ...]:
+    """The prediction column when a result has one, and measured over predicted on the target's own figures."""
+    if not any(r.predicted_ms is not None for r in report.results):
+        return ()
+    return (PREDICTED_COLUMN, RATIO_COLUMN) if report.judged_here else (PREDICTED_COLUMN,)
+
+
+def prediction_caption(report: BenchReport) -> str:
+    """What the prediction column is, or an empty string without predictions."""
+    source = next((r.prediction_source for r in report.results if r.prediction_source), None)
+    if source is None:
+        return ""
+    return (f"{PREDICTED_COLUMN}: the latency model of {report.target} ({source}), a forecast with its range for the "
+            f"target, not a measurement; it never changes the verdict.")
+
+
+def predicted_cell(r: BenchResult) -> str:
+    if r.predicted_ms is None or not r.predicted_range_ms:
+        return "-"
+    low, high = r.predicted_range_ms
+    return f"{r.predicted_ms:.3g} ({low:.3g}-{high:.3g})"
+
+
 def latency_table(report: BenchReport) -> Table:
-    """One row per benched format: latency, size, accuracy, lower bound on the target and verdict, and the
-    change against the baseline when there is one."""
-    columns = (*LATENCY_COLUMNS, BASELINE_COLUMN) if report.baseline else LATENCY_COLUMNS
-    table = Table.of(*columns, title=latency_title(report),
-                     right=("size MB", "accuracy %", "p50 ms", "p99 ms", "FPS", "lower bound ms"))
+    """One row per benched format: latency, size, accuracy, lower bound and prediction on the target and verdict,
+    and the change against the baseline when there is one."""
+    at = LATENCY_COLUMNS.index("lower bound ms") + 1
+    predictions = prediction_columns(report)
+    columns = (*LATENCY_COLUMNS[:at], *predictions, *LATENCY_COLUMNS[at:],
+               *((BASELINE_COLUMN,) if report.baseline else ()))
+    table = Table.of(*columns, title=latency_title(report), caption=prediction_caption(report),
+                     right=("size MB", "accuracy %", "p50 ms", "p99 ms", "FPS", "lower bound ms", *predictions))
     for c in table.columns:
         c.no_wrap = c.title in ("format", "budget", BASELINE_COLUMN)
     for r in report.results:
@@ -236,6 +280,7 @@ def latency_table(report: BenchReport) -> Table:
         cells = [r.label, r.precision, r.runtime, status, fmt(r.size_mb), fmt(r.accuracy, ".1f"), fmt(r.p50_ms, ".3f"),
                  fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"),
                  fmt(r.roofline.estimate_ms if r.roofline else None, ".4g"),
+                 *(predicted_cell(r), fmt(r.measured_over_predicted, ".2f"))[:len(predictions)],
                  f"{report.budget_stat} <= {report.budget_ms:g} ms", verdict]
         change = report.baseline.row(r) if report.baseline else None
         if report.baseline:
@@ -319,7 +364,8 @@ def _environment_lines(env: dict[str, Any]) -> list[str]:
         f"load average {fmt(env.get('load_avg_1m'), '.1f')}",
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}" if gpu else ""),
         f"- torch {env['torch']}, onnxruntime {env.get('onnxruntime')}, "
-        f"tensorrt {env.get('tensorrt') or 'not installed'}, leapkit {env['leapkit']}; "
+        f"openvino {env.get('openvino') or 'not installed'}, tensorrt {env.get('tensorrt') or 'not installed'}, "
+        f"leapkit {env['leapkit']}; "
         f"{env['os']}, Python {env['python']}",
     ]
     if env.get("jetson"):
@@ -349,6 +395,8 @@ def _head(report: BenchReport) -> list[str]:
         f"**Verdict: {report.verdict}** ({report.verdict_reason}); budget {report.budget_stat} <= "
         f"{report.budget_ms:g} ms from {report.budget_source}.",
     ]
+    if report.choice:
+        lines += ["", f"**Judged:** {report.choice}."]
     comparison = baseline_sentence(report)
     if comparison and report.baseline:
         lines += ["", comparison, *[f"- {n}" for n in report.baseline.notes]]

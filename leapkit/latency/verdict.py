@@ -3,8 +3,10 @@
 A budget is judged only on the target's own figures (evidence ``measured`` or ``imported``): the
 verdict compares one result with ``budget_ms`` on ``budget_stat`` (p99 by default), the result in
 the target's own runtime and default precision when it was benched, otherwise the fastest result
-in the target's runtime, otherwise the fastest result (see :func:`gated_result`). A format the
-export marked as failed fails the verdict whatever its latency.
+in the target's runtime, otherwise the fastest result (see :func:`gated_result`). A target whose
+profile says ``choose: fastest`` is judged on the fastest result whose export checks passed, among
+its runtimes and precisions, and :func:`choice_reason` says so in one line. A format the export
+marked as failed fails the verdict whatever its latency.
 
 Away from the target (evidence ``estimated``) another machine's timings are never judged: the
 verdict is UNCONFIRMED, unless even the lower bound on the target (:mod:`leapkit.latency.cost`)
@@ -13,6 +15,7 @@ exceeds the budget, which is a certain FAIL.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,23 +43,37 @@ def runs_on_target(r: BenchResult, profile: TargetProfile) -> bool:
     return not on_gpu if profile.family == "cpu" else on_gpu
 
 
+def choice_pool(results: Sequence[BenchResult], profile: TargetProfile) -> list[BenchResult]:
+    """What a target that chooses the fastest variant chooses among: its runtimes and precisions, export checks
+    passed."""
+    return [r for r in results
+            if r.runtime in profile.deploy_runtimes and r.precision in profile.precisions and not r.export_failed]
+
+
 def _preferred(
     results: Sequence[BenchResult], profile: TargetProfile, key: Callable[[BenchResult], float]
 ) -> BenchResult | None:
-    """The target's runtime at its precision, else its runtime, else any: the smallest ``key`` of that group."""
+    """The smallest ``key`` of the target's choice pool (``choose: fastest``; ties go to the preferred runtime), else
+    of the target's runtime at its precision, else of its runtimes, else of any."""
     if not results:
         return None
+    pool = choice_pool(results, profile) if profile.choose == "fastest" else []
+    if pool:
+        order = profile.deploy_runtimes
+        return min(pool, key=lambda r: (key(r), order.index(r.runtime)))
     exact = [r for r in results if r.runtime == profile.runtime and r.precision == profile.precision]
-    same_runtime = [r for r in results if r.runtime == profile.runtime]
+    same_runtime = [r for r in results if r.runtime in profile.deploy_runtimes]
     return min(exact or same_runtime or results, key=key)
 
 
 def gated_result(results: Sequence[BenchResult], profile: TargetProfile, stat: Stat) -> BenchResult | None:
     """The result the verdict judges.
 
-    The target's own runtime at its default precision when benched; else the fastest result in the
-    target's runtime; else the fastest result of all. Results that did not run are skipped, but a
-    failed export (parity) of the chosen format still fails the verdict.
+    With ``choose: fastest``: the fastest result whose export checks passed, among the target's
+    runtimes and precisions. Otherwise (or when none passed): the target's own runtime at its default
+    precision when benched; else the fastest result in the target's runtimes; else the fastest result
+    of all. Results that did not run are skipped, but a failed export (parity) of the chosen format
+    still fails the verdict.
 
     Args:
         results: every benched format.
@@ -93,9 +110,49 @@ def decide(
     reasons = [f"{gated.label} ({gated.runtime}) {stat} {value:.3f} ms {'<=' if within else '>'} {budget_ms:g} ms"]
     if gated.export_failed:
         reasons.append(f"the export marked it as {gated.export_status}")
-    if gated.runtime != profile.runtime:
-        reasons.append(f"measured with {gated.runtime}, not the target's {profile.runtime}")
+    if gated.runtime not in profile.deploy_runtimes:
+        reasons.append(f"measured with {gated.runtime}, not the target's {'/'.join(profile.deploy_runtimes)}")
     return ("PASS" if within and not gated.export_failed else "FAIL"), "; ".join(reasons), gated
+
+
+def choice_reason(
+    results: Sequence[BenchResult], profile: TargetProfile, stat: Stat, evidence: Evidence, gated: BenchResult | None
+) -> str | None:
+    """Why ``gated`` is the judged result, in one line, for a target that chooses the fastest variant; else None.
+
+    Args:
+        results: every benched format.
+        profile: the target.
+        stat: the statistic judged.
+        evidence: ``estimated`` compares lower bounds, the others ``stat``.
+        gated: :func:`decide`'s result.
+    """
+    if profile.choose != "fastest" or gated is None:
+        return None
+    if evidence == "estimated":
+        what = "lower bound"
+        ran = [r for r in results if r.roofline is not None]
+
+        def key(r: BenchResult) -> float:
+            return r.roofline.estimate_ms if r.roofline else math.inf
+    else:
+        what = stat
+        ran = [r for r in results if runs_on_target(r, profile) and r.stat_ms(stat) is not None]
+
+        def key(r: BenchResult) -> float:
+            return r.stat_ms(stat) or 0.0
+    runtimes = ", ".join(profile.deploy_runtimes)
+    pool = sorted(choice_pool(ran, profile), key=key)
+    failed = [r.label for r in ran if r.runtime in profile.deploy_runtimes and r.export_failed]
+    left_out = f"; left out, their export checks failed: {', '.join(failed)}" if failed else ""
+    if not any(r is gated for r in pool):
+        return (f"choose fastest: no variant in {runtimes} passed its export checks, so {gated.label} is judged "
+                f"by the profile's {profile.runtime} {profile.precision} rule{left_out}")
+    runner_up = next((r for r in pool if r is not gated), None)
+    then = f"; next {runner_up.label} {key(runner_up):.3f} ms" if runner_up else ""
+    return (f"{gated.label} ({gated.runtime}), the fastest by {what} of the {len(pool)} variant"
+            f"{'s' if len(pool) != 1 else ''} in {runtimes} whose export checks passed ({key(gated):.3f} ms{then})"
+            f"{left_out}")
 
 
 def decide_on_bound(

@@ -62,17 +62,27 @@ def sizes(patch: int, img_size: int | None, teacher_patch: int | None = None) ->
     return sorted(out)
 
 
+def modelled_precisions(profile: TargetProfile) -> tuple[Precision, ...]:
+    """The target's precisions the latency model covers: not bf16, which runs only as OpenVINO's inference precision
+    hint, and neither calibrate nor the published efficiencies time OpenVINO."""
+    return tuple(p for p in profile.precisions if p != "bf16")
+
+
 def check_precisions(profile: TargetProfile, precisions: Sequence[Precision]) -> tuple[Precision, ...]:
-    """``precisions`` (default: the target's), each one the target runs.
+    """``precisions`` (default: the target's that the latency model covers), each one the target runs.
 
     Raises:
-        ConfigError: a precision the target does not run.
+        ConfigError: a precision the target does not run, or bf16.
     """
-    chosen = tuple(precisions) or profile.precisions
+    modelled = modelled_precisions(profile)
+    chosen = tuple(precisions) or modelled
+    if "bf16" in chosen and "bf16" in profile.precisions:
+        raise ConfigError(f"the latency model does not cover bf16 (OpenVINO's bf16 hint on {profile.name}); plan or "
+                          f"calibrate {', '.join(modelled)}")
     bad = [p for p in chosen if p not in profile.precisions]
     if bad:
         raise ConfigError(f"target {profile.name} does not run {', '.join(bad)}; its precisions are "
-                          f"{', '.join(profile.precisions)}")
+                          f"{', '.join(modelled)}")
     return chosen
 
 

@@ -155,6 +155,7 @@ class LatencyModel:
         ranges: per precision, the factor either side of a prediction.
         calibrated: fitted on the target (else published).
         source: one line: the calibration (host, date) or the profile's published measurements.
+        runtime: the runtime whose timings the efficiencies describe (None: not recorded).
     """
 
     target: str
@@ -162,6 +163,7 @@ class LatencyModel:
     ranges: dict[Precision, float]
     calibrated: bool
     source: str
+    runtime: str | None = None
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -198,14 +200,16 @@ def published_model(profile: TargetProfile) -> LatencyModel | None:
     cited = sorted({m.source for m in section.measurements if m.use == "fit"})
     source = (f"not calibrated: efficiencies from published measurements in the {profile.name} profile"
               + (f" ({len(cited)} source{'s' if len(cited) != 1 else ''})" if cited else ""))
-    return LatencyModel(profile.name, effs, {p: e.range for p, e in section.precisions.items()}, False, source)
+    return LatencyModel(profile.name, effs, {p: e.range for p, e in section.precisions.items()}, False, source,
+                        profile.runtime)
 
 
 def calibrated_model(calibration: Calibration) -> LatencyModel:
     """A calibration file's fitted efficiencies as a model."""
     host = calibration.environment.get("host") or "unknown host"
     source = f"calibrated on {host}, {calibration.created[:10]}"
-    return LatencyModel(calibration.target, dict(calibration.efficiencies), dict(calibration.ranges), True, source)
+    return LatencyModel(calibration.target, dict(calibration.efficiencies), dict(calibration.ranges), True, source,
+                        calibration.runtime)
 
 
 def model_for(profile: TargetProfile, calibration: Path | str | None = None) -> LatencyModel:
