@@ -22,6 +22,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -260,15 +261,22 @@ CPU_FLAGS = Path("/proc/cpuinfo")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def cpu_features() -> set[str]:
+    """The features the CPU reports in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where there is none."""
+    try:
+        info = CPU_FLAGS.read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^(flags|Features)\s*:\s*(.+)$", info, re.M)
+    return set(m.group(2).split()) if m else set()
+
+
 def cpu_bf16() -> str | None:
     """The CPU feature that gives bf16 arithmetic here (``avx512_bf16``, ``amx_bf16``), or None.
 
     Read from /proc/cpuinfo (Linux); OpenVINO's ``OPTIMIZATION_CAPABILITIES`` answers elsewhere.
     """
-    try:
-        flags = set(CPU_FLAGS.read_text().split())
-    except OSError:
-        flags = set()
+    flags = cpu_features()
     found = [f for f in BF16_FLAGS if f in flags]
     if found:
         return found[-1]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import leapkit
 from leapkit.config import resolve_config
 from leapkit.models import create_teacher
 
@@ -58,3 +59,17 @@ def tiny_config(teacher_file, image_dir):
         "train": {"epochs": 3, "batch_size": 8, "eval_at_end": False},
         "curriculum": {"max_epochs_per_block": 1},
     })
+
+
+def distil_demo(root: Path, teacher_file: Path) -> Path:
+    """A real 1-epoch demo distillation at 16 px on 24 train and 12 val images under ``root``; the run folder."""
+    make_images(root / "data" / "train", n=24)
+    make_images(root / "data" / "val", n=12)
+    cfg = resolve_config("demo", {
+        "model": {"teacher_weights": str(teacher_file), "img_size": 16},
+        "data": {"source": "folder", "path": str(root / "data"), "crop_scale": [0.5, 1.0]},
+        "train": {"epochs": 1, "batch_size": 8, "eval_at_end": False},
+        "curriculum": {"max_epochs_per_block": 1},
+    })
+    leapkit.distill(cfg, out=root / "run", show_progress=False)
+    return root / "run"

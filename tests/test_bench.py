@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_images
+from conftest import distil_demo
 from helpers import run_cli
 
 import leapkit
 from leapkit.cli.main import main
-from leapkit.config import resolve_config
 from leapkit.deploy.manifest import ExportManifest
 from leapkit.errors import CheckFailed, ConfigError, MissingDependency, ModelError, RunError
 from leapkit.latency import bench as bench_module
@@ -51,15 +50,7 @@ def run_dir(tmp_path_factory, teacher_file) -> Path:
     """A real 1-epoch demo distillation at 16 px, exported by `leapkit.export` for x86-cpu in fp32 and int8, without
     openvino (as CI runs it): ONNX Runtime's variants only."""
     root = tmp_path_factory.mktemp("bench")
-    make_images(root / "data" / "train", n=24)
-    make_images(root / "data" / "val", n=12)
-    cfg = resolve_config("demo", {
-        "model": {"teacher_weights": str(teacher_file), "img_size": 16},
-        "data": {"source": "folder", "path": str(root / "data"), "crop_scale": [0.5, 1.0]},
-        "train": {"epochs": 1, "batch_size": 8, "eval_at_end": False},
-        "curriculum": {"max_epochs_per_block": 1},
-    })
-    leapkit.distill(cfg, out=root / "run", show_progress=False)
+    distil_demo(root, teacher_file)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "openvino", None)
         leapkit.export(root / "run", target="x86-cpu", precision=["fp32", "int8"], check=False, calib_images=16,

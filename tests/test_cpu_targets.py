@@ -14,7 +14,6 @@ from test_export import make_run
 
 import leapkit.deploy.plan as plan_module
 import leapkit.latency.bench as bench_module
-import leapkit.runtimes as runtimes_module
 from leapkit.deploy.bundle import BatchRange
 from leapkit.deploy.plan import ExportPlan, resolve_precisions, resolve_runtimes
 from leapkit.errors import ConfigError, ExportError, MissingDependency
@@ -143,15 +142,3 @@ def test_runtime_openvino_needs_an_ir(tmp_path):
     with pytest.raises(ConfigError, match=r"--runtime openvino needs an OpenVINO IR \(\.xml\) or an export holding "
                                           r"one"):
         bench(run, "x86-cpu", runtimes=["openvino"], warmup_s=0.0, iterations=5, threads=1)
-
-
-@pytest.mark.parametrize("flags, found", [
-    ("fpu avx2 avx512f avx512_vnni avx512_bf16", "avx512_bf16"),
-    ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_int8", "amx_bf16"),
-    ("fpu avx2 avx512f avx512_vnni", None),
-])
-def test_cpu_bf16_reads_the_flags(flags, found, tmp_path, monkeypatch):
-    info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(runtimes_module, "CPU_FLAGS", info)
-    assert runtimes_module.cpu_bf16() == found

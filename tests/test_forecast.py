@@ -13,11 +13,11 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import make_images
+from conftest import distil_demo
 from onnx import TensorProto, helper
 
 import leapkit
-from leapkit.config import PlanConfig, load_config, resolve_config, save_config
+from leapkit.config import PlanConfig, load_config, save_config
 from leapkit.latency import bench as bench_module
 from leapkit.latency.artifacts import Artifact
 from leapkit.latency.bench import bench
@@ -51,15 +51,7 @@ def no_user_calibration(tmp_path, monkeypatch):
 def run_dir(tmp_path_factory, teacher_file) -> Path:
     """A real 1-epoch demo distillation at 16 px, exported for x86-cpu in fp32 and int8."""
     root = tmp_path_factory.mktemp("forecast")
-    make_images(root / "data" / "train", n=24)
-    make_images(root / "data" / "val", n=12)
-    cfg = resolve_config("demo", {
-        "model": {"teacher_weights": str(teacher_file), "img_size": 16},
-        "data": {"source": "folder", "path": str(root / "data"), "crop_scale": [0.5, 1.0]},
-        "train": {"epochs": 1, "batch_size": 8, "eval_at_end": False},
-        "curriculum": {"max_epochs_per_block": 1},
-    })
-    leapkit.distill(cfg, out=root / "run", show_progress=False)
+    distil_demo(root, teacher_file)
     leapkit.export(root / "run", target="x86-cpu", precision=["fp32", "int8"], check=False, calib_images=16,
                    parity_images=8, probe_images=36)
     return root / "run"

@@ -291,10 +291,11 @@ def test_missing_cuda_python_names_the_extra(engine_file, monkeypatch):
     ("fpu sse avx512f avx512_vnni avx512_bf16 avx512_fp16", "avx512_bf16"),
     ("fpu sse avx512_bf16 amx_bf16 amx_int8", "amx_bf16"),
     ("fpu sse avx2 fma avx_vnni", None),
+    ("fpu avx2 avx512f avx512_vnni", None),
 ])
 def test_cpu_bf16_reads_the_cpu_flags(flags, found, tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
     monkeypatch.setattr(rt, "CPU_FLAGS", cpuinfo)
     assert rt.cpu_bf16() == found
 

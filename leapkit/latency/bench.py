@@ -431,17 +431,18 @@ def run_bench(plan: BenchPlan) -> BenchReport:
     env = environment()
     forecaster = Forecaster.of(profile)
     results: list[BenchResult] = []
+    shapes = []
     for art in artifacts:
         log.info("benchmarking %s (%s, %s) for %s", art.name, art.format, art.precision, profile.name)
         size = student_size if art.format == "pytorch" else img_size
         result, used = measure(art, method, size, student, cost)
         result.roofline = roofline(used, profile, art.precision) if used is not None else None
         results.append(result)
+        shapes.append(forecaster.shape_for(art, student, size))
 
     evidence, evidence_reason, host = _evidence(results, profile, env)
-    for art, r in zip(artifacts, results, strict=True):
-        size = student_size if art.format == "pytorch" else img_size
-        forecaster.attach(r, forecaster.shape_for(art, student, size), measured_here=evidence == "measured")
+    for r, shape in zip(results, shapes, strict=True):  # which results get a forecast depends on the evidence
+        forecaster.attach(r, shape, measured_here=evidence == "measured")
     for r in results:
         value = r.stat_ms(plan.stat)
         on_target = evidence == "measured" and runs_on_target(r, profile)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from leapkit.deploy.onnx_graph import FILE_NAMES
 from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import Artifact
 from leapkit.latency.report import BenchReport, BenchResult
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GRAPH = "model.onnx"  # the export's fp32 graph: every variant of an export has its shape
+GRAPH = FILE_NAMES["fp32"]  # the export's fp32 graph: every variant of an export has its shape
 
 
 def graph_of(art: Artifact) -> Path | None:

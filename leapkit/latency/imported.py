@@ -26,7 +26,7 @@ from leapkit import __version__
 from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE
-from leapkit.latency.forecast import Forecaster
+from leapkit.latency.forecast import GRAPH, Forecaster
 from leapkit.latency.remote import bench_on_host
 from leapkit.latency.report import TRTEXEC_NOTE, BenchReport, BenchResult, render_markdown
 from leapkit.latency.timing import NOISY_CV
@@ -265,7 +265,7 @@ def bench_from_trtexec(
     return report_from_trtexec(
         imported, profile, evidence="imported", budget_ms=budget_ms, stat=stat,
         out_dir=out_dir or default_out_dir(files), model=", ".join(map(str, files)), check=check,
-        onnx=export / "model.onnx" if export else None,
+        onnx=export / GRAPH if export else None,
     )
 
 
@@ -309,5 +309,5 @@ def bench_over_ssh(
     return report_from_trtexec(
         merged, profile, evidence="measured", budget_ms=budget_ms, stat=stat, out_dir=out_dir or src.out_dir,
         model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host, check=check,
-        onnx=export / "model.onnx",
+        onnx=export / GRAPH,
     )

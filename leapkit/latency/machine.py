@@ -23,7 +23,7 @@ import torch
 
 from leapkit import __version__
 from leapkit.latency.timing import usable_cores
-from leapkit.runtimes import cpu_bf16
+from leapkit.runtimes import cpu_bf16, cpu_features
 
 if TYPE_CHECKING:
     from leapkit.profiles import TargetProfile
@@ -59,9 +59,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The SIMD features of :data:`_CPU_FLAGS` that this CPU reports."""
-    info = _read("/proc/cpuinfo") or ""
-    m = re.search(r"^(flags|Features)\s*:\s*(.+)$", info, re.M)
-    have = set(m.group(2).split()) if m else set()
+    have = cpu_features()
     return [f for f in _CPU_FLAGS if f in have]
 
 
