@@ -23,6 +23,9 @@ import pytest
 import yaml
 from junitparser import JUnitXml
 
+from leapkit.profiles import load_target
+from leapkit.runtimes import cpu_bf16, openvino_installed
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "latency.yml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -197,6 +200,14 @@ def test_every_command_of_the_workflow_runs_on_a_tiny_run(tmp_path):
     assert "## Per-layer profile" in (jetson / "reports" / "bench" / "jetson-orin-nano.md").read_text()
     assert sorted(runner.published) == ["run1 latency jetson-orin-nano", "run1 latency x86-cpu",
                                         "run2 latency jetson-orin-nano", "run2 latency x86-cpu"]
-    for path in runner.published.values():
+    # x86-cpu benches PyTorch and every precision of its profile the export wrote here (bf16 and the OpenVINO IRs
+    # only with openvino); the Jetson's evidence is the one imported trtexec run
+    x86_cpu = load_target("x86-cpu")
+    onnx = [f"ONNX {p}" for p in x86_cpu.precisions if p != "bf16"]
+    openvino = [f"OpenVINO {p}" for p in x86_cpu.precisions if openvino_installed() and (p != "bf16" or cpu_bf16())]
+    for key, path in runner.published.items():
         names = [case.name for suite in JUnitXml.fromfile(str(path)) for case in suite]
-        assert names in (["PyTorch eager", "ONNX fp32"], ["TensorRT engine fp16"]), (path, names)
+        if key.endswith("x86-cpu"):
+            assert names[0] == "PyTorch eager" and sorted(names[1:]) == sorted(onnx + openvino), (path, names)
+        else:
+            assert names == ["TensorRT engine fp16"], (path, names)
