@@ -355,3 +355,20 @@ def test_the_device_scripts_facts_make_a_fingerprint():
     env = device_environment(found)
     assert env["tensorrt"] == "10.3.0" and env["host"] == "orin" and env["machine"] == "aarch64"
     assert load_target("jetson-orin-nano").matches(env["gpu_names"])
+
+
+def test_the_default_candidates_are_smaller_than_the_teacher():
+    cfg = resolve_config("imagenet100-vits14-from-vitg14")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, teacher="vit_base_patch14_dinov2"))
+    teacher = of_timm("vit_base_patch14_dinov2", cfg.model.img_size)
+    report = plan(PlanRequest(profile=load_target("jetson-orin-nano"), recipe=cfg, precisions=("fp16",)))
+    students = {r.student for r in report.rows}
+    assert "vit_small_patch14_dinov2" in students
+    assert all(r.params < teacher.params for r in report.rows)
+    left_out = {"vit_base_patch14_dinov2", "vit_large_patch14_dinov2", "vit_base_patch16_224"}
+    assert not students & left_out
+    assert any("no smaller than the teacher vit_base_patch14_dinov2" in n and "vit_large_patch14_dinov2" in n
+               for n in report.notes)
+    named = plan(PlanRequest(profile=load_target("jetson-orin-nano"), recipe=cfg, precisions=("fp16",),
+                             students=("vit_base_patch14_dinov2",), img_sizes=(224,)))
+    assert {r.student for r in named.rows} == {"vit_base_patch14_dinov2"}  # a name given is planned as asked

@@ -113,7 +113,7 @@ def candidates(
     fixed = [profile.input_size] if profile.input_size else list(img_sizes)
     out: list[Candidate] = []
     for name in students:
-        patch = of_timm(name, _native(name)).patch_size
+        patch = of_timm(name, native_size(name)).patch_size
         wanted = [s for s in fixed if s % patch == 0] if fixed else sizes(patch, around, teacher_patch)
         for size in wanted:
             shape = of_timm(name, size)
@@ -124,8 +124,8 @@ def candidates(
     return out
 
 
-def _native(name: str) -> int:
-    """A size the model accepts, to read its patch from: its default input size."""
+def native_size(name: str) -> int:
+    """A size the model accepts (to read its patch or parameters from): its default input size."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if timm.is_model(name.split(".")[0]) else None

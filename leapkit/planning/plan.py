@@ -43,7 +43,8 @@ class PlanRequest:
     Args:
         profile: the target.
         budget_ms: the latency budget (default: the profile's).
-        students: timm names to weigh (default: :data:`leapkit.planning.candidates.STUDENTS`).
+        students: timm names to weigh (default: :data:`leapkit.planning.candidates.STUDENTS`, those with fewer
+            parameters than the recipe's teacher when there is one).
         img_sizes: input sizes (default: per patch, :func:`leapkit.planning.candidates.sizes`).
         precisions: default: every precision the target runs.
         recipe: the distillation config (teacher, schedule) for the training cost; None: no training cost.
@@ -172,7 +173,15 @@ def plan(request: PlanRequest) -> PlanReport:
         raise ConfigError(f"the latency model of {profile.name} covers none of {', '.join(asked)}; it has "
                           f"{', '.join(model.precisions)}; calibrate them with leapkit calibrate --target "
                           f"{profile.name}")
-    found = C.candidates(profile, request.students, request.img_sizes, wanted,
+    students = request.students
+    if cfg is not None and students == C.STUDENTS:  # a student is smaller than its teacher: drop the others
+        teacher_params = of_timm(teacher_name, cfg.model.img_size).params
+        students = tuple(s for s in students if of_timm(s, C.native_size(s)).params < teacher_params)
+        dropped = [s for s in request.students if s not in students]
+        if dropped:
+            notes.append(f"left out {len(dropped)} default candidate(s) no smaller than the teacher {teacher_name}: "
+                         f"{', '.join(dropped)}")
+    found = C.candidates(profile, students, request.img_sizes, wanted,
                          cfg.model.img_size if cfg is not None else 224, teacher_patch)
     rows: list[PlanRow] = []
     costs: dict[tuple[str, int], TrainCost | None] = {}
