@@ -9,8 +9,9 @@ at that run's resolution, 16 px for the demo recipe) and a ViT-S/14 (vit_small_p
   with all graph optimisations and with "basic" ones, to see what fusion buys;
 - ONNX Runtime INT8 in four layouts, calibrated on real images (the embedded digits): the two that
   ``leapkit export`` writes (``leapkit.deploy.onnx_int8.quantize_int8``: for ONNX Runtime targets QDQ
-  with uint8 activations, int8 per-channel weights, only the ops with a weight quantized; for
-  TensorRT symmetric int8 QDQ on every MatMul), and two alternatives from ``quantize_static`` for
+  with uint8 activations and int8 per-channel weights into the ops with a weight, their outputs left
+  float; for TensorRT symmetric int8 QDQ into every MatMul with an FP16 body, which ONNX Runtime's CPU
+  provider runs slowly and is timed only for reference), and two alternatives from ``quantize_static`` for
   comparison: QDQ u8/s8 on every MatMul and the QOperator format.
 
 Formats are timed in interleaved rounds (every format once per round) so that load from other
@@ -130,8 +131,8 @@ def digits(
 
 # The layouts `leapkit export` writes (leapkit.deploy.onnx_int8.quantize_int8, percentile calibration), by runtime.
 LEAPKIT_LAYOUTS = {
-    "int8 leapkit onnxruntime layout (QDQ u8/s8, weight ops only)": "onnxruntime",
-    "int8 leapkit tensorrt layout (QDQ s8/s8 symmetric, all MatMuls)": "tensorrt",
+    "int8 leapkit onnxruntime layout (QDQ u8/s8 into weight ops, float out)": "onnxruntime",
+    "int8 leapkit tensorrt layout (QDQ s8/s8 into every MatMul, FP16 body)": "tensorrt",
 }
 # Alternatives straight from quantize_static (min-max calibration), for comparison.
 INT8_LAYOUTS = {
