@@ -18,12 +18,16 @@ GPU; its guards are tested there.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import functools
 import importlib.util
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -288,6 +292,33 @@ def cpu_bf16() -> str | None:
     return None
 
 
+class SignalStack(ctypes.Structure):
+    """``stack_t`` of <signal.h>: an alternate signal stack."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Give the calling thread back its alternate signal stack when the block ends (Linux; elsewhere a no-op).
+
+    OpenVINO's CPU plugin sets an alternate signal stack of its own on the thread that compiles a model and
+    unmaps it when the compiled model and its core are released, without handing the thread its old stack
+    back. Python runs its signal handlers on the alternate stack (SA_ONSTACK), so a later signal delivered to
+    that thread writes its frame into unmapped or reused memory: in one process that also spawns
+    subprocesses (the test suite), that ended in a SIGSEGV raised by the kernel at a subprocess start.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+    before = SignalStack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
 class OpenVINORunner:
     """An OpenVINO IR or ONNX file on the CPU: latency mode, one stream, explicit threads and precision hint.
 
@@ -319,7 +350,8 @@ class OpenVINORunner:
                                        "INFERENCE_PRECISION_HINT": hint}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = self._core.compile_model(self.model, "CPU", self.config)
+        with keep_signal_stack():
+            self.compiled = self._core.compile_model(self.model, "CPU", self.config)
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         used = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin took: f32 without bf16
@@ -350,7 +382,8 @@ class OpenVINORunner:
         """One inference on ``x`` with a model compiled for exactly its shape, as a deployment would."""
         model = self._core.read_model(str(self.path))
         model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
-        request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        with keep_signal_stack():
+            request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
         request.set_input_tensor(0, import_openvino().Tensor(np.ascontiguousarray(x, dtype=np.float32)))
 
         def run() -> None:

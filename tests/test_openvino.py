@@ -3,7 +3,11 @@ measures and judges."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import sys
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,7 +26,7 @@ from leapkit.latency.bench import bench
 from leapkit.latency.measure import measure
 from leapkit.latency.timing import Method
 from leapkit.profiles import target_path
-from leapkit.runtimes import OpenVINORunner, OrtRunner, cpu_bf16, run_batched
+from leapkit.runtimes import OpenVINORunner, OrtRunner, SignalStack, cpu_bf16, run_batched
 
 pytest.importorskip("openvino")
 
@@ -125,6 +129,32 @@ def test_runner_reads_the_hint_and_matches_onnxruntime(exported):
     run = ir.timed(x[:1])
     run()
     ir.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sigaltstack is read through Linux's libc")
+def test_the_runner_gives_the_thread_back_its_signal_stack(exported):
+    """OpenVINO's CPU plugin leaves its own, later unmapped, alternate signal stack on the compiling thread."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    seen: list[tuple] = []
+
+    def in_a_fresh_thread() -> None:  # a new thread starts without an alternate signal stack
+        def stack() -> tuple:
+            st = SignalStack()
+            libc.sigaltstack(None, ctypes.byref(st))
+            return st.ss_sp, st.ss_flags, st.ss_size
+
+        seen.append(stack())
+        ir = OpenVINORunner(exported.out_dir / "model_openvino_fp32.xml", threads=1)
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        ir(x)
+        ir.timed(x)()
+        ir.close()
+        seen.append(stack())
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    assert len(seen) == 2 and seen[0] == seen[1], seen
 
 
 def test_bench_finds_and_measures_the_irs(exported, profile):

@@ -1,9 +1,10 @@
-"""`leapkit calibrate --target T [--host H]`: fit a target's latency model to microbenchmarks timed on it.
+"""`leapkit calibrate --target T [--runtime R] [--host H]`: fit a target's latency model to microbenchmarks.
 
-A CPU target is timed on this machine (which must be the target); a TensorRT target on this machine
-when it is the device, else over SSH with ``--host``. The calibration file goes to
-``~/.config/leapkit/calibration/<target>.json`` (or ``--out``), where ``leapkit plan`` and
-``leapkit bench`` find it.
+A CPU target is timed on this machine (which must be the target), in its profile's runtime or another
+it deploys with (``--runtime openvino``); a TensorRT target on this machine when it is the device, else
+over SSH with ``--host``. The calibration file goes to ``~/.config/leapkit/calibration/<target>.json``
+(``<target>-<runtime>.json`` for a runtime other than the profile's; or ``--out``), where ``leapkit plan``
+and ``leapkit bench`` find it.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ def calibrate_command(
         list[str] | None,
         typer.Option("--ssh-option", help="ssh_config setting for --host (Key=Value), repeatable.", show_default=False),
     ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", "-r", help="One of the target's runtimes, e.g. openvino (default: its profile's "
+                     "runtime).", show_default=False),
+    ] = None,
     precision: PrecisionsOpt = None,
     out: Annotated[
-        Path | None, typer.Option(help="Calibration file (default ~/.config/leapkit/calibration/<target>.json).",
+        Path | None, typer.Option(help="Calibration file (default ~/.config/leapkit/calibration/<target>.json, "
+                                       "<target>-<runtime>.json for another runtime than the profile's).",
                                   show_default=False)
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="ONNX Runtime threads (default: the target's).", show_default=False)
+        int | None, typer.Option(min=1, help="CPU runtime threads (default: the target's).", show_default=False)
     ] = None,
     duration: Annotated[float, typer.Option(min=0.01, help="Seconds timed per microbenchmark and round (CPU).")] = 1.0,
     warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per microbenchmark and round (CPU).")] = 0.2,
@@ -50,13 +57,16 @@ def calibrate_command(
 
     from leapkit.planning.calibrate import CalibratePlan, calibrate
     from leapkit.planning.calibration import calibration_table
+    from leapkit.planning.latency_model import check_runtime
     from leapkit.planning.microbench import GRID, QUICK_GRID
     from leapkit.profiles import load_target
 
+    profile = load_target(target)
     plan = CalibratePlan(
-        profile=load_target(target), precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
+        profile=profile, precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
         grid=QUICK_GRID if quick else GRID, out=out, host=host, ssh_options=tuple(ssh_option or ()),
         threads=threads, warmup_s=warmup, duration_s=duration, rounds=rounds, progress=progress,
+        runtime=check_runtime(profile, runtime),
     )
     calibration, path = calibrate(plan)
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80

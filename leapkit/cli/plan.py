@@ -2,9 +2,11 @@
 
     leapkit plan --teacher NAME --target T [--budget-ms X] [--recipe R]   candidates, verdicts, training cost
     leapkit plan --student NAME --img-size N --target T                   one given model
+    leapkit plan ... --runtime openvino                                   another of the target's runtimes
 
 Offline and in seconds: models are counted on the meta device and predicted with the target's
-latency model (its calibration, else the profile's published efficiencies, which the output says).
+latency model for the runtime (its calibration, else for the profile's runtime the published
+efficiencies, which the output says).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def plan_command(
                      show_default=False),
     ] = None,
     precision: PrecisionsOpt = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", "-r", help="One of the target's runtimes to plan for, e.g. openvino after leapkit "
+                     "calibrate --runtime openvino (default: its profile's runtime).", show_default=False),
+    ] = None,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="A table, or JSON (one object per candidate).")
     ] = "table",
@@ -70,6 +77,7 @@ def plan_command(
     from leapkit.config import resolve_config
     from leapkit.planning import candidates
     from leapkit.planning.frontier import draw
+    from leapkit.planning.latency_model import check_runtime
     from leapkit.planning.plan import PlanRequest, plan, plan_table
     from leapkit.profiles import load_target
 
@@ -80,7 +88,7 @@ def plan_command(
     request = PlanRequest(
         profile=profile, budget_ms=budget_ms, students=tuple(student or candidates.STUDENTS),
         img_sizes=tuple(img_size or ()), precisions=tuple(precisions), recipe=cfg, train_images=train_images,
-        gpu=gpu, utilisation=utilisation, calibration=calibration,
+        gpu=gpu, utilisation=utilisation, calibration=calibration, runtime=check_runtime(profile, runtime),
     )
     report = plan(request)
     if output == "json":

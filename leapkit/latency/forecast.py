@@ -7,10 +7,13 @@
 Each result gets the target's prediction (:mod:`leapkit.planning.latency_model`) at the result's
 precision and batch, read from its model: an ONNX file from its graph, an OpenVINO IR or a TensorRT
 engine from the export's ``model.onnx`` beside it (the same graph, compiled), the PyTorch student
-from the model itself. Like the lower bound, the prediction is for the target, whatever machine timed
-the result: away from the target (evidence ``estimated``) it is the best figure there is. It never
-changes the verdict. A target without a latency model for the precision, or a graph that is not a
-plain ViT, leaves the result without a prediction (one debug line says why).
+from the model itself. The target has a model for its profile's runtime (calibrated or published) and
+one for each other runtime it deploys with that has a calibration (``leapkit calibrate --runtime
+openvino``); a result is predicted with its own runtime's model. Like the lower bound, the prediction
+is for the target, whatever machine timed the result: away from the target (evidence ``estimated``)
+it is the best figure there is, the profile runtime's model standing in for a runtime without one. It
+never changes the verdict. A target without a latency model for the precision, or a graph that is not
+a plain ViT, leaves the result without a prediction (one debug line says why).
 """
 
 from __future__ import annotations
@@ -54,29 +57,49 @@ def graph_of(art: Artifact) -> Path | None:
 
 @dataclass
 class Forecaster:
-    """The target's latency model (None: it has none) and the shapes read so far, each graph read once.
+    """The target's latency models, one per runtime, and the shapes read so far, each graph read once.
 
     Args:
-        model: the latency model.
+        models: per runtime (none: the target has no model).
         target: the target's name, for log lines.
+        runtime: the profile's runtime, whose model stands in for a runtime without one away from the target.
     """
 
-    model: LatencyModel | None
+    models: dict[str, LatencyModel]
     target: str
+    runtime: str
     shapes: dict[Path, VitShape | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> LatencyModel | None:
+        """The model of the profile's runtime (None: it has none)."""
+        return self.models.get(self.runtime)
 
     @classmethod
     def of(cls, profile: TargetProfile, calibration: Path | None = None) -> Forecaster:
-        """The target's calibration, else its profile's published efficiencies, else no model."""
+        """The profile runtime's model (its calibration, else the published efficiencies) and every other runtime's
+        calibration found.
+
+        Args:
+            profile: the target.
+            calibration: a calibration file for the profile's runtime (default: the target's own).
+        """
         from leapkit.planning.calibration import default_path
 
+        models: dict[str, LatencyModel] = {}
         try:
-            return cls(model_for(profile, calibration), profile.name)
+            models[profile.runtime] = model_for(profile, calibration)
         except ConfigError as e:
             unreadable = calibration is not None or default_path(profile.name).is_file()  # the user meant one
             log.log(logging.WARNING if unreadable else logging.DEBUG, "no latency prediction for %s: %s",
                     profile.name, e)
-            return cls(None, profile.name)
+        for runtime in profile.deploy_runtimes:
+            if runtime != profile.runtime and default_path(profile.name, runtime).is_file():
+                try:
+                    models[runtime] = model_for(profile, runtime=runtime)
+                except ConfigError as e:  # a file the user wrote: say so, and bench on without it
+                    log.warning("no %s latency prediction for %s: %s", runtime, profile.name, e)
+        return cls(models, profile.name, profile.runtime)
 
     def graph_shape(self, path: Path) -> VitShape | None:
         """The ViT shape of an exported graph; None (one debug line) when it is not a plain ViT."""
@@ -92,7 +115,7 @@ class Forecaster:
                   ) -> VitShape | None:
         """The shape of what ``art`` runs: the student at ``img_size`` for ``pytorch``, else its graph's; None
         without a latency model to use it."""
-        if self.model is None:
+        if not self.models:
             return None
         if art.format == "pytorch":
             if student is None:
@@ -108,36 +131,42 @@ class Forecaster:
             return None
         return self.graph_shape(graph)
 
-    def predict(self, shape: VitShape | None, precision: str, batch: int) -> Prediction | None:
-        """The target's prediction for ``shape``; None without a model, a shape, or efficiencies at ``precision``."""
-        if self.model is None or shape is None:
+    def predict(self, shape: VitShape | None, precision: str, batch: int, runtime: str | None = None
+                ) -> Prediction | None:
+        """The target's prediction for ``shape`` with the model of ``runtime`` (default: the profile's); None without
+        that model, a shape, or efficiencies at ``precision``."""
+        model = self.models.get(runtime or self.runtime)
+        if model is None or shape is None:
             return None
-        if precision not in self.model.efficiencies:
-            log.debug("no latency prediction for %s %s: the latency model of %s has %s efficiencies only",
-                      shape.label, precision, self.target, ", ".join(self.model.precisions) or "no")
+        if precision not in model.efficiencies:
+            log.debug("no latency prediction for %s %s: the %s latency model of %s has %s efficiencies only",
+                      shape.label, precision, model.runtime, self.target, ", ".join(model.precisions) or "no")
             return None
-        return self.model.predict(shape, cast(Precision, precision), batch)
+        return model.predict(shape, cast(Precision, precision), batch)
 
     def attach(self, result: BenchResult, shape: VitShape | None, measured_here: bool = False) -> Prediction | None:
         """Set ``result``'s prediction fields from :meth:`predict` at its precision and batch; return it.
 
+        The source of a prediction by another model than the profile runtime's starts with its runtime
+        (``openvino: calibrated on host, 2026-05-01``).
+
         Args:
             result: the result.
             shape: what it runs.
-            measured_here: this host is the target. Its results in a runtime other than the one the
-                model's timings describe (OpenVINO beside an ONNX Runtime calibration, the PyTorch
-                student) get no prediction: the forecast is not of what they ran. Away from the
-                target every result gets the target's forecast for its model and precision.
+            measured_here: this host is the target. Its results in a runtime no model's timings describe
+                (OpenVINO without an OpenVINO calibration, the PyTorch student) get no prediction: the
+                forecast is not of what they ran. Away from the target every result gets the target's
+                forecast for its model and precision, from its runtime's model where there is one.
         """
-        runtime = self.model.runtime if self.model is not None else None
-        if measured_here and runtime is not None and result.runtime != runtime:
-            log.debug("no latency prediction for %s: the latency model of %s describes %s, not %s", result.label,
-                      self.target, runtime, result.runtime)
+        runtime = result.runtime if result.runtime in self.models else self.runtime
+        if measured_here and self.models and runtime != result.runtime:
+            log.debug("no latency prediction for %s: the latency models of %s describe %s, not %s", result.label,
+                      self.target, ", ".join(self.models), result.runtime)
             return None
-        p = self.predict(shape, result.precision, result.batch)
+        p = self.predict(shape, result.precision, result.batch, runtime)
         if p is not None:
             result.predicted_ms, result.predicted_range_ms = p.ms, [p.low_ms, p.high_ms]
-            result.prediction_source = p.source
+            result.prediction_source = p.source if runtime == self.runtime else f"{runtime}: {p.source}"
         return p
 
 

@@ -1,10 +1,12 @@
 """`leapkit calibrate`: time the microbenchmarks on the target and fit its latency model.
 
-A CPU target (ONNX Runtime) is calibrated on this machine, which must be the target (its
-``device_match``), with the profile's thread count. A TensorRT target is calibrated on the device:
-on this machine when it is the device, else over SSH with ``host`` (:mod:`leapkit.planning.device_timing`).
-The result is a :class:`~leapkit.planning.calibration.Calibration` written to the user's
-configuration folder (or ``out``), which every later prediction for the target reads.
+A CPU target is calibrated on this machine, which must be the target (its ``device_match``), with
+the profile's thread count, in ONNX Runtime or in another runtime the target deploys with (OpenVINO:
+the IRs the export writes, bf16 the fp32 IR with the bf16 hint where the CPU has bf16 arithmetic).
+A TensorRT target is calibrated on the device: on this machine when it is the device, else over SSH
+with ``host`` (:mod:`leapkit.planning.device_timing`). The result is a
+:class:`~leapkit.planning.calibration.Calibration` written to the user's configuration folder (or
+``out``), one file per runtime, which every later prediction for the target and runtime reads.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from leapkit.errors import ConfigError
 from leapkit.planning import device_timing
 from leapkit.planning.calibration import Calibration, Sample, default_path, fit, now
 from leapkit.planning.candidates import check_precisions
+from leapkit.planning.latency_model import check_runtime
 from leapkit.planning.microbench import GRID, Micro, export_graphs, time_graph
 from leapkit.profiles import TargetProfile
-from leapkit.types import Precision
+from leapkit.types import Precision, TargetRuntime
 
 if TYPE_CHECKING:
     from leapkit.deploy.progress import Steps
@@ -36,19 +39,20 @@ class CalibratePlan:
 
     Args:
         profile: the target.
-        precisions: the precisions to fit (default: the profile's).
+        precisions: the precisions to fit (default: the profile's that the runtime's model covers).
         grid: the microbenchmarks.
         out: the calibration file (default: :func:`~leapkit.planning.calibration.default_path`).
         host: ``[user@]host[:port]`` of the device for a TensorRT target; None: this machine.
         ssh_options: extra ssh/scp options for ``host``.
-        threads: ONNX Runtime threads (default: the profile's).
-        warmup_s: warm-up per microbenchmark and round (ONNX Runtime).
-        duration_s: timed duration per microbenchmark and round (ONNX Runtime).
-        rounds: interleaved rounds (ONNX Runtime): each times every microbenchmark once, in a shuffled
+        threads: CPU runtime threads (default: the profile's).
+        warmup_s: warm-up per microbenchmark and round (CPU).
+        duration_s: timed duration per microbenchmark and round (CPU).
+        rounds: interleaved rounds (CPU): each times every microbenchmark once, in a shuffled
             order, and a microbenchmark's latency is its fastest round's median. Another tenant of a
             shared host only ever adds time, so the fastest round is the machine's own speed; benchmarks/
             latency_model.py checks predictions made this way against models timed the same way.
         progress: show a progress bar.
+        runtime: one of the target's runtimes (default: the profile's ``runtime``).
     """
 
     profile: TargetProfile
@@ -62,9 +66,31 @@ class CalibratePlan:
     duration_s: float = 1.0
     rounds: int = 9
     progress: bool = True
+    runtime: TargetRuntime | None = None
+
+    @property
+    def chosen_runtime(self) -> TargetRuntime:
+        return check_runtime(self.profile, self.runtime)
 
     def chosen_precisions(self) -> tuple[Precision, ...]:
-        return check_precisions(self.profile, self.precisions)  # ONNX Runtime or TensorRT graphs: bf16 left out
+        """The precisions to fit; bf16 (OpenVINO only) only on a CPU with bf16 arithmetic, where it is a variant.
+
+        Raises:
+            ConfigError: a precision the target does not run or the runtime's model does not cover, or
+                bf16 named on a CPU without bf16 arithmetic.
+        """
+        from leapkit.runtimes import cpu_bf16
+
+        chosen = check_precisions(self.profile, self.precisions, self.chosen_runtime)
+        if "bf16" not in chosen or cpu_bf16():
+            return chosen
+        rest = tuple(p for p in chosen if p != "bf16")
+        if "bf16" in self.precisions:
+            raise ConfigError(f"this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so OpenVINO would run bf16 in "
+                              f"fp32; calibrate bf16 on a CPU of {self.profile.name} that has it, or pass -p "
+                              f"{','.join(rest) or 'fp32'}")
+        log.info("bf16 left out: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), where OpenVINO runs it in fp32")
+        return rest
 
 
 def _check_here(profile: TargetProfile) -> dict:
@@ -85,17 +111,24 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
     """Time the grid on the target, fit each precision, write the calibration; returns it and its path.
 
     Raises:
-        ConfigError: this machine is not the target (without ``host``), ``host`` with an ONNX Runtime
-            target, a precision the target does not run, or too few microbenchmarks.
+        ConfigError: a runtime the target does not deploy with, this machine is not the target (without
+            ``host``), ``host`` with a CPU runtime, a precision the target does not run, or too few
+            microbenchmarks.
+        MissingDependency: OpenVINO without openvino.
         HostError: the device cannot be reached or a graph fails there.
     """
     from leapkit.deploy.progress import Steps
 
     profile = plan.profile
+    runtime = plan.chosen_runtime
     precisions = plan.chosen_precisions()
-    if plan.host is not None and profile.runtime != "tensorrt":
-        raise ConfigError(f"--host times TensorRT engines on a device, but {profile.name} runs {profile.runtime}; "
+    if plan.host is not None and runtime != "tensorrt":
+        raise ConfigError(f"--host times TensorRT engines on a device, but {profile.name} runs {runtime}; "
                           f"calibrate a CPU target on the machine itself, without --host")
+    if runtime == "openvino":
+        from leapkit.runtimes import import_openvino
+
+        import_openvino(f"calibrating the OpenVINO latency model of {profile.name}")
     env = None if plan.host is not None else _check_here(profile)
     threads = plan.threads or profile.threads
     samples: list[Sample] = []
@@ -105,15 +138,16 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         graphs: list[tuple[Micro, Precision, Path]] = []
         for micro in plan.grid:
             steps.step(f"export {micro.name}")
-            for precision, path in export_graphs(micro, precisions, folder, profile.runtime).items():
+            for precision, path in export_graphs(micro, precisions, folder, runtime).items():
                 graphs.append((micro, precision, path))
             steps.done()
-        if profile.runtime == "onnxruntime":
-            fastest = _time_in_rounds(graphs, plan, threads, steps)
-            samples = [Sample(micro.name, _fields(micro), precision, fastest[path])
-                       for micro, precision, path in graphs]
-            method = (f"ONNX Runtime CPU, {threads} threads, batch 1; each graph's fastest of {plan.rounds} "
-                      f"interleaved rounds of the median of {plan.duration_s:g} s after {plan.warmup_s:g} s warm-up")
+        if runtime != "tensorrt":
+            fastest = _time_in_rounds(graphs, plan, runtime, threads, steps)
+            samples = [Sample(micro.name, _fields(micro), precision, fastest[micro.name, precision])
+                       for micro, precision, _ in graphs]
+            method = (f"{_cpu_runtime(runtime, precisions)}, {threads} threads, batch 1; each graph's fastest of "
+                      f"{plan.rounds} interleaved rounds of the median of {plan.duration_s:g} s after "
+                      f"{plan.warmup_s:g} s warm-up")
         else:
             todo = [device_timing.Graph(p.name, precision, micro.img_size) for micro, precision, p in graphs]
             (folder / device_timing.SCRIPT).write_text(device_timing.script(todo, profile.tensorrt,
@@ -134,25 +168,41 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         mine = [s for s in samples if s.precision == precision]
         efficiencies[precision], ranges[precision] = fit(mine, precision)
     calibration = Calibration(
-        target=profile.name, created=now(), environment=env or {}, runtime=profile.runtime, threads=threads,
+        target=profile.name, created=now(), environment=env or {}, runtime=runtime, threads=threads,
         efficiencies=efficiencies, ranges=ranges, samples=samples, method=method,
     )
-    path = calibration.save(plan.out or default_path(profile.name))
+    path = calibration.save(plan.out or default_path(profile.name, None if runtime == profile.runtime else runtime))
     return calibration, path
 
 
+def _cpu_runtime(runtime: TargetRuntime, precisions: tuple[Precision, ...]) -> str:
+    """The CPU runtime as the calibration's method names it (OpenVINO: its release and hint per precision)."""
+    if runtime != "openvino":
+        return "ONNX Runtime CPU"
+    from leapkit.deploy.openvino_ir import OPENVINO_HINTS
+    from leapkit.runtimes import openvino_version
+
+    hints = ", ".join(f"{p} {OPENVINO_HINTS[p]}" for p in precisions)
+    return f"OpenVINO {openvino_version()} CPU (inference precision hint: {hints})"
+
+
 def _time_in_rounds(
-    graphs: list[tuple[Micro, Precision, Path]], plan: CalibratePlan, threads: int | None, steps: Steps
-) -> dict[Path, float]:
-    """Each graph's fastest median over ``plan.rounds`` rounds, every round in its own shuffled order."""
-    best: dict[Path, float] = {}
+    graphs: list[tuple[Micro, Precision, Path]], plan: CalibratePlan, runtime: TargetRuntime, threads: int | None,
+    steps: Steps,
+) -> dict[tuple[str, Precision], float]:
+    """Each graph's fastest median over ``plan.rounds`` rounds, every round in its own shuffled order.
+
+    Keyed by microbenchmark and precision: OpenVINO's bf16 and fp32 time the same file.
+    """
+    best: dict[tuple[str, Precision], float] = {}
     order = list(graphs)
     for r in range(plan.rounds):
         random.Random(r).shuffle(order)
         for micro, precision, path in order:
             steps.step(f"time {micro.name} {precision} (round {r + 1} of {plan.rounds})")
-            ms = time_graph(path, micro.img_size, threads, plan.warmup_s, plan.duration_s)
-            best[path] = min(ms, best.get(path, ms))
+            ms = time_graph(path, micro.img_size, threads, plan.warmup_s, plan.duration_s, runtime, precision)
+            key = (micro.name, precision)
+            best[key] = min(ms, best.get(key, ms))
             steps.done()
     return best
 

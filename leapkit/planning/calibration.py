@@ -1,6 +1,9 @@
 """A target's calibration: efficiencies fitted to microbenchmarks timed on it, with the machine and the date.
 
-    ~/.config/leapkit/calibration/<target>.json   (``$XDG_CONFIG_HOME`` respected; ``--out`` for elsewhere)
+    ~/.config/leapkit/calibration/<target>.json             the profile's runtime
+    ~/.config/leapkit/calibration/<target>-<runtime>.json   another of the target's runtimes (openvino)
+
+(``$XDG_CONFIG_HOME`` respected; ``--out`` for elsewhere.)
 
 The fit is a non-negative least-squares of each microbenchmark's time on its work counts
 (:mod:`leapkit.planning.workload`), weighted so that every microbenchmark counts by its relative
@@ -58,13 +61,13 @@ class Sample(Record):
 
 @dataclass
 class Calibration(Record):
-    """``<target>.json``: the fitted efficiencies of a target, per precision, and how they were made.
+    """``<target>.json``: the fitted efficiencies of a target and runtime, per precision, and how they were made.
 
     Args:
         target: the target profile's name.
         created: when (UTC, ISO 8601).
         environment: the machine's fingerprint (:func:`leapkit.latency.machine.environment`).
-        runtime: what ran the microbenchmarks (onnxruntime or tensorrt).
+        runtime: what ran the microbenchmarks (onnxruntime, openvino or tensorrt).
         threads: CPU threads of the runtime (None on a GPU).
         efficiencies: fitted per precision.
         ranges: per precision, the factor either side of a prediction.
@@ -107,9 +110,15 @@ def config_dir() -> Path:
     return Path(base) / "leapkit"
 
 
-def default_path(target: str) -> Path:
-    """Where ``leapkit calibrate --target T`` writes and every prediction for T looks: ``calibration/<T>.json``."""
-    return config_dir() / "calibration" / f"{target}.json"
+def default_path(target: str, runtime: str | None = None) -> Path:
+    """Where ``leapkit calibrate --target T`` writes and every prediction for T looks.
+
+    Args:
+        target: the target's name.
+        runtime: another of the target's runtimes than its profile's ``runtime``: ``calibration/<T>-<runtime>.json``;
+            None (the profile's own): ``calibration/<T>.json``.
+    """
+    return config_dir() / "calibration" / (f"{target}.json" if runtime is None else f"{target}-{runtime}.json")
 
 
 def now() -> str:
@@ -162,7 +171,8 @@ def calibration_table(calibration: Calibration) -> Table:
     table = Table.of(
         "precision", "GEMM GFLOP/s", "attention GFLOP/s", "weights GB/s", "ns / element (token, hidden, score)",
         "us / block", "us / inference", "leave-one-out error (median, max)", "range",
-        title=f"calibration of {calibration.target} on {env.get('host') or 'the device'} ({calibration.created[:10]})",
+        title=f"calibration of {calibration.target} ({calibration.runtime}) on {env.get('host') or 'the device'} "
+              f"({calibration.created[:10]})",
         caption=f"{len(calibration.samples)} microbenchmark timings; {calibration.method}. Range: the leave-one-out "
                 f"error's {RANGE_QUANTILE}th percentile, as a factor either side of a prediction.",
         right=("GEMM GFLOP/s", "attention GFLOP/s", "weights GB/s", "ns / element (token, hidden, score)",

@@ -4,7 +4,7 @@ Every candidate is a registered timm name (so that ``leapkit distill --student N
 standard blocks and a CLS token: widths 192 to 1024, depths 10 to 36, patch 14 (the DINOv2 layout of
 the paper's students) and 16. Input sizes are multiples of the patch: grids of 8, 12 and 16 patches a
 side, and the training resolution rounded to the patch. Each is planned at every precision the
-target runs.
+target runs that the planned runtime's latency model covers (bf16: OpenVINO only).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from leapkit.errors import ConfigError
 from leapkit.planning.shape import VitShape, of_timm
 from leapkit.profiles import TargetProfile
-from leapkit.types import Precision
+from leapkit.types import Precision, TargetRuntime
 
 STUDENTS: tuple[str, ...] = (
     "vit_tiny_patch14_leapkit",      # 192 x 12, DINOv2 layout (the paper's ViT-T/14)
@@ -62,23 +62,31 @@ def sizes(patch: int, img_size: int | None, teacher_patch: int | None = None) ->
     return sorted(out)
 
 
-def modelled_precisions(profile: TargetProfile) -> tuple[Precision, ...]:
-    """The target's precisions the latency model covers: not bf16, which runs only as OpenVINO's inference precision
-    hint, and neither calibrate nor the published efficiencies time OpenVINO."""
+def modelled_precisions(profile: TargetProfile, runtime: TargetRuntime | None = None) -> tuple[Precision, ...]:
+    """The target's precisions the latency model of ``runtime`` (default: the profile's) covers: bf16 with OpenVINO
+    only, which runs it as its inference precision hint on the fp32 graph; OpenVINO has no fp16 variant."""
+    if (runtime or profile.runtime) == "openvino":
+        return tuple(p for p in profile.precisions if p != "fp16")
     return tuple(p for p in profile.precisions if p != "bf16")
 
 
-def check_precisions(profile: TargetProfile, precisions: Sequence[Precision]) -> tuple[Precision, ...]:
-    """``precisions`` (default: the target's that the latency model covers), each one the target runs.
+def check_precisions(profile: TargetProfile, precisions: Sequence[Precision],
+                     runtime: TargetRuntime | None = None) -> tuple[Precision, ...]:
+    """``precisions`` (default: the target's that the latency model of ``runtime`` covers), each one the target runs.
 
     Raises:
-        ConfigError: a precision the target does not run, or bf16.
+        ConfigError: a precision the target does not run, or one the runtime's model does not cover (bf16
+            outside OpenVINO).
     """
-    modelled = modelled_precisions(profile)
+    chosen_runtime = runtime or profile.runtime
+    modelled = modelled_precisions(profile, chosen_runtime)
     chosen = tuple(precisions) or modelled
-    if "bf16" in chosen and "bf16" in profile.precisions:
-        raise ConfigError(f"the latency model does not cover bf16 (OpenVINO's bf16 hint on {profile.name}); plan or "
-                          f"calibrate {', '.join(modelled)}")
+    uncovered = [p for p in chosen if p in profile.precisions and p not in modelled]
+    if uncovered:
+        other = ("; bf16 with --runtime openvino" if "bf16" in uncovered and "openvino" in profile.deploy_runtimes
+                 else "")
+        raise ConfigError(f"the {chosen_runtime} latency model of {profile.name} does not cover "
+                          f"{', '.join(uncovered)}; plan or calibrate {', '.join(modelled)}{other}")
     bad = [p for p in chosen if p not in profile.precisions]
     if bad:
         raise ConfigError(f"target {profile.name} does not run {', '.join(bad)}; its precisions are "
@@ -93,6 +101,7 @@ def candidates(
     precisions: Sequence[Precision] = (),
     around: int | None = 224,
     teacher_patch: int | None = None,
+    runtime: TargetRuntime | None = None,
 ) -> list[Candidate]:
     """Every student at every size and precision to plan.
 
@@ -101,15 +110,17 @@ def candidates(
         students: timm names.
         img_sizes: sizes to try; each must be a multiple of a student's patch to apply to it (default:
             :func:`sizes`).
-        precisions: default: every precision the target runs.
+        precisions: default: every precision the target runs that the runtime's model covers.
         around: the training resolution, added (rounded to each patch) to the default sizes.
         teacher_patch: the teacher's patch: default sizes are those both patches divide.
+        runtime: the runtime planned for (default: the profile's), for the precisions its model covers.
 
     Raises:
-        ConfigError: a precision the target does not run, or no student fits any given size.
+        ConfigError: a precision the target does not run or the runtime's model does not cover, or no
+            student fits any given size.
         ModelError: a name timm does not know, or that is not a plain ViT.
     """
-    chosen = check_precisions(profile, precisions)
+    chosen = check_precisions(profile, precisions, runtime)
     fixed = [profile.input_size] if profile.input_size else list(img_sizes)
     out: list[Candidate] = []
     for name in students:

@@ -12,6 +12,10 @@ one of two places, and every prediction says which:
 - else the profile's ``latency_model`` section: fractions of the profile's peaks set from published
   measurements on that device, each cited there.
 
+A model describes one runtime: the profile's ``runtime`` by default; another of the target's runtimes
+(OpenVINO on a CPU target) has its own calibration (``leapkit calibrate --target T --runtime openvino``)
+and no published fallback.
+
 The range is the calibration's leave-one-out error on its microbenchmarks, or the profile's stated
 factor; it is the spread a prediction is expected to land within, not a bound.
 """
@@ -20,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from leapkit.errors import ConfigError
 from leapkit.planning import workload
 from leapkit.planning.shape import VitShape, of_model, of_onnx
 from leapkit.records import Record
-from leapkit.types import BYTES_PER_ELEMENT, PRECISIONS, Precision
+from leapkit.types import BYTES_PER_ELEMENT, PRECISIONS, Precision, TargetRuntime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -212,27 +216,55 @@ def calibrated_model(calibration: Calibration) -> LatencyModel:
                         calibration.runtime)
 
 
-def model_for(profile: TargetProfile, calibration: Path | str | None = None) -> LatencyModel:
-    """The latency model of a target: its calibration when there is one, else the profile's published efficiencies.
+def check_runtime(profile: TargetProfile, runtime: str | None) -> TargetRuntime:
+    """``runtime`` (default: the profile's ``runtime``), one the target deploys with.
+
+    Raises:
+        ConfigError: a runtime that is not among the profile's ``deploy_runtimes``.
+    """
+    if runtime is None:
+        return profile.runtime
+    if runtime not in profile.deploy_runtimes:
+        raise ConfigError(f"target {profile.name} deploys with {', '.join(profile.deploy_runtimes)}, not '{runtime}'; "
+                          f"pass --runtime {' or '.join(profile.deploy_runtimes)}")
+    return cast(TargetRuntime, runtime)
+
+
+def model_for(profile: TargetProfile, calibration: Path | str | None = None, runtime: str | None = None
+              ) -> LatencyModel:
+    """The latency model of a target and runtime: its calibration when there is one, else (for the profile's own
+    runtime only) the profile's published efficiencies.
 
     Args:
         profile: the target.
-        calibration: a calibration file; default: the user's file for the target
+        calibration: a calibration file; default: the user's file for the target and runtime
             (:func:`leapkit.planning.calibration.default_path`), when it exists.
+        runtime: one of the target's runtimes (default: the profile's ``runtime``).
 
     Raises:
-        ConfigError: the given file is missing or for another target, or the target has neither a
-            calibration nor a ``latency_model`` section.
+        ConfigError: a runtime the target does not deploy with; the given file is missing, for another
+            target or another runtime; no calibration for a runtime other than the profile's; the target
+            has neither a calibration nor a ``latency_model`` section.
     """
     from leapkit.planning.calibration import Calibration, default_path
 
-    path = Path(calibration) if calibration is not None else default_path(profile.name)
+    chosen = check_runtime(profile, runtime)
+    own = chosen == profile.runtime
+    path = Path(calibration) if calibration is not None else default_path(profile.name, None if own else chosen)
     if calibration is not None or path.is_file():
         cal = Calibration.read(path)
         if cal.target != profile.name:
             raise ConfigError(f"{path} calibrates target {cal.target}, not {profile.name}; pass that target or "
                               f"calibrate {profile.name} with leapkit calibrate --target {profile.name}")
+        if cal.runtime != chosen:
+            raise ConfigError(f"{path} calibrates {cal.runtime} on {profile.name}, not {chosen}; pass --runtime "
+                              f"{cal.runtime}, or calibrate {chosen} with leapkit calibrate --target {profile.name} "
+                              f"--runtime {chosen}")
         return calibrated_model(cal)
+    if not own:
+        raise ConfigError(f"target {profile.name} has no {chosen} calibration ({path}), and published efficiencies "
+                          f"describe {profile.runtime} only; run leapkit calibrate --target {profile.name} --runtime "
+                          f"{chosen} on the target")
     published = published_model(profile)
     if published is None:
         raise ConfigError(f"target {profile.name} has no calibration ({path}) and its profile no latency_model "
@@ -259,6 +291,7 @@ def predict_onnx(
     img_size: int | None = None,
     batch: int | None = None,
     calibration: Path | str | None = None,
+    runtime: str | None = None,
 ) -> Prediction:
     """Predict the latency of an exported graph (or a timm ViT) on a target, with its range.
 
@@ -270,9 +303,12 @@ def predict_onnx(
         img_size: for a model, the input size (default: the model's).
         batch: images per inference (default: the profile's batch).
         calibration: a calibration file (default: the target's, else the profile's published efficiencies).
+        runtime: the runtime that runs it, one of the target's (default: the profile's); an OpenVINO IR is
+            predicted from the ONNX graph it was converted from, with its precision given (bf16 runs the
+            fp32 graph).
 
     Raises:
-        ConfigError: the target has no latency model for the precision.
+        ConfigError: the target has no latency model for the runtime or the precision.
         ModelError: the file or model is not a plain ViT.
     """
     from leapkit.profiles import load_target
@@ -285,4 +321,4 @@ def predict_onnx(
     else:
         shape = of_model(path_or_model, img_size)
         prec = precision or target.precision
-    return model_for(target, calibration).predict(shape, prec, batch or target.batch)
+    return model_for(target, calibration, runtime).predict(shape, prec, batch or target.batch)

@@ -2,10 +2,11 @@
 
 Each microbenchmark is a timm VisionTransformer (random weights) exported by leapkit's own export
 pieces (:func:`leapkit.deploy.onnx_graph.export_onnx`, :func:`leapkit.deploy.onnx_fp16.convert_fp16`,
-:func:`leapkit.deploy.onnx_int8.quantize_int8` in the target runtime's layout), so that the graphs hold
-the ops, fusions and layouts of a real export. The grid spans widths 64-1024, 5-785 tokens, one to
-four blocks, patch 14 and 16, with and without LayerScale; it leaves out the widths of ViT-Ti/S/B
-(192, 384, 768), so a calibration never sees the models it is judged on.
+:func:`leapkit.deploy.onnx_int8.quantize_int8` in the target runtime's layout, and for OpenVINO
+:func:`leapkit.deploy.openvino_ir.write_ir`), so that the graphs hold the ops, fusions and layouts of a
+real export. The grid spans widths 64-1024, 5-785 tokens, one to four blocks, patch 14 and 16, with
+and without LayerScale; it leaves out the widths of ViT-Ti/S/B (192, 384, 768), so a calibration never
+sees the models it is judged on.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from leapkit.planning.shape import HEAD_DIM, VitShape
 from leapkit.types import Precision, TargetRuntime
+
+if TYPE_CHECKING:
+    from leapkit.runtimes import Runner
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +113,20 @@ QUICK_GRID: tuple[Micro, ...] = (
 
 def export_graphs(micro: Micro, precisions: Sequence[Precision], folder: Path,
                   runtime: TargetRuntime = "onnxruntime") -> dict[Precision, Path]:
-    """The microbenchmark's ONNX graph at each precision, as ``leapkit export`` writes them for ``runtime``.
+    """The microbenchmark's graph at each precision, as ``leapkit export`` writes them for ``runtime``.
+
+    ONNX files for ONNX Runtime and TensorRT; for OpenVINO, the IRs converted from them
+    (:func:`leapkit.deploy.openvino_ir.write_ir`), bf16 being the fp32 IR (run with the bf16 hint).
 
     Args:
         micro: the microbenchmark.
         precisions: which variants.
-        folder: where the files go (``<name>.onnx``, ``<name>_fp16.onnx``, ``<name>_int8.onnx``).
-        runtime: the target's runtime, for the INT8 layout.
+        folder: where the files go (``<name>.onnx``, ``<name>_fp16.onnx``, ``<name>_int8.onnx``, and for
+            OpenVINO ``<name>_openvino_fp32.xml``, ``<name>_openvino_int8.xml``).
+        runtime: the target's runtime, for the INT8 layout and the file format.
+
+    Raises:
+        MissingDependency: OpenVINO IRs without openvino.
     """
     import onnx
 
@@ -129,7 +141,7 @@ def export_graphs(micro: Micro, precisions: Sequence[Precision], folder: Path,
         export_onnx(micro.build(), fp32, micro.img_size)
         out: dict[Precision, Path] = {}
         for precision in precisions:
-            if precision == "fp32":
+            if precision in ("fp32", "bf16"):  # bf16 is OpenVINO's hint on the fp32 graph
                 out[precision] = fp32
             elif precision == "fp16":
                 out[precision] = folder / f"{micro.name}_fp16.onnx"
@@ -139,15 +151,57 @@ def export_graphs(micro: Micro, precisions: Sequence[Precision], folder: Path,
                 images = np.random.default_rng(0).standard_normal(
                     (CALIBRATION_IMAGES, 3, micro.img_size, micro.img_size)).astype(np.float32)
                 quantize_int8(fp32, out[precision], images, method="minmax", runtime=runtime)
-    return out
+        return openvino_irs(micro.name, out, folder) if runtime == "openvino" else out
 
 
-def time_graph(path: Path, img_size: int, threads: int | None, warmup_s: float, duration_s: float) -> float:
-    """Median latency in ms of one graph in ONNX Runtime on this CPU, batch 1, as ``leapkit bench`` times it."""
-    from leapkit.latency.timing import time_runner
+def openvino_irs(name: str, graphs: dict[Precision, Path], folder: Path) -> dict[Precision, Path]:
+    """The OpenVINO IR of each precision's ONNX graph, converted as the export converts it and named as it names
+    them with ``name`` for ``model`` (``<name>_openvino_fp32.xml``, one IR for fp32 and bf16).
+
+    Raises:
+        MissingDependency: openvino is not installed.
+    """
+    from leapkit.deploy.openvino_ir import OPENVINO_FILES, OPENVINO_HINTS, OWN_IR, write_ir
+
+    irs: dict[Precision, Path] = {}
+    for precision, graph in graphs.items():
+        own = precision if precision in OWN_IR else "fp32"
+        xml = folder / OPENVINO_FILES[own].replace("model", name, 1)
+        if xml not in irs.values():
+            write_ir(graph, xml, OPENVINO_HINTS[own])
+        irs[precision] = xml
+    return irs
+
+
+def open_runner(path: Path, runtime: TargetRuntime, precision: Precision, threads: int | None) -> Runner:
+    """A runner of one graph on this CPU as ``leapkit bench`` runs it: ONNX Runtime, or OpenVINO with the
+    precision's inference precision hint (:data:`leapkit.deploy.openvino_ir.OPENVINO_HINTS`)."""
+    if runtime == "openvino":
+        from leapkit.deploy.openvino_ir import OPENVINO_HINTS
+        from leapkit.runtimes import OpenVINORunner
+
+        return OpenVINORunner(path, threads, OPENVINO_HINTS[precision])
     from leapkit.runtimes import OrtRunner
 
-    runner = OrtRunner(path, threads)
+    return OrtRunner(path, threads)
+
+
+def time_graph(path: Path, img_size: int, threads: int | None, warmup_s: float, duration_s: float,
+               runtime: TargetRuntime = "onnxruntime", precision: Precision = "fp32") -> float:
+    """Median latency in ms of one graph on this CPU, batch 1, as ``leapkit bench`` times it.
+
+    Args:
+        path: the graph (an ONNX file, or an OpenVINO IR).
+        img_size: its input size.
+        threads: the runtime's threads.
+        warmup_s: warm-up seconds.
+        duration_s: timed seconds.
+        runtime: onnxruntime or openvino.
+        precision: the graph's precision (for OpenVINO, its inference precision hint).
+    """
+    from leapkit.latency.timing import time_runner
+
+    runner = open_runner(path, runtime, precision, threads)
     try:
         x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
         return float(np.median(time_runner(runner.timed(x), warmup_s, None, duration_s)))

@@ -23,13 +23,13 @@ from typing import Literal
 from leapkit.config import Config
 from leapkit.errors import ConfigError
 from leapkit.planning import candidates as C
-from leapkit.planning.latency_model import LatencyModel, Prediction, model_for
+from leapkit.planning.latency_model import LatencyModel, Prediction, check_runtime, model_for
 from leapkit.planning.shape import VitShape, of_timm
 from leapkit.planning.train_cost import DEFAULT_GPU, DEFAULT_UTILISATION, TrainCost, dataset_images, train_cost
 from leapkit.profiles import TargetProfile
 from leapkit.records import Record
 from leapkit.tables import Table, si
-from leapkit.types import Precision
+from leapkit.types import Precision, TargetRuntime
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ class PlanRequest:
         students: timm names to weigh (default: :data:`leapkit.planning.candidates.STUDENTS`, those with fewer
             parameters than the recipe's teacher when there is one).
         img_sizes: input sizes (default: per patch, :func:`leapkit.planning.candidates.sizes`).
-        precisions: default: every precision the target runs.
+        precisions: default: every precision the target runs that the runtime's latency model covers.
         recipe: the distillation config (teacher, schedule) for the training cost; None: no training cost.
         train_images: training images per epoch (default: the recipe's dataset).
         gpu: the GPU the training hours are for.
         utilisation: the MFU assumed for them.
-        calibration: a calibration file (default: the target's own, else its published efficiencies).
+        calibration: a calibration file (default: the target's own for the runtime, else its published
+            efficiencies).
+        runtime: the runtime whose latency model plans, one of the target's (default: the profile's).
     """
 
     profile: TargetProfile
@@ -64,6 +66,7 @@ class PlanRequest:
     gpu: str = DEFAULT_GPU
     utilisation: float = DEFAULT_UTILISATION
     calibration: Path | None = None
+    runtime: TargetRuntime | None = None
 
     @property
     def budget(self) -> float:
@@ -91,6 +94,7 @@ class PlanRow(Record):
         calibrated: the latency model was calibrated on the target.
         target: the target.
         budget_ms: the budget judged against.
+        runtime: the runtime the prediction is for.
     """
 
     student: str
@@ -108,11 +112,12 @@ class PlanRow(Record):
     calibrated: bool = False
     target: str = ""
     budget_ms: float = 0.0
+    runtime: str = ""
 
 
 @dataclass
 class PlanReport(Record):
-    """The plan: every candidate row, the budget, the latency model's source and the teacher."""
+    """The plan: every candidate row, the budget, the latency model's runtime and source, and the teacher."""
 
     target: str
     budget_ms: float
@@ -123,6 +128,7 @@ class PlanReport(Record):
     recipe: str | None
     rows: list[PlanRow]
     notes: list[str] = field(default_factory=list)
+    runtime: str = ""
 
 
 def verdict(prediction: Prediction, budget_ms: float) -> Fit:
@@ -145,7 +151,7 @@ def row(shape: VitShape, student: str, precision: Precision, model: LatencyModel
         gflops=round(shape.flops / 1e9, 4), memory_mb=round(shape.memory_bytes(precision, profile.batch) / 1e6, 2),
         fits={"fits": True, "does not fit": False}.get(v), verdict=v, train_cost=cost,
         parts_ms={k: round(ms, 4) for k, ms in p.parts_ms.items()}, calibrated=p.calibrated, target=profile.name,
-        budget_ms=budget_ms,
+        budget_ms=budget_ms, runtime=model.runtime or profile.runtime,
     )
 
 
@@ -153,13 +159,14 @@ def plan(request: PlanRequest) -> PlanReport:
     """Every candidate of ``request`` with its prediction, verdict and training cost.
 
     Raises:
-        ConfigError: the target has no latency model, a precision it does not run, an unknown GPU, or a
-            training set of unknown size.
+        ConfigError: a runtime the target does not deploy with, no latency model for it, a precision the
+            target does not run, an unknown GPU, or a training set of unknown size.
         ModelError: a student or teacher timm does not know, or that is not a plain ViT.
     """
     profile = request.profile
-    asked = C.check_precisions(profile, request.precisions)
-    model = model_for(profile, request.calibration)
+    runtime = check_runtime(profile, request.runtime)
+    asked = C.check_precisions(profile, request.precisions, runtime)
+    model = model_for(profile, request.calibration, runtime)
     if request.budget_ms is not None and request.budget_ms <= 0:
         raise ConfigError(f"--budget-ms must be > 0, got {request.budget_ms}")
     cfg = request.recipe
@@ -170,9 +177,10 @@ def plan(request: PlanRequest) -> PlanReport:
     notes = [f"no {p} efficiencies in the latency model ({model.source}); {p} left out"
              for p in asked if p not in model.efficiencies]
     if not wanted:
-        raise ConfigError(f"the latency model of {profile.name} covers none of {', '.join(asked)}; it has "
+        again = "" if runtime == profile.runtime else f" --runtime {runtime}"
+        raise ConfigError(f"the {runtime} latency model of {profile.name} covers none of {', '.join(asked)}; it has "
                           f"{', '.join(model.precisions)}; calibrate them with leapkit calibrate --target "
-                          f"{profile.name}")
+                          f"{profile.name}{again}")
     students = request.students
     if cfg is not None and students == C.STUDENTS:  # a student is smaller than its teacher: drop the others
         teacher_params = of_timm(teacher_name, cfg.model.img_size).params
@@ -182,7 +190,7 @@ def plan(request: PlanRequest) -> PlanReport:
             notes.append(f"left out {len(dropped)} default candidate(s) no smaller than the teacher {teacher_name}: "
                          f"{', '.join(dropped)}")
     found = C.candidates(profile, students, request.img_sizes, wanted,
-                         cfg.model.img_size if cfg is not None else 224, teacher_patch)
+                         cfg.model.img_size if cfg is not None else 224, teacher_patch, runtime)
     rows: list[PlanRow] = []
     costs: dict[tuple[str, int], TrainCost | None] = {}
     for cand in found:
@@ -200,7 +208,7 @@ def plan(request: PlanRequest) -> PlanReport:
     return PlanReport(
         target=profile.name, budget_ms=request.budget, budget_stat=profile.budget_stat, calibrated=model.calibrated,
         source=model.source, teacher=teacher_name, recipe=cfg.recipe if cfg is not None else None, rows=rows,
-        notes=notes,
+        notes=notes, runtime=runtime,
     )
 
 
@@ -215,8 +223,8 @@ _VERDICT_STYLE = {"fits": "green", "does not fit": "red", "too close to call": "
 
 def plan_table(report: PlanReport) -> Table:
     """One row per candidate: prediction and range, size, cost, verdict and training cost."""
-    caption = (f"Latency model {report.source}. Prediction: median ms at batch 1 with its range; verdict: "
-               f"the range against the {report.budget_ms:g} ms budget.")
+    caption = (f"Latency model of {report.runtime}, {report.source}. Prediction: median ms at batch 1 with its "
+               f"range; verdict: the range against the {report.budget_ms:g} ms budget.")
     if any(r.train_cost for r in report.rows):
         cost = next(r.train_cost for r in report.rows if r.train_cost)
         caption += (f" Training: {cost.epochs} epochs of {cost.images_per_epoch:,} images from {report.teacher}, "
