@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import importlib.util
 import logging
@@ -298,6 +297,12 @@ class SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library this process already has loaded (no ``find_library``, which runs ldconfig in a subprocess)."""
+    return ctypes.CDLL(None)
+
+
 @contextlib.contextmanager
 def keep_signal_stack() -> Iterator[None]:
     """Give the calling thread back its alternate signal stack when the block ends (Linux; elsewhere a no-op).
@@ -308,7 +313,7 @@ def keep_signal_stack() -> Iterator[None]:
     that thread writes its frame into unmapped or reused memory: in one process that also spawns
     subprocesses (the test suite), that ended in a SIGSEGV raised by the kernel at a subprocess start.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+    libc = _libc() if sys.platform == "linux" else None
     before = SignalStack()
     if libc is None or libc.sigaltstack(None, ctypes.byref(before)) != 0:
         yield

@@ -4,7 +4,6 @@ measures and judges."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import sys
 import threading
@@ -134,7 +133,7 @@ def test_runner_reads_the_hint_and_matches_onnxruntime(exported):
 @pytest.mark.skipif(sys.platform != "linux", reason="sigaltstack is read through Linux's libc")
 def test_the_runner_gives_the_thread_back_its_signal_stack(exported):
     """OpenVINO's CPU plugin leaves its own, later unmapped, alternate signal stack on the compiling thread."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)  # the C library the process has loaded
     seen: list[tuple] = []
 
     def in_a_fresh_thread() -> None:  # a new thread starts without an alternate signal stack
