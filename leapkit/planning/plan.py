@@ -171,7 +171,8 @@ def plan(request: PlanRequest) -> PlanReport:
         raise ConfigError(f"--budget-ms must be > 0, got {request.budget_ms}")
     cfg = request.recipe
     teacher_name = cfg.model.teacher if cfg is not None else None
-    teacher_patch = of_timm(teacher_name, cfg.model.img_size).patch_size if cfg is not None else None
+    teacher = of_timm(teacher_name, cfg.model.img_size) if cfg is not None else None
+    teacher_patch = teacher.patch_size if teacher is not None else None
     images = dataset_images(cfg, request.train_images) if cfg is not None else 0
     wanted = tuple(p for p in asked if p in model.efficiencies)
     notes = [f"no {p} efficiencies in the latency model ({model.source}); {p} left out"
@@ -182,9 +183,8 @@ def plan(request: PlanRequest) -> PlanReport:
                           f"{', '.join(model.precisions)}; calibrate them with leapkit calibrate --target "
                           f"{profile.name}{again}")
     students = request.students
-    if cfg is not None and students == C.STUDENTS:  # a student is smaller than its teacher: drop the others
-        teacher_params = of_timm(teacher_name, cfg.model.img_size).params
-        students = tuple(s for s in students if of_timm(s, C.native_size(s)).params < teacher_params)
+    if teacher is not None and students == C.STUDENTS:  # a student is smaller than its teacher: drop the others
+        students = tuple(s for s in students if of_timm(s, C.native_size(s)).params < teacher.params)
         dropped = [s for s in request.students if s not in students]
         if dropped:
             notes.append(f"left out {len(dropped)} default candidate(s) no smaller than the teacher {teacher_name}: "
