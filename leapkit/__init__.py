@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # one version, pyproject.toml's, as installed
+    __version__ = version("leapkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # The public API, imported on first use so that `import leapkit` (and the CLI) start fast. The stages live in
 # modules of other names (leapkit.deploy.export, leapkit.latency.bench), so `leapkit.export` is always the function.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -149,6 +150,18 @@ class Config:
             raise ConfigError("; ".join(problems))
 
 
+# Recipe and target names become folder and file names (runs/<recipe>-..., RUN/export/<target>/): never paths.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/', no '..')"
+
+
+def name_problem(value: Any, what: str) -> str | None:
+    """One line saying why ``value`` cannot be the ``what`` (a recipe or target name), or None when it can."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and NAME.match(str(value)):
+        return None
+    return f"{what} {value!r} is not a valid name: use {NAME_RULE}"
+
+
 SECTIONS: dict[str, type] = {f.name: type(getattr(Config(), f.name)) for f in fields(Config) if f.name != "recipe"}
 
 
@@ -164,7 +177,9 @@ def merge(cfg: Config, delta: dict[str, Any]) -> tuple[Config, list[str]]:
     problems: list[str] = []
     for section, values in delta.items():
         if section == "recipe":
-            cfg.recipe = str(values)
+            wrong = name_problem(values, "recipe name")
+            problems += [wrong] if wrong else []
+            cfg.recipe = str(values) if not wrong else cfg.recipe
         elif section not in SECTIONS:
             problems.append(schema.unknown("section", str(section), SECTIONS))
         elif not isinstance(values, dict):
@@ -261,7 +276,7 @@ def resolve_config(recipe: str = "demo", overrides: dict[str, Any] | None = None
         ConfigError: the recipe is unknown or not YAML, or a key or value does not fit.
     """
     path = recipe_path(recipe)
-    cfg, problems = merge(Config(recipe=path.stem), read_yaml(path, "recipe"))
+    cfg, problems = merge(Config(), {"recipe": path.stem} | read_yaml(path, "recipe"))  # the file's name, unless set
     problems = [f"{path}: {p}" for p in problems]
     if overrides:
         cfg, wrong = merge(cfg, overrides)
@@ -274,7 +289,7 @@ def resolve_config(recipe: str = "demo", overrides: dict[str, Any] | None = None
 def recipe_problems(recipe: str) -> list[str]:
     """Every problem with a recipe, keys and types first, then values; an empty list when it is valid."""
     path = recipe_path(recipe)
-    cfg, problems = merge(Config(recipe=path.stem), read_yaml(path, "recipe"))
+    cfg, problems = merge(Config(), {"recipe": path.stem} | read_yaml(path, "recipe"))  # the file's name, unless set
     return problems + cfg.problems()
 
 

@@ -315,7 +315,9 @@ def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
         if key in v and v[key] is not None and not ok(v[key]):
             p.append(f"{key} must be {want}, got {v[key]!r}")
 
-    need("name", lambda x: x != "", "a non-empty string")
+    if "name" in v:  # it names RUN/export/<name>/ and bench/<name>.json: a name, never a path
+        wrong = config.name_problem(v["name"], "name")
+        p += [wrong] if wrong else []
     if stem is not None and v.get("name") and v["name"] != stem:
         p.append(f"name '{v['name']}' must match the file name '{stem}.yaml'")
     need("precisions", lambda x: x and len(set(x)) == len(x),
@@ -437,10 +439,14 @@ def kind_of(name_or_path: str | Path) -> Literal["target", "recipe"]:
     """Whether a name or file is a target profile or a recipe.
 
     Raises:
-        ConfigError: the name is neither a shipped target/family nor a shipped recipe.
+        ConfigError: a .yaml file that does not exist, or a name that is neither a shipped target/family nor a
+            shipped recipe.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"file not found: {path}; pass an existing .yaml file, or a shipped target or recipe "
+                              f"name (`leapkit profiles list`)")
         return "target" if "runtime" in _read(path) else "recipe"
     name = str(name_or_path)
     if name in FAMILY_DEFAULTS or name in list_targets():

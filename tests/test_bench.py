@@ -354,6 +354,7 @@ JETSON_HOST = {"host": "orin", "device_model": "NVIDIA Jetson Orin Nano Develope
                "cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64", "jetson": None}
 
 
+@pytest.mark.slow
 def test_cli_bench_for_a_jetson_on_this_machine_never_judges_its_own_timings(run_dir, tmp_path):
     """`leapkit bench --target jetson-orin-nano` on an x86 laptop printed PASS or FAIL from the laptop's CPU."""
     from leapkit.latency.machine import describe_host, environment
@@ -567,10 +568,13 @@ def timed(run_dir, tmp_path_factory) -> Path:
     return bench(run_dir, "x86-cpu", budget_ms=1e6, warmup_s=0.0, iterations=200, threads=1, out_dir=out).json_path
 
 
+@pytest.mark.slow
 def test_cli_bench_fails_on_a_slowdown_beyond_the_threshold(run_dir, timed, tmp_path):
     from junitparser import JUnitXml
 
-    prev = scaled_copy(timed, 0.25, tmp_path / "baseline" / "x86-cpu.json")  # this run is ~4x slower than that
+    # A baseline a million times faster than any real run of the model: every row regresses, however loaded the
+    # machine is, so the verdict does not depend on this run's timings.
+    prev = scaled_copy(timed, 1e-6, tmp_path / "baseline" / "x86-cpu.json")
     summary = tmp_path / "step_summary.md"
     junit = tmp_path / "reports" / "latency.xml"
     r = subprocess.run(
@@ -605,6 +609,7 @@ def test_cli_bench_fails_on_a_slowdown_beyond_the_threshold(run_dir, timed, tmp_
     assert text.startswith("### leapkit bench x86-cpu: PASS\n") and table in text and "3 regressed" in text
 
 
+@pytest.mark.slow
 @needs_samples
 def test_cli_bench_within_the_noise_passes(tmp_path):
     """The run-to-run change of a live timing is never asserted on; trtexec's published figures are fixed."""
@@ -630,11 +635,10 @@ def test_host_timings_away_from_the_target_compare_with_a_note(run_dir, tmp_path
     if "Jetson Orin Nano" in (environment()["device_model"] or ""):
         pytest.skip("this machine is a Jetson Orin Nano")
     first = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path / "a", **FAST)
-    prev = scaled_copy(first.json_path, 4.0, tmp_path / "prev.json")  # this run is faster: nothing fails
+    prev = scaled_copy(first.json_path, 1e6, tmp_path / "prev.json")  # a million times slower: this run is faster
     report = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path, baseline=prev,
                    junit=tmp_path / "latency.xml", **FAST)
-    # A baseline 4x slower than this host: the change reads faster, or within noise on a loaded machine; never worse.
-    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} <= {"faster", "within noise"}
+    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} == {"faster"}
     assert report.baseline.notes[-1].startswith("both are timings of this host, not of jetson-orin-nano (evidence "
                                                 "estimated)")
     assert report.baseline.notes[-1] in report.md_path.read_text()
@@ -643,7 +647,7 @@ def test_host_timings_away_from_the_target_compare_with_a_note(run_dir, tmp_path
         assert case.is_skipped and skipped.message.startswith("budget UNCONFIRMED on jetson-orin-nano: measured on ")
     with pytest.raises(CheckFailed, match=r"^latency regression on jetson-orin-nano against .*prev.json: ONNX fp32"):
         bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path,
-              baseline=scaled_copy(first.json_path, 0.1, tmp_path / "prev.json"), **FAST)
+              baseline=scaled_copy(first.json_path, 1e-6, tmp_path / "prev.json"), **FAST)
 
 
 def test_cli_bad_baseline_and_ci_options_exit_2_and_write_nothing(run_dir, timed, tmp_path, monkeypatch, capsys):

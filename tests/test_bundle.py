@@ -204,8 +204,19 @@ def stand_in_trtexec(tmp_path: Path, log: Path | None = None) -> tuple[Path, Pat
     return fake, args
 
 
+def device_python(folder: Path) -> str:
+    """A PATH entry whose `python3` is this interpreter: the device's python3 (JetPack's has numpy), which the
+    machine running the tests need not have (its system python3 may lack numpy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "python3"
+    if not link.exists():
+        link.symlink_to(sys.executable)
+    return str(folder)
+
+
 def run_script(bundle: Path, name: str, *args: str, trtexec: Path | None = None, **env: str):
-    full = {"PATH": "/usr/bin:/bin", **({"TRTEXEC": str(trtexec)} if trtexec else {}), **env}
+    path = f"{device_python(bundle.parent / 'device-bin')}:/usr/bin:/bin"
+    full = {"PATH": path, **({"TRTEXEC": str(trtexec)} if trtexec else {}), **env}
     return subprocess.run(["bash", str(bundle / name), *args], capture_output=True, text=True, env=full)
 
 

@@ -190,6 +190,7 @@ def leapkit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "leapkit", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_flops_end_to_end(tmp_path):
     run = make_run(tmp_path / "run", [1, 4, 8])
     proc = leapkit("flops", str(run), "--export-batch", "4")

@@ -150,6 +150,9 @@ def sshd(tmp_path_factory) -> Iterator[Loopback]:
         pytest.skip("needs OpenSSH (apt-get install openssh-server openssh-client): /usr/sbin/sshd, ssh or scp absent")
     if not SAMPLES.is_dir():
         pytest.skip(f"trtexec samples not found at {SAMPLES}")
+    if subprocess.run(["/usr/bin/python3", "-c", "import numpy"], capture_output=True).returncode != 0:
+        pytest.skip("the loopback device's python3 runs check_outputs.py, which needs numpy (JetPack's python3 has "
+                    "it): apt-get install python3-numpy")
     privsep = Path("/run/sshd")  # sshd's privilege separation folder
     if not privsep.is_dir():
         if os.geteuid() != 0:

@@ -88,6 +88,7 @@ def test_corrupt_images_are_skipped_and_counted(tiny_config, tmp_path):
     assert summary.images_seen + summary.images_skipped == 24  # 3 full batches of the 25 files
 
 
+@pytest.mark.slow
 def test_cli_entry_point_end_to_end(teacher_file, image_dir, tmp_path):
     out = tmp_path / "cli-run"
     cmd = [sys.executable, "-m", "leapkit", "distill", "--teacher-weights", str(teacher_file), "--img-size", "16",

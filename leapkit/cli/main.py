@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
+from typing import NoReturn
 
+import click
 import typer
 
 from leapkit import __version__
 from leapkit.cli import bench, calibrate, distill, eval, export, flops, plan, profiles, report
-from leapkit.errors import INTERNAL_ERROR_EXIT, LeapkitError
+from leapkit.errors import INTERNAL_ERROR_EXIT, USAGE_EXIT, Interrupted, LeapkitError
+
+INTERRUPTED_EXIT = Interrupted.exit_code
 
 app = typer.Typer(
     name="leapkit",
@@ -58,29 +63,66 @@ app.add_typer(profiles.profiles_app, name="profiles")
 
 
 def main() -> None:
-    """Entry point: a leapkit error is one line and its exit code; anything else is an internal error.
+    """Entry point: every error is one line on stderr and its exit code; a crash is an internal error.
 
-    Usage errors are reported by click itself (exit 2). An unexpected exception exits with
-    INTERNAL_ERROR_EXIT, never 1, so that a crash does not read as a failed check in CI.
-    LEAPKIT_DEBUG=1 shows the traceback.
+    click runs without its standalone mode, so that its usage errors come here too: one line naming the
+    command's --help, exit 2 (never click's boxed usage text). Ctrl-C is one line and exit 130. An OS error
+    on a named path (permission denied, no space left, a file where a folder should be) is the user's to
+    fix: one line with the path, exit 2. Any other exception exits with INTERNAL_ERROR_EXIT, never 1, so
+    that a crash does not read as a failed check in CI. LEAPKIT_DEBUG=1 adds the traceback; the exit code
+    stays the same.
     """
     debug = os.environ.get("LEAPKIT_DEBUG") == "1"
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        sys.exit(e.exit_code)  # the help is already printed (no arguments: show it, as click does)
+    except click.exceptions.ClickException as e:
+        _exit(f"error: {usage_line(e)}", USAGE_EXIT, debug)
+    except click.exceptions.Abort:  # Ctrl-C at a prompt, or end of input where one was read
+        _exit("error: interrupted", INTERRUPTED_EXIT, debug)
     except LeapkitError as e:
-        if debug:
-            raise
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(e.exit_code)
+        _exit(f"error: {e}", e.exit_code, debug)
+    except OSError as e:
+        if e.filename is None:
+            _internal_error(e, debug)
+        _exit(f"error: {os_error_line(e)}", USAGE_EXIT, debug)
     except Exception as e:
-        if debug:
-            raise
-        typer.secho(
-            f"internal error: {type(e).__name__}: {e} "
-            "(a bug in leapkit: set LEAPKIT_DEBUG=1 for the traceback and report it)",
-            fg="red", err=True,
-        )
-        sys.exit(INTERNAL_ERROR_EXIT)
+        _internal_error(e, debug)
+    if code == INTERRUPTED_EXIT:  # click turns a KeyboardInterrupt into Exit(130), returned without standalone mode
+        _exit("error: interrupted (Ctrl-C); rerun the command to do it again", INTERRUPTED_EXIT, debug)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(e: click.exceptions.ClickException) -> str:
+    """``Invalid value for '--batch': ... (see leapkit export --help)``: click's message as one line."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    names = []
+    while ctx is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["leapkit", *reversed(names[:-1])])  # the root's name is however leapkit was started
+    return f"{message} (see {command} --help)"
+
+
+def os_error_line(e: OSError) -> str:
+    """``/x/y: permission denied (check ...)``: the path and the reason, as one line."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = (e.strerror or type(e).__name__).lower()
+    return f"{paths}: {reason} (check the path and its permissions)"
+
+
+def _internal_error(e: Exception, debug: bool) -> NoReturn:
+    _exit(f"internal error: {type(e).__name__}: {e} "
+          "(a bug in leapkit: set LEAPKIT_DEBUG=1 for the traceback and report it)", INTERNAL_ERROR_EXIT, debug)
+
+
+def _exit(line: str, code: int, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    typer.secho(line, fg="red", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 A ``Literal`` annotation makes click check the choice and list it in ``--help``. Repeatable options
 that also accept comma-separated values or ``all`` (``--precision fp16,int8``) are plain string
-lists; :func:`split_choices` checks them against their Literal's members.
+lists; :func:`split_choices` checks them against their Literal's members. Millisecond budgets,
+durations and thresholds are parsed by :class:`FiniteFloat`, so that ``nan`` and ``inf`` are usage
+errors in every command (exit 2, one line), never a value that reaches a report.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, TypeVar
 
@@ -16,6 +19,48 @@ from leapkit.errors import ConfigError
 from leapkit.types import CalibMethod, Mode, Precision, Stat
 
 T = TypeVar("T", bound=str)
+
+
+class FiniteFloat:
+    """A typer ``parser``: a finite float above ``low`` (and at most ``high``); anything else is a usage error.
+
+    click's FloatRange lets ``nan`` through (every comparison with it is false) and ``inf`` through an open top.
+
+    Args:
+        low: the lower bound.
+        low_open: ``low`` itself is refused (``> low``) rather than allowed (``>= low``).
+        high: the upper bound, allowed; None: none.
+        unit: the unit, for the message (``ms``, ``s``, ``%``).
+    """
+
+    def __init__(self, low: float = 0.0, *, low_open: bool = True, high: float | None = None, unit: str = ""):
+        self.low, self.low_open, self.high = low, low_open, high
+        bounds = f"{'>' if low_open else '>='} {low:g}" if high is None else \
+            f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        self.expected = f"a finite number{' of ' + unit if unit else ''} {bounds}"
+        self.__name__ = "float"  # typer names the parameter type after its parser
+
+    def __call__(self, value: str | float) -> float:
+        """The value as a float.
+
+        Raises:
+            ValueError: not a number, not finite, or out of range (click turns it into a one-line usage error).
+        """
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number; pass {self.expected}") from None
+        above = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above and (self.high is None or number <= self.high)):
+            raise ValueError(f"must be {self.expected}, got {value}")
+        return number
+
+
+POSITIVE_MS = FiniteFloat(unit="ms")
+POSITIVE_SECONDS = FiniteFloat(unit="seconds")
+NON_NEGATIVE_SECONDS = FiniteFloat(low_open=False, unit="seconds")
+NON_NEGATIVE_PCT = FiniteFloat(low_open=False, unit="percent")
+FRACTION = FiniteFloat(high=1.0)
 
 RunArg = Annotated[str | None, typer.Argument(help="Run directory (default: runs/latest).", show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output.")]
@@ -46,7 +91,8 @@ StatOpt = Annotated[
 ]
 BudgetOpt = Annotated[
     float | None,
-    typer.Option("--budget-ms", help="Latency budget in ms (default: the target's).", show_default=False),
+    typer.Option("--budget-ms", parser=POSITIVE_MS, metavar="MS", help="Latency budget in ms, a finite number > 0 "
+                 "(default: the target's).", show_default=False),
 ]
 CalibMethodOpt = Annotated[
     CalibMethod,

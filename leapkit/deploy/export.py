@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from leapkit import __version__
 from leapkit.deploy.bundle import DEFAULT_TENSORRT, REFERENCE_INPUT, BatchRange, engine_file, readme, write_scripts
 from leapkit.deploy.calibration import ExportData, export_data, stack_images
+from leapkit.deploy.folder import build_folder, swap_in
 from leapkit.deploy.int8_calibration import CALIBRATION_CACHE
 from leapkit.deploy.int8_fallback import BLOCK_ERROR_IMAGES, Int8Plan, build_int8
 from leapkit.deploy.int8_report import Int8Report
@@ -59,8 +59,9 @@ from leapkit.deploy.parity import (
 from leapkit.deploy.plan import ExportPlan, load_student, resolve_precisions, resolve_runtimes
 from leapkit.deploy.progress import Steps
 from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
-from leapkit.errors import CheckFailed, ExportError, ModelError, RunError
+from leapkit.errors import CheckFailed, ExportError, Interrupted, ModelError, RunError
 from leapkit.models import normalization
+from leapkit.paths import require_writable
 from leapkit.profiles import load_target
 from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_run
 from leapkit.runtimes import (
@@ -196,8 +197,13 @@ def export(
 def export_plan(plan: ExportPlan) -> ExportResult:
     """Run a validated plan: build the export aside, swap it in, point ``export/latest`` at it.
 
+    What leapkit did not write in the export it replaces (the device's ``results/``) is moved aside,
+    not deleted (:func:`leapkit.deploy.folder.swap_in`).
+
     Raises:
         RunError: the export exists and ``plan.overwrite`` is not set.
+        NotWritable: the run's export folder is not writable (checked before any work).
+        Interrupted: Ctrl-C; the old export is untouched and the partial one removed.
         ExportError: the student cannot be exported at the plan's input size.
         MissingDependency: ``plan.slim`` without onnxslim.
         CheckFailed: a variant failed its checks and ``plan.check`` is set.
@@ -208,22 +214,28 @@ def export_plan(plan: ExportPlan) -> ExportResult:
             f"{final} already exists; pass --overwrite to replace it "
             f"(the old export stays until the new one is complete)"
         )
-    student = load_student(plan)
-    if plan.slim:
-        require_onnxslim()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    require_writable(final if final.is_dir() else final.parent, "the export",
+                     "export a run you can write to (copy the run folder somewhere writable)")
+    tmp: Path | None = None
     try:
+        student = load_student(plan)
+        if plan.slim:
+            require_onnxslim()
+        tmp = build_folder(final)
         with Steps(plan.total_steps, plan.progress) as steps, quiet_exporters():
             manifest = _Export(plan, student, tmp, steps).run()
             manifest.save(tmp / MANIFEST)
+    except KeyboardInterrupt:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        before = "is as it was" if final.exists() else "was not made"
+        raise Interrupted(f"export for {plan.profile.name} interrupted: nothing was replaced ({final} {before}); "
+                          f"run the export again to finish it") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _swap_in(tmp, final)
+    swap_in(tmp, final)
     point_latest(final)
     log.info("export for %s written to %s", plan.profile.name, final)
     result = ExportResult(target=plan.profile.name, out_dir=final, manifest=manifest)
@@ -232,16 +244,6 @@ def export_plan(plan: ExportPlan) -> ExportResult:
             f"export for {result.target} failed its checks: {', '.join(result.failures())}; see {final / MANIFEST}"
         )
     return result
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by the complete folder ``tmp``; the old one is removed only afterwards."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 class _Export:
