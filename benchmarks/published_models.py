@@ -4,7 +4,7 @@ For every profile with a ``latency_model`` section, predict each cited measureme
 published efficiencies (``leapkit.planning.latency_model.published_model``) and list predicted over
 measured, per use: ``fit`` (the efficiencies were set from it), ``check`` (held out) and ``bound`` (a
 timing of the backbone and more, which the prediction must not exceed). tests/test_planning_published.py
-asserts the ranges; this script writes the figures the README and the profiles quote. It times nothing:
+asserts the ranges; this script writes the figures the docs and the profiles quote. It times nothing:
 it runs in a second on any machine.
 
     python benchmarks/published_models.py   # writes benchmarks/results/published_models.{md,json}

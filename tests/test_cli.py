@@ -33,7 +33,7 @@ def test_profiles_list_works_on_a_fresh_import():
     assert "jetson-orin-nano" in output and "demo" in output
 
 
-# The flags DESIGN.md names as the contract for scripts and CI jobs, and the other headline options.
+# The flags docs/contracts.md names as the contract for scripts and CI jobs, and the other headline options.
 HEADLINE_FLAGS = {
     "distill": ["--recipe", "--teacher", "--teacher-weights", "--student", "--data", "--img-size", "--epochs",
                 "--batch-size", "--curriculum", "--cka-threshold", "--ema-alpha", "--max-epochs-per-block", "--seed",
