@@ -236,6 +236,41 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return delta
 
 
+RESUMABLE: frozenset[str] = frozenset({
+    "train.epochs", "train.batch_size", "train.device", "train.amp", "train.teacher_half", "train.compile",
+    "train.eval_at_end", "train.log", "data.path", "data.workers", "data.pin_memory",
+})
+"""The keys ``--resume`` may change: how long and where the run trains, never what it trains.
+
+``train.epochs`` extends a run (never below the epochs it has trained; the cosine schedule is
+stretched to the new length); ``train.batch_size`` is per process, so that a run can continue on
+another number of GPUs at the same global batch; ``data.path`` lets the same data move to another
+folder or machine. Every other key (the recipe, the model, the curriculum, the optimizer, the seed,
+the data source and augmentation, the ``--student auto`` plan) describes the run itself: changing
+it would relabel the checkpoint's training as another run's.
+"""
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    data = cfg.to_dict()
+    flat: dict[str, Any] = {"recipe": data.pop("recipe")}
+    for section, values in data.items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def resume_changes(run: Config, new: Config) -> list[str]:
+    """The keys outside :data:`RESUMABLE` whose value ``new`` changes, each as ``key (old -> new)``.
+
+    Args:
+        run: the config.yaml of the run being resumed.
+        new: the config the resume asks for (the run's, with the command line applied).
+    """
+    old, cur = _flat(run), _flat(new)
+    return [f"{key} ({old[key]} -> {cur[key]})" for key in old if key not in RESUMABLE and old[key] != cur[key]]
+
+
 def recipes_dir() -> Path:
     """The shipped recipes (profiles/recipes in the repo, leapkit/_profiles/recipes in the wheel)."""
     return Path(str(resources.files("leapkit._profiles") / "recipes"))
@@ -261,7 +296,7 @@ def recipe_path(recipe: str) -> Path:
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
     shipped = recipes_dir() / f"{recipe}.yaml"
-    if shipped.is_file():
+    if shipped.is_file() and name_problem(recipe, "recipe") is None:  # ../x is a path, not a shipped name
         return shipped
     raise ConfigError(f"unknown recipe '{recipe}'; known: {', '.join(list_recipes())} (or pass a path to a .yaml file)")
 

@@ -1,7 +1,9 @@
 """Datasets: any folder of images, the ImageFolder layout, and the embedded digits demo.
 
-Unreadable images never crash a worker: the dataset returns None for them, the collate function
-drops them and reports how many it dropped, and the training loop counts them.
+Unreadable images never crash a worker: the dataset returns an :class:`Unreadable` marker for them
+(its index, so that a file skipped every epoch is counted once), the collate function drops them and
+reports which it dropped, and the training loop counts them. A folder none of whose files can be read
+is refused before training by :meth:`ImageFolderDataset.check_readable`.
 """
 
 from __future__ import annotations
@@ -28,21 +30,31 @@ DIGITS_SPLIT_SEED = 0
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """What a dataset returns for a file it cannot decode: the file's index in the dataset."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     skipped: int
+    unreadable: tuple[int, ...] = ()
+    """The dataset indices of the skipped samples, where the dataset said (:class:`Unreadable`)."""
 
 
-def collate(samples: Sequence[tuple[torch.Tensor, int] | None]) -> Batch:
-    """Stack the readable samples and count the unreadable ones (None)."""
-    good = [s for s in samples if s is not None]
+def collate(samples: Sequence[tuple[torch.Tensor, int] | Unreadable | None]) -> Batch:
+    """Stack the readable samples and count the unreadable ones (:class:`Unreadable` or None)."""
+    good = [s for s in samples if isinstance(s, tuple)]
     skipped = len(samples) - len(good)
+    unreadable = tuple(s.index for s in samples if isinstance(s, Unreadable))
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped, unreadable)
     images = torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
-    return Batch(images, labels, skipped)
+    return Batch(images, labels, skipped, unreadable)
 
 
 def train_transform(img_size: int, mean, std, crop_scale=(0.32, 1.0), hflip: float = 0.5) -> Callable:
@@ -115,15 +127,36 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+    def _open(self, i: int) -> Image.Image:
+        with Image.open(self.files[i]) as img:
+            img.load()
+            return _to_rgb(img)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | Unreadable:
         try:
-            with Image.open(self.files[i]) as img:
-                img.load()
-                img = _to_rgb(img)
+            img = self._open(i)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             log.debug("skipping unreadable image %s: %s", self.files[i], e)
-            return None
+            return Unreadable(i)
         return (self.transform(img) if self.transform else img), self.labels[i]
+
+    def check_readable(self) -> None:
+        """Raise DataError unless at least one file decodes (usually the first: one image is read).
+
+        Raises:
+            DataError: no file under the folder is a readable image; the message names the folder.
+        """
+        first: str | None = None
+        for i, path in enumerate(self.files):
+            try:
+                self._open(i)
+                return
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                first = first or f"{path.name}: {e}"
+        raise DataError(
+            f"no readable image under {self.root}: none of its {len(self.files)} image files could be read (e.g. "
+            f"{first}); replace the corrupt files or point --data at a folder of readable images"
+        )
 
 
 def resolve_split(root: str | Path, split: str) -> Path:

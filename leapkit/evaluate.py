@@ -431,11 +431,13 @@ def evaluate_run(
         batch_size: images per forward pass.
     """
     from leapkit.models import create_teacher, normalization
+    from leapkit.paths import require_writable
     from leapkit.revisitop import evaluate_revisitop
-    from leapkit.run import CONFIG, STUDENT, load_student, read_run_config, resolve_run
+    from leapkit.run import CONFIG, READ_ONLY_FIX, STUDENT, load_student, read_run_config, resolve_run
 
     device = resolve_device(device)
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
+    require_writable(run_dir, "eval.json", READ_ONLY_FIX)  # before the evaluation, not after it
     cfg = read_run_config(run_dir)
     train_ds, val_ds = labelled_splits(cfg, root=data)
     mean, std = normalization(cfg.model.teacher)

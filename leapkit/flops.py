@@ -267,6 +267,11 @@ def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool 
     if export_batch < 1:
         raise RunError(f"the export batch must be >= 1, got {export_batch}")
     run_dir, cfg, steps, calibration_images = _read_run(run)
+    if write:
+        from leapkit.paths import require_writable
+        from leapkit.run import READ_ONLY_FIX
+
+        require_writable(run_dir, "flops.json", READ_ONLY_FIX)
     costs, teacher, student = step_costs(cfg)
     mode = cfg.curriculum.mode
     executed = train_macs(steps, costs, mode, calibration_images, default_images=cfg.train.batch_size)

@@ -302,7 +302,7 @@ def target_path(name_or_path: str | Path) -> Path:
         )
     name = FAMILY_DEFAULTS.get(str(name_or_path), str(name_or_path))
     shipped = targets_dir() / f"{name}.yaml"
-    if shipped.is_file():
+    if shipped.is_file() and config.name_problem(name, "target") is None:  # ../x is a path, not a shipped name
         return shipped
     raise ConfigError(f"unknown target '{name_or_path}'; {_known_line()}")
 
@@ -453,6 +453,8 @@ def kind_of(name_or_path: str | Path) -> Literal["target", "recipe"]:
         return "target"
     if name in list_recipes():
         return "recipe"
+    if path.is_file():
+        raise ConfigError(f"{path} is not a .yaml file; a target or recipe file's name ends in .yaml or .yml")
     raise ConfigError(
         f"'{name}' is neither a target nor a recipe; targets: {', '.join(list_targets())}; "
         f"families: {', '.join(FAMILY_DEFAULTS)}; recipes: {', '.join(list_recipes())}"

@@ -26,10 +26,12 @@ from leapkit import __version__
 from leapkit.config import Config
 from leapkit.errors import MissingDependency, RunError
 from leapkit.flops import FlopsReport
+from leapkit.paths import require_writable
 from leapkit.run import (
     CONFIG,
     CURRICULUM,
     METRICS,
+    READ_ONLY_FIX,
     STUDENT,
     SUMMARY,
     RunSummary,
@@ -395,6 +397,7 @@ def write_report(
         RunError: the run is missing or recorded no training steps.
     """
     run_dir = resolve_run(run, need=(CONFIG,))
+    require_writable(run_dir, "report.md and its plots", READ_ONLY_FIX)
     steps = read_metrics(run_dir)
     if not steps:
         raise RunError(f"{run_dir} records no training steps (no {METRICS}); train it first with "

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from leapkit import __version__
-from leapkit.config import SECTIONS, Config, load_config, save_config
+from leapkit.config import SECTIONS, Config, load_config, to_yaml
 from leapkit.errors import RunError
 from leapkit.evaluate import EvalReport
 from leapkit.records import Record, atomic_write_bytes, read_json, write_json
@@ -42,6 +42,8 @@ CHECKPOINT = "checkpoints/last.pt"
 STUDENT = "student.safetensors"
 SUMMARY = "summary.json"
 LATEST = "latest"
+READ_ONLY_FIX = "fix the folder's permissions, or copy the run to a folder you can write to"
+"""How to get out of a run folder that a stage cannot write its result into (see leapkit.paths)."""
 
 
 def latest_link(runs_dir: Path = RUNS_DIR) -> Path:
@@ -84,10 +86,20 @@ def is_run(path: Path) -> bool:
 def check_writable(run_dir: Path, overwrite: bool) -> None:
     """Refuse to start a run in a folder that holds files, unless it is a run to overwrite.
 
+    ``--overwrite`` never follows a symbolic link: a link (to a run or not) is refused with one
+    line, and neither the link nor what it points to is deleted; pass the run folder itself.
+
     Raises:
-        RunError: ``run_dir`` holds files and ``overwrite`` is off, or it holds something other
-            than a leapkit run (``--overwrite`` never deletes that).
+        RunError: ``run_dir`` holds files and ``overwrite`` is off, it holds something other than a
+            leapkit run (``--overwrite`` never deletes that), or it is a symbolic link to replace.
     """
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise RunError(f"{run_dir} is a broken symbolic link (to {os.readlink(run_dir)}); pass a folder with --out DIR")
+    if run_dir.is_symlink() and overwrite:
+        raise RunError(
+            f"{run_dir} is a symbolic link (to {os.readlink(run_dir)}), and --overwrite does not replace links or what "
+            f"they point to; pass the run folder itself (--out {run_dir.resolve()}) or a new --out DIR"
+        )
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
     if not overwrite:
@@ -125,6 +137,39 @@ def read_run_config(run_dir: Path) -> Config:
     return load_config(run_dir / CONFIG)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a run's checkpoints/last.pt (tensors and plain types only: ``weights_only``).
+
+    Raises:
+        RunError: the file is truncated, corrupt or not a leapkit checkpoint.
+    """
+    unreadable = RunError(
+        f"{path} is not a readable checkpoint (truncated or corrupt): resume from an intact copy or start again "
+        f"with --overwrite"
+    )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # Whatever the damage, torch.load fails with some exception of its own: a cut zip as
+        # RuntimeError or OSError(EINVAL) without the file name, random bytes as an unpickling error
+        # that suggests weights_only=False, text as a KeyError. None says which file or what to do.
+        raise unreadable from e
+    if not isinstance(payload, dict) or not {"student", "head", "state", "curriculum"} <= set(payload):
+        raise unreadable
+    return payload
+
+
+def student_readable(path: Path) -> bool:
+    """Whether ``path`` is a complete safetensors file (its header parses and covers the whole file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load_student(run_dir: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """The distilled student backbone of a run, in eval mode.
 
@@ -134,6 +179,11 @@ def load_student(run_dir: str | Path | None = None, device: str | torch.device =
     from leapkit.models import create_student, load_weights
 
     run_dir = resolve_run(run_dir, need=(CONFIG, STUDENT))
+    if not student_readable(run_dir / STUDENT):
+        raise RunError(
+            f"{run_dir / STUDENT} is not a readable student (truncated or corrupt): write it again from the "
+            f"checkpoint with `leapkit distill --resume --out {run_dir}`, or train again with --overwrite"
+        )
     cfg = read_run_config(run_dir)
     model = create_student(cfg.model.student, cfg.model.img_size)
     load_weights(model, run_dir / STUDENT, role="student")
@@ -168,6 +218,7 @@ class RunSummary(Record):
     images_seen: int
     images_per_s: float
     images_skipped: int
+    """Image reads skipped as unreadable, over all epochs (a corrupt file is skipped once per epoch)."""
     teacher_blocks: int
     blocks_visited: list[int]
     final_block: int
@@ -186,9 +237,11 @@ class RunSummary(Record):
     mfu_pct: float | None = None
     eval: EvalReport | None = None
     wall_seconds: float | None = None
+    unreadable_files: int = 0
+    """Distinct image files that could not be read, over all epochs and ranks (left out of the file when 0)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_dict().items() if v is not None}
+        return {k: v for k, v in super().to_dict().items() if v is not None and (k != "unreadable_files" or v)}
 
 
 @dataclass
@@ -207,7 +260,11 @@ class RunWriter:
     def start(self, cfg: Config, overwrite: bool) -> None:
         """Replace the old run (``overwrite``), write the resolved config.yaml, point latest here.
 
-        A resumed run rewrites config.yaml too, with the options it resumed with.
+        Called only once everything has been validated (config, models, data, the checkpoint of a
+        resumed run), so that a run that cannot start leaves no stub and changes no file. A resumed
+        run rewrites config.yaml only when a resumable key (:data:`leapkit.config.RESUMABLE`, e.g. more
+        epochs) changed, so that the config always describes the training its checkpoint continues;
+        an unchanged config.yaml is left byte for byte.
         """
         if not self.active:
             return
@@ -215,7 +272,9 @@ class RunWriter:
             check_writable(self.path, overwrite=True)
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.path / CONFIG)
+        config, text = self.path / CONFIG, to_yaml(cfg).encode()
+        if not config.is_file() or config.read_bytes() != text:
+            atomic_write_bytes(config, text)
         point_latest(self.path)
 
     def resume(self, step: int) -> None:

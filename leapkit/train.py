@@ -1,8 +1,14 @@
 """LEAP distillation as a library call: :func:`distill` validates, trains and writes the run directory.
 
-Everything that can be wrong (options, models, data, the output folder) is checked by
-:func:`prepare` before the run directory is touched; the loop itself is :class:`leapkit.trainer.Trainer`.
-The closing FLOPs and evaluation belong to the ``leapkit distill`` command (:mod:`leapkit.cli.distill`).
+Everything that can be wrong (options, models, data, the output folder, the checkpoint of a resumed
+run) is checked by :func:`prepare` and the trainer's set-up before the run directory is touched; the
+loop itself is :class:`leapkit.trainer.Trainer`. The closing FLOPs and evaluation belong to the
+``leapkit distill`` command (:mod:`leapkit.cli.distill`).
+
+A run's config.yaml and summary.json change only when the work they describe goes ahead or has
+succeeded: ``--resume`` refuses any change to what the run trains (:func:`check_resume`; only the
+keys in :data:`leapkit.config.RESUMABLE` may change), and resuming a finished run with nothing left
+to train (:func:`finished_summary`) changes no file.
 """
 
 from __future__ import annotations
@@ -11,19 +17,21 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from leapkit import run as rundir
-from leapkit.config import Config, load_config
+from leapkit.config import Config, load_config, resume_changes
 from leapkit.dashboard import backend
 from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform, resolve_split, train_transform
 from leapkit.devices import resolve_device
 from leapkit.distributed import init_distributed, shutdown
-from leapkit.errors import RunError
+from leapkit.errors import ConfigError, RunError
 from leapkit.models import TruncatedTeacher, check_pair, create_student, create_teacher, grid_size, normalization
-from leapkit.run import RunSummary, RunWriter, check_writable
+from leapkit.paths import require_writable
+from leapkit.run import RunSummary, RunWriter, check_writable, load_checkpoint, student_readable
 from leapkit.trainer import Distiller, Setup, Trainer
 
 log = logging.getLogger(__name__)
@@ -48,29 +56,99 @@ def check_resume_overwrite(resume: bool, overwrite: bool) -> None:
 
 
 def resume_dir(out: str | Path | None) -> Path:
-    """The run --resume continues: ``out`` or runs/latest."""
+    """The run --resume continues: ``out`` or runs/latest, checked to hold a checkpoint."""
     if out is None and not rundir.latest_link().exists():
         raise RunError("nothing to resume: runs/latest does not exist; start a run without --resume")
-    return rundir.resolve_run(out)
+    run_dir = rundir.resolve_run(out)
+    if not (run_dir / rundir.CHECKPOINT).is_file():
+        raise RunError(f"nothing to resume in {run_dir}: no {rundir.CHECKPOINT}; start a new run without --resume")
+    return run_dir
+
+
+def check_resume(run_dir: Path, cfg: Config | None) -> Config:
+    """The config a resume of ``run_dir`` continues with: ``cfg``, checked against the run's config.yaml.
+
+    Only the keys in :data:`leapkit.config.RESUMABLE` (epochs, per-process batch, device, precision,
+    loader workers, logging, the data folder's path) may differ; anything else would make the run
+    another run.
+
+    Args:
+        run_dir: the run being resumed.
+        cfg: the config asked for, or None to continue with the run's own.
+
+    Raises:
+        ConfigError: ``cfg`` changes the recipe, the model, the curriculum or another key of the run;
+            the one line names every such key with its old and new value.
+    """
+    saved = load_config(run_dir / rundir.CONFIG)
+    if cfg is None:
+        return saved
+    changes = resume_changes(saved, cfg)
+    if changes:
+        raise ConfigError(
+            f"--resume cannot change {', '.join(changes)}: drop those options to continue {run_dir}, or start a new "
+            f"run with --out NEW_DIR"
+        )
+    return cfg
+
+
+def _check_epochs(run_dir: Path, cfg: Config, state: dict[str, Any]) -> None:
+    """A resume may extend a run, never cut it below the epochs its checkpoint has trained."""
+    trained = int(state["epoch"]) + (1 if state.get("epoch_samples") else 0)
+    if cfg.train.epochs < trained:
+        raise ConfigError(
+            f"--resume cannot shorten {run_dir} to {cfg.train.epochs} epochs: its checkpoint is in epoch {trained}; "
+            f"pass --epochs {trained} or more"
+        )
+
+
+def finished_summary(run_dir: Path, cfg: Config) -> RunSummary | None:
+    """The summary of ``run_dir`` when a resume with ``cfg`` has nothing left to do, else None.
+
+    Finished means: the checkpoint closed epoch ``cfg.train.epochs``, and a readable student and a
+    summary.json were written after it. A run whose student is damaged is not finished: resuming
+    it writes the student again from the checkpoint.
+
+    Raises:
+        ConfigError: ``cfg`` asks for fewer epochs than the checkpoint has trained.
+        RunError: the checkpoint is not readable.
+    """
+    summary_file = run_dir / rundir.SUMMARY
+    if not (summary_file.is_file() and student_readable(run_dir / rundir.STUDENT)):
+        return None
+    try:
+        summary = RunSummary.load(summary_file)
+    except RunError:
+        return None  # a damaged summary is written again by the resume
+    if summary.epochs < cfg.train.epochs:
+        return None  # extended: no need to read the checkpoint to know that work remains
+    state = load_checkpoint(run_dir / rundir.CHECKPOINT)["state"]
+    _check_epochs(run_dir, cfg, state)
+    return summary if int(state["epoch"]) == cfg.train.epochs and not state.get("epoch_samples") else None
 
 
 def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite: bool) -> Setup:
-    """Validate everything that can be wrong before the run directory is touched."""
+    """Validate everything that can be wrong before the run directory is touched.
+
+    Raises:
+        LeapkitError: bad options, an unwritable output folder, a resume that would change the run
+            or a damaged checkpoint, models that do not fit, data without a readable image.
+    """
     check_resume_overwrite(resume, overwrite)
     resume_state = None
     if resume:
         run_dir = resume_dir(out)
-        ckpt = run_dir / rundir.CHECKPOINT
-        if not ckpt.is_file():
-            raise RunError(f"nothing to resume in {run_dir}: no {rundir.CHECKPOINT}; start a new run without --resume")
-        cfg = cfg if cfg is not None else load_config(run_dir / rundir.CONFIG)
-        resume_state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        cfg = check_resume(run_dir, cfg)
+        require_writable(run_dir, "the resumed run", rundir.READ_ONLY_FIX)
+        resume_state = load_checkpoint(run_dir / rundir.CHECKPOINT)
+        _check_epochs(run_dir, cfg, resume_state["state"])
     else:
         if cfg is None:
             raise ValueError("a config is needed unless resuming")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out is not None else rundir.RUNS_DIR / f"{cfg.recipe}-{cfg.curriculum.mode}-{stamp}"
         check_writable(run_dir, overwrite)
+        require_writable(run_dir, "the run", "pass --out DIR in a folder you can write to")
     cfg.validate()
     backend(cfg.train.log)  # --log tensorboard without its package fails here, before anything is written
 
@@ -82,6 +160,8 @@ def prepare(cfg: Config | None, out: str | Path | None, resume: bool, overwrite:
     student = create_student(cfg.model.student, cfg.model.img_size, drop_path_rate=cfg.model.drop_path)
     check_pair(teacher, student, cfg.model.img_size)
     train_set = build_train_set(cfg, *normalization(cfg.model.teacher))
+    if isinstance(train_set, ImageFolderDataset):
+        train_set.check_readable()
     if len(train_set) < cfg.train.batch_size * d.world:
         global_batch = cfg.train.batch_size * d.world
         log.warning("the data holds %d images, fewer than one global batch of %d", len(train_set), global_batch)
@@ -108,19 +188,34 @@ def distill(
         resume: continue the run in ``out`` (default runs/latest) from its last checkpoint.
         overwrite: replace the leapkit run in ``out``; a folder that is not a run is never deleted.
         show_progress: draw a rich progress bar (rank 0 only).
+
+    A resume of a finished run with nothing left to train returns the run's summary and changes no file.
     """
     start = time.perf_counter()
+    if resume:
+        check_resume_overwrite(resume, overwrite)
+        run_dir = resume_dir(out)
+        config = check_resume(run_dir, config)
+        finished = finished_summary(run_dir, config)
+        if finished is not None:
+            log.info("%s is already complete (%d epochs): nothing to do; pass --epochs N to train it further",
+                     run_dir, config.train.epochs)
+            return finished
+        out = run_dir
     setup = prepare(config, out, resume, overwrite)
     writer = RunWriter(setup.run_dir, active=setup.dist.is_main)
     try:
-        writer.start(setup.cfg, overwrite)
         trainer = Trainer(setup, writer)
+        # The checkpoint is loaded, and a new run calibrated, before the first write: a run that
+        # cannot start leaves its folder as it was (no stub, config.yaml unchanged, latest kept).
         if setup.resume_state is not None:
             trainer.load_state_dict(setup.resume_state)
-            writer.resume(trainer.state.step)
-            log.info("resuming %s at epoch %d, step %d", setup.run_dir, trainer.state.epoch, trainer.state.step)
         else:
             trainer.calibrate()
+        writer.start(setup.cfg, overwrite)
+        if setup.resume_state is not None:
+            writer.resume(trainer.state.step)
+            log.info("resuming %s at epoch %d, step %d", setup.run_dir, trainer.state.epoch, trainer.state.step)
         trainer.fit(show_progress)
         summary = trainer.summary()
     finally:

@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,9 @@ class TrainState:
     """Teacher block evaluations: blocks run x images, the calibration scan included."""
     images: int = 0
     skipped: int = 0
+    """Image reads skipped as unreadable (a corrupt file counts once per epoch)."""
+    unreadable: list[int] = field(default_factory=list)
+    """The distinct dataset indices of unreadable files, over all ranks (merged at each checkpoint)."""
     seconds: float = 0.0
 
 
@@ -199,6 +202,7 @@ class Trainer:
         self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch, cfg.optim.scale_lr)
         self.min_lr = min(cfg.optim.min_lr, self.peak_lr)
         self.state = TrainState()
+        self.unreadable: set[int] = set()  # this rank's, since the last merge into the state
         self.dashboard: Dashboard = NoDashboard()
 
     # --- data and precision ---------------------------------------------------------------------
@@ -235,7 +239,9 @@ class Trainer:
         """
         first = next(iter(self.loader(0)))
         if first.images.numel() == 0:
-            raise DataError("the first batch held no readable image; check the data folder for corrupt files")
+            raise DataError(
+                f"the first batch held no readable image; replace the corrupt files under {self.cfg.data.path}"
+            )
         c, d = self.cfg.curriculum, self.dist
         if c.mode != "leap" or not c.calibrate:
             self.controller.calibration = {"scores": [], "start_block": self.controller.block, "images": 0}
@@ -268,6 +274,7 @@ class Trainer:
         micro = [next(batches) for _ in range(micro_steps)]
         s.epoch_samples += sum(len(b.images) + b.skipped for b in micro) * d.world
         s.skipped += sum(b.skipped for b in micro) * d.world
+        self.unreadable.update(i for b in micro for i in b.unreadable)
         micro = [b for b in micro if b.images.numel() > 0]
         if not micro:
             return None
@@ -363,6 +370,7 @@ class Trainer:
                             self.dashboard.log_step(row)
                             progress.update(task, advance=1, info=self._progress_info(row, epoch))
                         if d.any(stop.signal is not None, self.device):
+                            self.merge_unreadable()
                             self.writer.save_checkpoint(self.state_dict())
                             d.barrier()
                             raise Interrupted(
@@ -370,6 +378,7 @@ class Trainer:
                                 f"`leapkit distill --resume --out {self.writer.path}`"
                             )
                     s.epoch, s.epoch_samples = epoch + 1, 0
+                    self.merge_unreadable()
                     self.writer.save_checkpoint(self.state_dict())
                     self.writer.save_curriculum(c.summary())
                     log.info("epoch %d/%d done: block %d, ema %.3f", epoch + 1, cfg.train.epochs, c.block, c.ema)
@@ -388,6 +397,12 @@ class Trainer:
         self.writer.save_student(self.model.student)
         self.writer.save_curriculum(c.summary())
         d.barrier()
+
+    def merge_unreadable(self) -> None:
+        """Fold every rank's unreadable files into the state, so that each file counts once (all ranks call it)."""
+        gathered = self.dist.gather(sorted(self.unreadable))
+        self.state.unreadable = sorted(set(self.state.unreadable).union(*gathered))
+        self.unreadable.clear()
 
     def start_dashboard(self) -> Dashboard:
         """The dashboard ``train.log`` asks for, on rank 0; it continues from the current step."""
@@ -425,14 +440,29 @@ class Trainer:
         }
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
-        """Continue from a checkpoint payload written by :meth:`state_dict`."""
-        self.model.student.load_state_dict(ck["student"])
-        self.model.head.load_state_dict(ck["head"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if ck["scaler"]:
-            self.scaler.load_state_dict(ck["scaler"])
-        self.controller.load_state_dict(ck["curriculum"])
-        self.state = TrainState(**ck["state"])
+        """Continue from a checkpoint payload written by :meth:`state_dict`.
+
+        Raises:
+            RunError: the checkpoint does not fit the run's model or curriculum (its config.yaml
+                was edited by hand, or the checkpoint belongs to another run).
+        """
+        try:
+            self.model.student.load_state_dict(ck["student"])
+            self.model.head.load_state_dict(ck["head"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if ck["scaler"]:
+                self.scaler.load_state_dict(ck["scaler"])
+            self.controller.load_state_dict(ck["curriculum"])
+            state = TrainState(**ck["state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            # A size-mismatch report runs to dozens of lines; the cause is one: another model.
+            run = self.writer.path
+            raise RunError(
+                f"{run / 'checkpoints' / 'last.pt'} does not fit the model in {run / 'config.yaml'} "
+                f"({str(e).splitlines()[0][:120]}); restore the run's own config.yaml, or start a new run with --out "
+                f"NEW_DIR"
+            ) from e
+        self.state = state
         torch.set_rng_state(ck["rng_torch"])
         if ck["rng_cuda"] and torch.cuda.is_available() and not self.dist.enabled:
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
@@ -451,6 +481,7 @@ class Trainer:
             images_seen=s.images,
             images_per_s=round(s.images / max(s.seconds, 1e-9), 1),
             images_skipped=s.skipped,
+            unreadable_files=len(s.unreadable),
             teacher_blocks=c.num_blocks,
             blocks_visited=c.blocks_visited,
             final_block=c.block,

@@ -31,7 +31,7 @@ from leapkit.latency.report import BenchReport, latency_table
 
 FAST = dict(warmup_s=0.0, iterations=5, threads=1)
 ROOT = Path(__file__).resolve().parents[1]
-# the keys of bench/<target>.json (a contract: see DESIGN.md)
+# the keys of bench/<target>.json (a contract: see docs/contracts.md)
 RESULT_KEYS = {
     "runtime", "format", "precision", "file", "batch", "threads", "size_mb", "accuracy", "export_status", "device",
     "providers", "input_shape", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "std_ms", "cv",
@@ -222,11 +222,12 @@ def test_bench_bad_options(run_dir, tmp_path):
     ("--batch", "0", "--batch must be >= 1, got 0"),
     ("--batch", "-2", "--batch must be >= 1, got -2"),
     ("--iterations", "0", "--iterations must be >= 1, got 0"),
-    ("--duration", "0", "--duration must be a finite number of seconds > 0, got 0.0"),
-    ("--duration", "inf", "--duration must be a finite number of seconds > 0, got inf"),
-    ("--warmup", "-1", "--warmup must be a finite number of seconds >= 0, got -1.0"),
+    ("--duration", "0", "--duration must be > 0, got 0.0: pass a finite number of seconds (see leapkit bench --help)"),
+    ("--duration", "inf", "--duration must be > 0, got inf: pass a finite number of seconds (see leapkit bench "
+                          "--help)"),
+    ("--warmup", "-1", "--warmup must be >= 0, got -1.0: pass a finite number of seconds (see leapkit bench --help)"),
     ("--threads", "0", "--threads must be a positive integer or 'auto', got '0'"),
-    ("--budget-ms", "0", "the budget must be a positive number of ms, got 0.0 (--budget-ms)"),
+    ("--budget-ms", "0", "--budget-ms must be > 0, got 0.0: pass a finite number of ms (see leapkit bench --help)"),
 ])
 def test_invalid_numbers_exit_2_and_leave_the_report_alone(run_dir, tmp_path, monkeypatch, capsys, flag, value,
                                                             message):
@@ -255,7 +256,8 @@ def test_cli_bench(run_dir, tmp_path):
 def test_cli_bench_errors(run_dir, tmp_path, monkeypatch, capsys):
     common = ["--target", "x86-cpu", "-n", "5", "--warmup", "0", "--out", str(tmp_path)]
     for extra, message in (
-        (["--budget-ms", "-1"], "error: the budget must be a positive number of ms, got -1.0 (--budget-ms)"),
+        (["--budget-ms", "-1"], "error: --budget-ms must be > 0, got -1.0: pass a finite number of ms (see leapkit "
+                                "bench --help)"),
         (["--runtime", "tensorflow"],
          "error: unknown --runtime 'tensorflow'; use torch, onnxruntime, openvino, tensorrt or all"),
         (["--runtime", "all,torch"], "error: --runtime all cannot be combined with other --runtime values"),
@@ -441,7 +443,8 @@ def test_from_trtexec_records_another_device_and_release_as_warnings(tmp_path):
     files = [SAMPLES / "trt8.6.3-rtx3090-resnet-cifar10-int8-verbose-full.log.gz",
              SAMPLES / "trt8.6.3-rtx3090-resnet-cifar10-int8-exportProfile.json"]
     report = bench(target="rtx-4090", from_trtexec=files, out_dir=tmp_path)
-    assert (report.evidence, report.verdict) == ("imported", "PASS")  # the user named the target: not refused
+    # another device's log never judges a budget (tests/test_bad_inputs_cli.py has --allow-other-device)
+    assert (report.evidence, report.verdict) == ("imported", "UNCONFIRMED")
     assert report.results[0].p99_ms == pytest.approx(0.694092, rel=1e-4)
     assert report.measured_on == "NVIDIA GeForce RTX 3090"
     notes = report.warnings
@@ -456,7 +459,8 @@ def test_from_trtexec_records_another_device_and_release_as_warnings(tmp_path):
 @needs_samples
 def test_from_trtexec_over_the_budget_fails(tmp_path, monkeypatch, capsys):
     code, err = run_cli(["bench", "--from-trtexec", str(SAMPLES / "trt10.3.0-rtxa5000-resnet50-fp16-full.log"),
-                         "--target", "rtx-4090", "--budget-ms", "5", "--out", str(tmp_path)], monkeypatch, capsys)
+                         "--target", "rtx-4090", "--budget-ms", "5", "--out", str(tmp_path), "--allow-other-device"],
+                        monkeypatch, capsys)
     assert code == 1 and err.startswith("error: bench verdict FAIL on rtx-4090: TensorRT engine fp16 (tensorrt) p99 "
                                         "6.443 ms > 5 ms")
 
@@ -638,7 +642,9 @@ def test_host_timings_away_from_the_target_compare_with_a_note(run_dir, tmp_path
     prev = scaled_copy(first.json_path, 1e6, tmp_path / "prev.json")  # a million times slower: this run is faster
     report = bench(run_dir, "jetson-orin-nano", runtimes=["onnxruntime"], out_dir=tmp_path, baseline=prev,
                    junit=tmp_path / "latency.xml", **FAST)
-    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} == {"faster"}
+    # A speedup is at most -100%, and at 5 iterations on a loaded machine the noise band can be wider than that, so
+    # "within noise" is a fair reading too; "slower" or "regressed" never is.
+    assert report.verdict == "UNCONFIRMED" and {r.change for r in report.baseline.rows} <= {"faster", "within noise"}
     assert report.baseline.notes[-1].startswith("both are timings of this host, not of jetson-orin-nano (evidence "
                                                 "estimated)")
     assert report.baseline.notes[-1] in report.md_path.read_text()
@@ -663,8 +669,8 @@ def test_cli_bad_baseline_and_ci_options_exit_2_and_write_nothing(run_dir, timed
         (["--baseline", str(other)], f"--baseline {other} is a bench report for jetson-orin-nano, not x86-cpu; pass "
                                      "an earlier bench/x86-cpu.json"),
         (["--max-regression", "5"], "--max-regression applies to a comparison: pass --baseline PREV.json too"),
-        (["--baseline", str(timed), "--max-regression", "-5"], "--max-regression must be a finite percentage >= 0, "
-                                                               "got -5.0"),
+        (["--baseline", str(timed), "--max-regression", "-5"], "--max-regression must be >= 0, got -5.0: pass a "
+                                                               "finite percentage (see leapkit bench --help)"),
         (["--junit", str(tmp_path / "reports")], f"--junit {tmp_path / 'reports'} is a folder; pass a file name such "
                                                  "as reports/latency.xml"),
     ):

@@ -4,12 +4,10 @@ A failed check exits 1 and an unexpected exception (a bug) exits 3, so that a cr
 a missed budget.
 """
 
-import sys
 
 import pytest
 from helpers import run_cli
 
-from leapkit.cli.main import main
 from leapkit.errors import CHECK_FAILED_EXIT, INTERNAL_ERROR_EXIT, CheckFailed
 
 
@@ -122,9 +120,9 @@ def test_internal_error_shows_the_traceback_under_leapkit_debug(tmp_path, monkey
 
     monkeypatch.setenv("LEAPKIT_DEBUG", "1")
     monkeypatch.setattr(leapkit.flops, "run_flops", _raise(RuntimeError("boom")))
-    monkeypatch.setattr(sys, "argv", ["leapkit", "flops", str(tmp_path)])
-    with pytest.raises(RuntimeError, match="boom"):
-        main()
+    code, err = run_cli(["flops", str(tmp_path)], monkeypatch, capsys)
+    assert code == INTERNAL_ERROR_EXIT  # the same exit code as without LEAPKIT_DEBUG, the traceback added
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("traceback and report it)")
 
 
 def test_failed_check_exits_1(tmp_path, monkeypatch, capsys):

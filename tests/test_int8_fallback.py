@@ -93,7 +93,6 @@ def test_fallback_recovers_a_failing_int8_export_and_names_the_blocks(run_dir, t
     assert report.steps_table().to_markdown() in readme and report.blocks_table().to_markdown() in readme
 
 
-@pytest.mark.slow
 def test_fallback_off_fails_strictly_and_reuses_the_calibration(run_dir, tight, calibrations, monkeypatch, capsys):
     """With --int8-fallback off the tightened export fails (exit 1); a re-export with other options (fewer parity
     images, no fallback) reads the ranges from the previous export's calibration cache."""

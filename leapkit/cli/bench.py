@@ -14,7 +14,17 @@ from typing import Annotated
 
 import typer
 
-from leapkit.cli.options import BudgetOpt, OptionalTargetOpt, PrecisionsOpt, RuntimesOpt, StatOpt, split_choices
+from leapkit.cli.options import (
+    NON_NEGATIVE_PCT,
+    NON_NEGATIVE_SECONDS,
+    POSITIVE_SECONDS,
+    BudgetOpt,
+    OptionalTargetOpt,
+    PrecisionsOpt,
+    RuntimesOpt,
+    StatOpt,
+    split_choices,
+)
 from leapkit.types import PRECISIONS, RUNTIMES, OrtProvider
 
 ModelArg = Annotated[
@@ -31,9 +41,12 @@ IterationsOpt = Annotated[
     typer.Option("--iterations", "-n", help="Timed iterations (default: run for --duration).", show_default=False),
 ]
 DurationOpt = Annotated[
-    float, typer.Option("--duration", help="Timed seconds per format when --iterations is not given.")
+    float, typer.Option("--duration", parser=POSITIVE_SECONDS, metavar="S",
+                        help="Timed seconds per format when --iterations is not given.")
 ]
-WarmupOpt = Annotated[float, typer.Option("--warmup", help="Warm-up seconds per format.")]
+WarmupOpt = Annotated[
+    float, typer.Option("--warmup", parser=NON_NEGATIVE_SECONDS, metavar="S", help="Warm-up seconds per format.")
+]
 ThreadsOpt = Annotated[
     str | None,
     typer.Option("--threads", help="CPU threads for torch, ONNX Runtime and OpenVINO, or 'auto': the fastest of 1, 2, "
@@ -79,13 +92,18 @@ BaselineOpt = Annotated[
 ]
 MaxRegressionOpt = Annotated[
     float | None,
-    typer.Option("--max-regression", help="Slowdown allowed against --baseline, in percent (default: 10).",
-                 show_default=False),
+    typer.Option("--max-regression", parser=NON_NEGATIVE_PCT, metavar="PCT",
+                 help="Slowdown allowed against --baseline, in percent (default: 10).", show_default=False),
 ]
 JunitOpt = Annotated[
     str | None,
     typer.Option("--junit", help="Also write JUnit XML here: a test case per format, the budget and regression "
                  "checks as failures with their numbers (pip install 'leapkit\\[ci]').", show_default=False),
+]
+AllowOtherDeviceOpt = Annotated[
+    bool,
+    typer.Option("--allow-other-device", help="With --from-trtexec: judge the budget on figures that name another "
+                 "device than the target's (otherwise the verdict is UNCONFIRMED)."),
 ]
 VERDICT_COLOUR = {"PASS": "green", "FAIL": "red", "UNCONFIRMED": "yellow"}
 
@@ -119,6 +137,7 @@ def bench_cmd(
     baseline: BaselineOpt = None,
     max_regression: MaxRegressionOpt = None,
     junit: JunitOpt = None,
+    allow_other_device: AllowOtherDeviceOpt = False,
 ) -> None:
     """Measure latency per format, bound it on the target, and judge the budget on the target's own figures.
 
@@ -139,7 +158,7 @@ def bench_cmd(
         warmup_s=warmup, iterations=iterations, duration_s=duration, compile=compile, ort_provider=ort_provider,
         out_dir=out, check=False, from_trtexec=from_trtexec, host=host,
         ssh_options=[arg for item in ssh_option or () for arg in shlex.split(item)], require_measured=require_measured,
-        baseline=baseline, max_regression_pct=max_regression, junit=junit,
+        baseline=baseline, max_regression_pct=max_regression, junit=junit, allow_other_device=allow_other_device,
     )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(latency_table(report).to_rich())

@@ -9,13 +9,14 @@ and ``leapkit bench`` find it.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from leapkit.cli.options import PrecisionsOpt, TargetOpt, split_choices
+from leapkit.cli.options import NON_NEGATIVE_SECONDS, FiniteFloat, PrecisionsOpt, TargetOpt, split_choices
 from leapkit.types import PRECISIONS
 
 
@@ -27,7 +28,8 @@ def calibrate_command(
     ] = None,
     ssh_option: Annotated[
         list[str] | None,
-        typer.Option("--ssh-option", help="ssh_config setting for --host (Key=Value), repeatable.", show_default=False),
+        typer.Option("--ssh-option", help="ssh/scp setting for --host: Key=Value as in ssh_config, or quoted ssh "
+                     "arguments ('-i ~/.ssh/jetson') (repeatable).", show_default=False),
     ] = None,
     runtime: Annotated[
         str | None,
@@ -43,8 +45,14 @@ def calibrate_command(
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU runtime threads (default: the target's).", show_default=False)
     ] = None,
-    duration: Annotated[float, typer.Option(min=0.01, help="Seconds timed per microbenchmark and round (CPU).")] = 1.0,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per microbenchmark and round (CPU).")] = 0.2,
+    duration: Annotated[
+        float, typer.Option(parser=FiniteFloat(0.01, low_open=False, what="number of seconds"), metavar="S",
+                            help="Seconds timed per microbenchmark and round (CPU).")
+    ] = 1.0,
+    warmup: Annotated[
+        float, typer.Option(parser=NON_NEGATIVE_SECONDS, metavar="S",
+                            help="Warm-up seconds per microbenchmark and round (CPU).")
+    ] = 0.2,
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (CPU); each microbenchmark keeps its fastest "
                                                     "round's median.")] = 9,
     quick: Annotated[
@@ -64,7 +72,8 @@ def calibrate_command(
     profile = load_target(target)
     plan = CalibratePlan(
         profile=profile, precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
-        grid=QUICK_GRID if quick else GRID, out=out, host=host, ssh_options=tuple(ssh_option or ()),
+        grid=QUICK_GRID if quick else GRID, out=out, host=host,
+        ssh_options=tuple(arg for item in ssh_option or () for arg in shlex.split(item)),
         threads=threads, warmup_s=warmup, duration_s=duration, rounds=rounds, progress=progress,
         runtime=check_runtime(profile, runtime),
     )

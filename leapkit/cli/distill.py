@@ -139,11 +139,20 @@ def distill(
     ] = None,
     budget_ms: BudgetOpt = None,
 ) -> None:
-    """Distil a teacher into a student with the LEAP curriculum."""
+    """Distil a teacher into a student with the LEAP curriculum.
+
+    With --resume the run continues from its checkpoint. Its recipe, model, curriculum, optimizer and
+    seed are the run's own: an option that would change them is refused (exit 2, naming each key).
+    --epochs (to extend the run), --batch-size (per process), --device, --amp, --compile, --workers,
+    --log, --data (the same data in another folder) and --no-progress may change. A finished run
+    with nothing left to train is left exactly as it is.
+    """
+    import dataclasses
+
     from leapkit.config import apply, load_config, resolve_config
     from leapkit.distributed import is_main_process
     from leapkit.run import CONFIG
-    from leapkit.train import check_resume_overwrite, resume_dir
+    from leapkit.train import check_resume, check_resume_overwrite, finished_summary, resume_dir
     from leapkit.train import distill as run_distill
 
     start = time.perf_counter()
@@ -152,10 +161,23 @@ def distill(
     if resume:
         run_dir = resume_dir(out)
         cfg = apply(load_config(run_dir / CONFIG), delta, origin="command line")
+        # By name: typer may bring its own copy of click, whose ParameterSource is another enum than click's.
+        if ctx.get_parameter_source("recipe").name != "DEFAULT":
+            # The recipe's own name (a file's `recipe:` key, else its stem), compared with the run's below.
+            cfg = dataclasses.replace(cfg, recipe=resolve_config(recipe).recipe)
+        cfg = choose_student(cfg, target, budget_ms, resumed=True)
+        cfg = check_resume(run_dir, cfg)
+        finished = finished_summary(run_dir, cfg)
+        if finished is not None:
+            logging.getLogger(__name__).info(  # not `log`: the --log option shadows it here
+                "%s is already complete (%d epochs): nothing to do, no file changed; pass --epochs N to train it "
+                "further", run_dir, cfg.train.epochs,
+            )
+            print_summary(finished)
+            return
         out = run_dir
     else:
-        cfg = resolve_config(recipe, delta)
-    cfg = choose_student(cfg, target, budget_ms, resumed=resume)
+        cfg = choose_student(resolve_config(recipe, delta), target, budget_ms)
     summary = run_distill(cfg, out=out, resume=resume, overwrite=overwrite, show_progress=progress)
     if is_main_process():
         summary = add_evidence(summary, cfg)
@@ -247,7 +269,12 @@ def print_summary(summary: RunSummary) -> None:
 
     s = summary
     table = Table.of("measure", "value", title=f"leapkit distill: {s.run_dir}")
-    wall = f"{s.wall_seconds:.1f} s, of which training" if s.wall_seconds is not None else "training"
+    if s.wall_seconds is None:
+        wall = "training"
+    elif s.wall_seconds >= s.train_seconds:
+        wall = f"{s.wall_seconds:.1f} s, of which training"
+    else:  # resumed: the wall clock is this session's, the training time the whole run's
+        wall = f"{s.wall_seconds:.1f} s this session; training over all sessions"
     table.add("wall time", f"{wall} {s.train_seconds:.1f} s ({s.steps} steps, {s.epochs} epochs)")
     table.add("throughput", f"{s.images_per_s:.0f} images/s")
     table.add("curriculum", s.mode)
@@ -263,7 +290,9 @@ def print_summary(summary: RunSummary) -> None:
     if s.mfu_pct is not None:
         table.add("model FLOP utilisation", f"{s.mfu_pct:.1f}%")
     if s.images_skipped:
-        table.add("unreadable images skipped", str(s.images_skipped))
+        # A corrupt file is skipped once per epoch: say how many files, then how many reads.
+        files = f"{s.unreadable_files} files, " if s.unreadable_files else ""
+        table.add("unreadable images skipped", f"{files}{s.images_skipped} reads over {s.epochs} epochs")
     if s.eval is not None:
         table.add("student linear probe", f"{s.eval.linear_probe_top1:.2f}% top-1 on {s.eval.n_val} held-out images")
         table.add("student kNN (k=20)", f"{s.eval.knn_top1:.2f}% top-1")

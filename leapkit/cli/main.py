@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import NoReturn
 
-import click
 import typer
 
 from leapkit import __version__
@@ -20,6 +20,8 @@ from leapkit.cli import bench, calibrate, distill, eval, export, flops, plan, pr
 from leapkit.errors import INTERNAL_ERROR_EXIT, USAGE_EXIT, Interrupted, LeapkitError
 
 INTERRUPTED_EXIT = Interrupted.exit_code
+# click's error base class, wherever this typer takes click from (its own copy since 0.2x, the click package before).
+ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="leapkit",
@@ -75,11 +77,11 @@ def main() -> None:
     debug = os.environ.get("LEAPKIT_DEBUG") == "1"
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:
-        sys.exit(e.exit_code)  # the help is already printed (no arguments: show it, as click does)
-    except click.exceptions.ClickException as e:
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help is printed already, as typer does
+            sys.exit(USAGE_EXIT)
         _exit(f"error: {usage_line(e)}", USAGE_EXIT, debug)
-    except click.exceptions.Abort:  # Ctrl-C at a prompt, or end of input where one was read
+    except typer.Abort:  # Ctrl-C at a prompt, or end of input where one was read
         _exit("error: interrupted", INTERRUPTED_EXIT, debug)
     except LeapkitError as e:
         _exit(f"error: {e}", e.exit_code, debug)
@@ -94,9 +96,12 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def usage_line(e: click.exceptions.ClickException) -> str:
+def usage_line(e: Exception) -> str:
     """``Invalid value for '--batch': ... (see leapkit export --help)``: click's message as one line."""
-    message = " ".join(e.format_message().split())
+    message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    message = message.replace("Value error, ", "")  # typer 0.2x's prefix to a parser's ValueError
+    # "Invalid value for '--x': must be ..." (leapkit's parsers) reads as "--x must be ...", as leapkit's own checks
+    message = re.sub(r"^Invalid value for '(-[^']+)'(?: / '-[^']+')?: must be ", r"\1 must be ", message)
     ctx = getattr(e, "ctx", None)
     names = []
     while ctx is not None:
@@ -119,7 +124,7 @@ def _internal_error(e: Exception, debug: bool) -> NoReturn:
 
 
 def _exit(line: str, code: int, debug: bool) -> NoReturn:
-    if debug:
+    if debug and sys.exc_info()[0] is not None:
         traceback.print_exc()
     typer.secho(line, fg="red", err=True)
     sys.exit(code)

@@ -30,36 +30,36 @@ class FiniteFloat:
         low: the lower bound.
         low_open: ``low`` itself is refused (``> low``) rather than allowed (``>= low``).
         high: the upper bound, allowed; None: none.
-        unit: the unit, for the message (``ms``, ``s``, ``%``).
+        what: what the value is, for the message (``number of ms``, ``percentage``).
     """
 
-    def __init__(self, low: float = 0.0, *, low_open: bool = True, high: float | None = None, unit: str = ""):
+    def __init__(self, low: float = 0.0, *, low_open: bool = True, high: float | None = None, what: str = "number"):
         self.low, self.low_open, self.high = low, low_open, high
-        bounds = f"{'>' if low_open else '>='} {low:g}" if high is None else \
+        self.bounds = f"{'>' if low_open else '>='} {low:g}" if high is None else \
             f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        self.expected = f"a finite number{' of ' + unit if unit else ''} {bounds}"
+        self.what = what
         self.__name__ = "float"  # typer names the parameter type after its parser
 
     def __call__(self, value: str | float) -> float:
         """The value as a float.
 
         Raises:
-            ValueError: not a number, not finite, or out of range (click turns it into a one-line usage error).
+            ValueError: not a number, not finite, or out of range (click makes it a one-line usage error).
         """
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a number; pass {self.expected}") from None
+            raise ValueError(f"must be {self.bounds}, got {value!r}: pass a finite {self.what}") from None
         above = number > self.low if self.low_open else number >= self.low
         if not (math.isfinite(number) and above and (self.high is None or number <= self.high)):
-            raise ValueError(f"must be {self.expected}, got {value}")
+            raise ValueError(f"must be {self.bounds}, got {number}: pass a finite {self.what}")
         return number
 
 
-POSITIVE_MS = FiniteFloat(unit="ms")
-POSITIVE_SECONDS = FiniteFloat(unit="seconds")
-NON_NEGATIVE_SECONDS = FiniteFloat(low_open=False, unit="seconds")
-NON_NEGATIVE_PCT = FiniteFloat(low_open=False, unit="percent")
+POSITIVE_MS = FiniteFloat(what="number of ms")
+POSITIVE_SECONDS = FiniteFloat(what="number of seconds")
+NON_NEGATIVE_SECONDS = FiniteFloat(low_open=False, what="number of seconds")
+NON_NEGATIVE_PCT = FiniteFloat(low_open=False, what="percentage")
 FRACTION = FiniteFloat(high=1.0)
 
 RunArg = Annotated[str | None, typer.Argument(help="Run directory (default: runs/latest).", show_default=False)]

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from leapkit.cli.options import BudgetOpt, PrecisionsOpt, TargetOpt, split_choices
+from leapkit.cli.options import FRACTION, BudgetOpt, PrecisionsOpt, TargetOpt, split_choices
 from leapkit.types import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ def plan_command(
                                   show_default=False)
     ] = None,
     gpu: Annotated[str, typer.Option(help="GPU the training hours are for.")] = "A100",
-    utilisation: Annotated[float, typer.Option(help="Model FLOP utilisation assumed for the training hours.")] = 0.4,
+    utilisation: Annotated[
+        float, typer.Option(parser=FRACTION, metavar="FRACTION",
+                            help="Model FLOP utilisation assumed for the training hours, in (0, 1].")
+    ] = 0.4,
     train_images: Annotated[
         int | None, typer.Option(help="Training images per epoch (default: the recipe's dataset).", show_default=False)
     ] = None,
@@ -92,7 +95,8 @@ def plan_command(
     )
     report = plan(request)
     if output == "json":
-        typer.echo(json.dumps([r.to_dict() for r in report.rows], indent=2))
+        # strict JSON: a NaN or Infinity would be refused by most parsers, so it is a bug here (exit 3), not output
+        typer.echo(json.dumps([r.to_dict() for r in report.rows], indent=2, allow_nan=False))
         if plot is not None:
             draw(report, plot)
         return

@@ -80,22 +80,28 @@ def show(name: NameArg) -> None:
 
 @profiles_app.command("validate")
 def validate(names: NamesArg = None) -> None:
-    """Check targets and recipes; list every problem and exit 2 when any is invalid."""
+    """Check targets and recipes; list every problem and exit 2 when any is invalid.
+
+    The report (one line per profile, then its problems) goes to stdout; stderr gets the one-line verdict.
+    """
     items: list[tuple[str, str]] = []
     if names:
         items = [(P.kind_of(n), n) for n in names]
     else:
         items = [("target", n) for n in P.list_targets()] + [("recipe", n) for n in P.list_recipes()]
-    failed: list[str] = []
+    failed: dict[str, list[str]] = {}
     for kind, name in items:
         problems = P.validate_target(name) if kind == "target" else P.validate_recipe(name)
         if problems:
-            typer.secho(f"{kind} {name}: {len(problems)} problem(s)", fg="red", err=True)
+            typer.secho(f"{kind} {name}: {len(problems)} problem(s)", fg="red")
             for line in problems:
-                typer.echo(f"  - {line}", err=True)
-            failed.append(name)
+                typer.echo(f"  - {line}")
+            failed[name] = problems
         else:
             typer.echo(f"{kind} {name}: ok")
+    if len(failed) == 1 and len(items) == 1:
+        ((name, problems),) = failed.items()
+        raise ConfigError(f"{items[0][0]} {name} is invalid: {'; '.join(problems)}")
     if failed:
         raise ConfigError(
             f"{len(failed)} of {len(items)} profiles are invalid ({', '.join(failed)}); fix the problems listed above"

@@ -149,7 +149,8 @@ def export(
             profile's (all of its precisions when it chooses the fastest variant). fp32 is always
             exported: the other variants derive from it. bf16 is an OpenVINO variant (the fp32 IR run
             with the bf16 hint), written where OpenVINO and a CPU with bf16 arithmetic are here.
-        overwrite: replace an existing export for this target.
+        overwrite: replace an existing export for this target; what leapkit did not write in it (the device's
+            ``results/``) moves to ``RUN/export/<target>.kept-<time>/``.
         calib_images: training images for INT8 calibration.
         calib_method: how INT8 activation ranges are chosen (percentile, entropy or minmax).
         int8_fallback: when the INT8 variant fails its checks, move the blocks that lose the most
@@ -170,6 +171,8 @@ def export(
         ExportError: a precision the target cannot take (bf16 named on a CPU without it), an input size the
             patch size does not divide.
         RunError: no run, a run without weights, an existing export without ``overwrite``.
+        NotWritable: the run's export folder is not writable (checked before any work).
+        Interrupted: Ctrl-C; the old export is untouched and the partial one removed.
         MissingDependency: --slim without onnxslim, --build-engine without tensorrt, an OpenVINO target or
             bf16 named without openvino.
         CheckFailed: a variant failed parity or accuracy (only with ``check``).
@@ -214,8 +217,9 @@ def export_plan(plan: ExportPlan) -> ExportResult:
             f"{final} already exists; pass --overwrite to replace it "
             f"(the old export stays until the new one is complete)"
         )
-    require_writable(final if final.is_dir() else final.parent, "the export",
-                     "export a run you can write to (copy the run folder somewhere writable)")
+    # The new export is built beside the old one, which is then emptied: both folders must take writes.
+    for folder in (final.parent, final) if final.is_dir() else (final.parent,):
+        require_writable(folder, "the export", "export a run you can write to (copy the run folder somewhere writable)")
     tmp: Path | None = None
     try:
         student = load_student(plan)

@@ -53,8 +53,8 @@ def remove_stale(final: Path) -> list[Path]:
     for path in sorted(final.parent.iterdir()):
         match = pattern.match(path.name)
         if match and path.is_dir() and not path.is_symlink() and not _alive(int(match.group(1))):
-            shutil.rmtree(path)
-            removed.append(path)
+            shutil.rmtree(path, ignore_errors=True)  # best effort: a folder that will not go must not stop the export
+            removed += [] if path.exists() else [path]
     if removed:
         log.info("removed %s, left by an export that was killed", ", ".join(p.name for p in removed))
     return removed
@@ -118,6 +118,6 @@ def _keep_foreign(old: Path, final: Path) -> Path | None:
     for path in foreign:
         os.replace(path, kept / path.name)
     names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in (kept / f.name for f in foreign))
-    log.warning("kept what leapkit did not write in the old export (%s): moved to %s, since it describes the "
-                "export this one replaced", names, kept)
+    log.warning("kept what leapkit did not write in the old export (%s): moved to %s (it belongs to the export "
+                "this one replaced)", names, kept)
     return kept

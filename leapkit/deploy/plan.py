@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leapkit.config import name_problem
 from leapkit.deploy.bundle import BatchRange
 from leapkit.deploy.onnx_graph import FILE_NAMES, check_input_size, patch_size
 from leapkit.deploy.openvino_ir import OPENVINO_FILES, OWN_IR
@@ -76,6 +77,9 @@ class ExportPlan:
             raise ExportError("--calibration-images and --parity-images must be >= 1")
         if self.calib_method not in CALIB_METHODS:
             raise ExportError(f"unknown calibration method '{self.calib_method}'; use {', '.join(CALIB_METHODS)}")
+        wrong = name_problem(self.profile.name, "target name")  # a profile built in Python skips load_target's check
+        if wrong:
+            raise ExportError(f"{wrong}; it names the export folder RUN/export/<name>/")
 
     @property
     def out_dir(self) -> Path:

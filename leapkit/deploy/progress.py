@@ -29,9 +29,12 @@ class Steps:
                 TimeElapsedColumn,
             )
 
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a log file or CI: a bar draws nothing there but a stray blank line
+                return self
             self._progress = Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                TimeElapsedColumn(), console=console, transient=True,
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("export", total=self.total)

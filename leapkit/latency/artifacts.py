@@ -300,3 +300,19 @@ def _from_run(run_dir: Path, target: str | None) -> ModelSource:
         )
     return ModelSource("run", artifacts, out_dir=run_dir, run_dir=run_dir, export_dir=export_dir,
                        img_size=cfg.model.img_size, manifest=manifest)
+
+
+def require_export(src: ModelSource, target: str) -> None:
+    """Refuse a run that has no export to bench (timing the PyTorch student alone needs ``--runtime torch``).
+
+    Without this, the run's PyTorch student would be timed alone and judged against a budget meant for
+    the exported model: a missing export would read as a missed budget.
+
+    Raises:
+        RunError: MODEL is a run without an export (none was made, or the export was killed before it finished).
+    """
+    if src.kind == "run" and src.export_dir is None:
+        raise RunError(
+            f"{src.run_dir} has no export for {target}: run `leapkit export {src.run_dir} --target {target}` first "
+            f"(or pass --runtime torch to time the PyTorch student alone)"
+        )

@@ -31,7 +31,7 @@ from torch import nn
 
 from leapkit import __version__
 from leapkit.errors import ConfigError
-from leapkit.latency.artifacts import Artifact, ModelSource, resolve_model
+from leapkit.latency.artifacts import Artifact, ModelSource, require_export, resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE, Cost, roofline, torch_cost
 from leapkit.latency.forecast import Forecaster
 from leapkit.latency.imported import bench_from_trtexec, bench_over_ssh, report_from_trtexec
@@ -47,6 +47,7 @@ from leapkit.latency.timing import (
     usable_cores,
 )
 from leapkit.latency.verdict import choice_reason, decide, runs_on_target, setting_warnings, stat_key, warnings
+from leapkit.paths import NotWritable, require_writable, require_writable_file
 from leapkit.profiles import TargetProfile, load_target
 from leapkit.run import load_student, read_run_config
 from leapkit.runtimes import (
@@ -132,6 +133,7 @@ def bench(
     baseline: str | Path | None = None,
     max_regression_pct: float | None = None,
     junit: str | Path | None = None,
+    allow_other_device: bool = False,
 ) -> BenchReport:
     """Benchmark MODEL for a target, write bench/<target>.json and .md, and judge the budget.
 
@@ -173,6 +175,8 @@ def bench(
             ``baseline``, and a slowdown beyond ``max_regression_pct`` and the noise fails the check.
         max_regression_pct: the slowdown allowed against ``baseline``, in percent (default 10).
         junit: write the report as JUnit XML to this file too (:mod:`leapkit.latency.junit`).
+        allow_other_device: with ``from_trtexec``, judge figures that name another device than the target's
+            (otherwise the verdict is UNCONFIRMED).
 
     Raises:
         ConfigError: bad budget, statistic, runtime or option values, or a bad baseline (nothing is written).
@@ -214,10 +218,13 @@ def bench(
             problems.append(f"{', '.join(used)} time MODEL on this machine and do not apply to {flag}")
     if from_trtexec:
         problems += _trtexec_problems(model, target, host, precisions)
+    elif allow_other_device:
+        problems.append("--allow-other-device applies to --from-trtexec (another device's trtexec output)")
     if host:
         problems += [f"unknown --precision '{p}'; use {', '.join(PRECISIONS)}"
                      for p in precisions or () if p not in PRECISIONS]
     problems += _ci_problems(baseline, max_regression_pct, junit)
+    problems += _output_problems(out_dir, junit)
     prior = None
     try:
         prior = load_baseline(baseline) if baseline is not None else None
@@ -237,7 +244,8 @@ def bench(
     if from_trtexec:
         return outputs.conclude(bench_from_trtexec(
             from_trtexec, profile, budget_ms=budget_ms, stat=stat,
-            out_dir=Path(out_dir) if out_dir is not None else None, check=False))
+            out_dir=Path(out_dir) if out_dir is not None else None, check=False,
+            allow_other_device=allow_other_device))
     if host:
         return outputs.conclude(bench_over_ssh(
             model, profile, host, cast(list[Precision], list(precisions or [profile.precision])), budget_ms=budget_ms,
@@ -270,6 +278,19 @@ def _ci_problems(baseline: str | Path | None, max_regression_pct: float | None, 
             problems.append(f"--max-regression must be a finite percentage >= 0, got {max_regression_pct}")
     if junit is not None and Path(junit).is_dir():
         problems.append(f"--junit {junit} is a folder; pass a file name such as reports/latency.xml")
+    return problems
+
+
+def _output_problems(out_dir: str | Path | None, junit: str | Path | None) -> list[str]:
+    """--out and --junit where they cannot be written: known before the timing, not after it."""
+    problems = []
+    try:
+        if out_dir is not None:
+            require_writable(Path(out_dir) / "bench", "the bench report", "pass --out a folder you can write to")
+        if junit is not None and not Path(junit).is_dir():  # a folder is _ci_problems' to report
+            require_writable_file(junit, "--junit", "pass --junit a file in a folder you can write to")
+    except NotWritable as e:
+        problems.append(str(e))
     return problems
 
 
@@ -412,6 +433,10 @@ def run_bench(plan: BenchPlan) -> BenchReport:
     """
     profile, method = plan.profile, plan.method
     src = resolve_model(plan.model, profile.name)
+    out_dir = plan.out_dir or src.out_dir
+    require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
+    if plan.runtimes is None:  # what MODEL has: a run must have an export, or its eager time would be judged
+        require_export(src, profile.name)
     chosen = choose_runtimes(src, plan.runtimes)
     artifacts = [a for a in src.artifacts if a.runtime in chosen
                  and (not plan.precisions or a.precision in plan.precisions) and runnable_here(a)]
@@ -480,7 +505,7 @@ def run_bench(plan: BenchPlan) -> BenchReport:
         leapkit_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    report.write((plan.out_dir or src.out_dir) / "bench" / f"{profile.name}.json")
+    report.write(out_dir / "bench" / f"{profile.name}.json")
     log.info("wrote %s and %s", report.json_path, report.md_path)
     if plan.check:
         report.check(plan.require_measured)

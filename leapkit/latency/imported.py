@@ -10,7 +10,9 @@ The report has the keys of a local bench: ``p50_ms``..``max_ms`` and ``mean_ms``
 "GPU Compute Time"; with the export's ONNX known, each run carries the target's latency-model
 prediction (:mod:`leapkit.latency.forecast`). The device trtexec and device.json name, the TensorRT
 release and the Jetson power mode are checked against the profile; a mismatch is a warning in the
-report, not a refusal: the user named the target.
+report, and imported figures from another device leave the verdict UNCONFIRMED (a budget is never
+judged on another device's log) unless ``allow_other_device``. A log cut inside its performance
+summary is said to be, as a warning, or as the error when the statistic to judge is what the cut removed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from leapkit import __version__
-from leapkit.errors import ConfigError
+from leapkit.errors import ConfigError, TrtexecError
 from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.cost import ROOFLINE_NOTE
 from leapkit.latency.forecast import GRAPH, Forecaster
@@ -33,6 +35,7 @@ from leapkit.latency.timing import NOISY_CV
 from leapkit.latency.trtexec import TrtexecImport, TrtexecRun, read_trtexec
 from leapkit.latency.trtexec_profile import aggregate_profile, onnx_nodes
 from leapkit.latency.verdict import decide, setting_warnings, warnings
+from leapkit.paths import require_writable
 from leapkit.profiles import TargetProfile
 from leapkit.records import atomic_write_bytes
 from leapkit.run import CONFIG
@@ -66,11 +69,20 @@ def device_names(imported: TrtexecImport) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
+def other_device(imported: TrtexecImport, profile: TargetProfile) -> str | None:
+    """The device the figures name when it is not the profile's (``'NVIDIA RTX A5000'``); None when it is, or
+    when they name none or the profile has no device pattern."""
+    names = device_names(imported)
+    if names and profile.device_match and not profile.matches(names):
+        return ", ".join(repr(n) for n in names)
+    return None
+
+
 def _device_warnings(imported: TrtexecImport, profile: TargetProfile) -> list[str]:
     """The device, TensorRT release and power mode of the figures against the profile's."""
     names = device_names(imported)
     out = []
-    if names and profile.device_match and not profile.matches(names):
+    if other_device(imported, profile):
         patterns = " or ".join(repr(p) for p in profile.device_match)
         out.append(f"the trtexec figures name the device {', '.join(repr(n) for n in names)}, which does not match "
                    f"{profile.name} ({patterns}); add the device's device.json (bench_engine.sh writes it) or check "
@@ -85,12 +97,21 @@ def _device_warnings(imported: TrtexecImport, profile: TargetProfile) -> list[st
     return out
 
 
-def _check_stat(results: Sequence[BenchResult], stat: Stat, sources: Sequence[str]) -> None:
-    if not any(r.stat_ms(stat) is not None for r in results):
-        raise ConfigError(
-            f"the trtexec output ({', '.join(sources)}) has no {stat} latency (TensorRT 8.4 and older print only "
-            f"percentile 99 unless run with --percentile); pass --stat with one it printed, e.g. --stat p99"
-        )
+TRUNCATED = "the log ends inside its performance summary (truncated?)"
+
+
+def _check_stat(results: Sequence[BenchResult], stat: Stat, imported: TrtexecImport) -> None:
+    """Raise unless a result has ``stat``: a log cut inside its summary says so, rather than blame an old release."""
+    if any(r.stat_ms(stat) is not None for r in results):
+        return
+    cut = list(dict.fromkeys(run.source for run in imported.runs if run.truncated))
+    if cut:
+        raise TrtexecError(f"{', '.join(cut)}: {TRUNCATED}, so it has no {stat} latency; pass the whole log (copy "
+                           f"it again from the device, or rerun bench_engine.sh there)")
+    raise ConfigError(
+        f"the trtexec output ({', '.join(imported.sources)}) has no {stat} latency (TensorRT 8.4 and older print "
+        f"only percentile 99 unless run with --percentile); pass --stat with one it printed, e.g. --stat p99"
+    )
 
 
 def report_from_trtexec(
@@ -105,8 +126,12 @@ def report_from_trtexec(
     host: str | None = None,
     check: bool = True,
     onnx: Path | None = None,
+    allow_other_device: bool = False,
 ) -> BenchReport:
     """Write bench/<target>.json and .md from trtexec's runs and judge the budget on them.
+
+    Imported figures that name another device than the profile's leave the verdict UNCONFIRMED, with the
+    reason, unless ``allow_other_device``.
 
     Args:
         imported: what :func:`leapkit.latency.trtexec.read_trtexec` read.
@@ -120,15 +145,17 @@ def report_from_trtexec(
         check: raise CheckFailed after writing the report when the verdict is FAIL.
         onnx: the ONNX model the engine was built from, to place profiled layers in ViT blocks and to
             predict each run's latency with the target's latency model.
+        allow_other_device: judge imported figures from another device than the profile's anyway.
 
     Raises:
         ConfigError: no run has the statistic to judge (nothing is written).
+        TrtexecError: the statistic to judge is missing because a log was cut inside its summary.
         CheckFailed: the verdict is FAIL and ``check`` is set.
     """
     stat = stat or profile.budget_stat
     budget = float(profile.latency_budget_ms if budget_ms is None else budget_ms)
     results = [_result(run) for run in imported.runs]
-    _check_stat(results, stat, imported.sources)
+    _check_stat(results, stat, imported)
     forecaster = Forecaster.of(profile)
     shape = forecaster.graph_shape(onnx) if onnx is not None and onnx.is_file() else None
     for r in results:
@@ -137,7 +164,17 @@ def report_from_trtexec(
         value = r.stat_ms(stat)
         r.budget_ok = None if value is None else value <= budget
     verdict, reason, gated = decide(results, profile, budget, stat, evidence)
+    other = other_device(imported, profile) if evidence == "imported" else None
+    if other and not allow_other_device:  # a budget is never judged on another device's figures
+        verdict = "UNCONFIRMED"
+        reason = (f"the trtexec figures come from {other}, not {profile.name}: another device's figures do not "
+                  f"judge its budget; pass the target's own log (with its device.json), or --allow-other-device to "
+                  f"judge them anyway")
+        for r in results:
+            r.budget_ok = None
     notes = list(dict.fromkeys([
+        *(f"{source}: {TRUNCATED}; the figures after the cut are missing"
+          for source in dict.fromkeys(run.source for run in imported.runs if run.truncated)),
         *imported.warnings,
         *(f"trtexec ({Path(run.source).name}): {w}" for run in imported.runs for w in run.warnings),
         *_device_warnings(imported, profile),
@@ -246,9 +283,11 @@ def _export_of(paths: Sequence[Path]) -> Path | None:
 
 def bench_from_trtexec(
     paths: Sequence[str | Path], profile: TargetProfile, *, budget_ms: float | None = None, stat: Stat | None = None,
-    out_dir: Path | None = None, check: bool = True,
+    out_dir: Path | None = None, check: bool = True, allow_other_device: bool = False,
 ) -> BenchReport:
     """Read trtexec's files (logs, --exportTimes/--exportProfile JSON, device.json, folders) and write the report.
+
+    Figures from another device than the profile's are UNCONFIRMED unless ``allow_other_device``.
 
     Raises:
         ConfigError: an input does not exist.
@@ -260,12 +299,14 @@ def bench_from_trtexec(
     if missing:
         raise ConfigError(f"--from-trtexec {', '.join(missing)}: no such file or folder; pass a trtexec log, its "
                           "--exportTimes/--exportProfile JSON, or the results folder bench_engine.sh wrote")
+    out_dir = out_dir or default_out_dir(files)
+    require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
     imported = read_trtexec(files)
     export = _export_of(files)
     return report_from_trtexec(
         imported, profile, evidence="imported", budget_ms=budget_ms, stat=stat,
-        out_dir=out_dir or default_out_dir(files), model=", ".join(map(str, files)), check=check,
-        onnx=export / GRAPH if export else None,
+        out_dir=out_dir, model=", ".join(map(str, files)), check=check,
+        onnx=export / GRAPH if export else None, allow_other_device=allow_other_device,
     )
 
 
@@ -291,6 +332,9 @@ def bench_over_ssh(
         where = f"the export in {export} is for {src.target}" if export else f"{model or 'runs/latest'} has no export"
         raise ConfigError(f"--host needs a deploy bundle for {profile.name}: {where}; run "
                           f"`leapkit export RUN --target {profile.name}` first")
+    out_dir = out_dir or src.out_dir
+    require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
+    require_writable(export / "results", "the device's results", "make the export folder writable")
     merged = TrtexecImport()
     hosts = []
     for precision in precisions:
@@ -307,7 +351,7 @@ def bench_over_ssh(
         merged.warnings += [*run.warnings, *part.warnings]
         hosts.append(run.host)
     return report_from_trtexec(
-        merged, profile, evidence="measured", budget_ms=budget_ms, stat=stat, out_dir=out_dir or src.out_dir,
+        merged, profile, evidence="measured", budget_ms=budget_ms, stat=stat, out_dir=out_dir,
         model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host, check=check,
         onnx=export / GRAPH,
     )

@@ -225,13 +225,28 @@ class Connection:
         line = _last_line(stderr)
         if "Permission denied" in stderr:
             return HostError(f"{self.host} refused the SSH key ({line}); install your public key there "
-                             f"(ssh-copy-id {self.host.destination}) or name the key with --ssh-option "
+                             f"(ssh-copy-id {'-p ' + str(self.host.port) + ' ' if self.host.port else ''}"
+                             f"{self.host.destination}) or name the key with --ssh-option "
                              f"IdentityFile=KEY")
         if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-            return HostError(f"{self.host}'s host key is unknown or changed ({line}); run ssh "
-                             f"{self.host.destination} once to check and accept it")
+            return HostError(f"{self.host}'s host key is unknown or changed ({line}); run {self.ssh_command()} "
+                             f"once to check and accept it")
         return HostError(f"cannot reach {self.host} ({line}); check the address and port, that the device is on "
-                         f"and that sshd runs on it (try: ssh {self.host.destination})")
+                         f"and that sshd runs on it (try: {self.ssh_command()})")
+
+    def ssh_command(self) -> str:
+        """The ssh command line a user would try by hand: the port and the user's options (``-i KEY``) kept."""
+        port = ["-p", str(self.host.port)] if self.host.port else []
+        return shlex.join(["ssh", *port, *self.options, self.host.destination])
+
+    def reach(self) -> None:
+        """Log in and out (BatchMode, ConnectTimeout as in SSH_DEFAULTS): seconds, before any slow work for the host.
+
+        Raises:
+            HostError: the host cannot be reached, refuses the key, or its host key is unknown.
+        """
+        log.info("checking that %s can be reached", self.host)
+        self.run("exit 0")
 
     def run(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a POSIX sh ``script`` with ``args`` as $1.. on the host; ssh's own failures (exit 255) raise."""

@@ -8,6 +8,7 @@ throughput and the coefficient of variation. Thread counts are set explicitly an
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -21,11 +22,15 @@ import numpy as np
 from leapkit.errors import ConfigError
 from leapkit.records import Record
 
+log = logging.getLogger(__name__)
+
 NOISY_CV = 0.10  # above this the spread says more about the machine than about the model
 MIN_ITERATIONS = 10
 # --threads auto: each candidate thread count is timed this long (after this warm-up) per format.
 PROBE_S, PROBE_WARMUP_S = 0.5, 0.2
 TIMER = "time.perf_counter, one synchronous inference per sample"
+# More threads than cores only time the scheduler; beyond this many per usable core (or in all) it is a typo.
+MAX_THREADS_PER_CORE, MAX_THREADS = 4, 1024
 
 """ONNX Runtime's execution provider: ``auto`` picks CUDA for GPU targets when this build has it."""
 
@@ -169,4 +174,25 @@ def parse_threads(value: int | str | None) -> int | Literal["auto"] | None:
         n = 0
     if n < 1 or str(value).strip() != str(n):
         raise ConfigError(f"--threads must be a positive integer or 'auto', got {value!r}")
+    return check_threads(n)
+
+
+def check_threads(n: int, flag: str = "--threads") -> int:
+    """A thread count checked against the cores this process may use: a warning above them, an error far above.
+
+    Threads beyond the usable cores share them, so the timings are slower than the target's own and a
+    budget can fail for nothing; far beyond (more than MAX_THREADS_PER_CORE per core, or MAX_THREADS) it
+    is a typo, refused before any work.
+
+    Raises:
+        ConfigError: ``n`` is below 1 or absurdly above the usable cores.
+    """
+    cores = usable_cores() or os.cpu_count() or 1
+    limit = min(MAX_THREADS, MAX_THREADS_PER_CORE * cores)
+    if n < 1 or n > limit:
+        raise ConfigError(f"{flag} {n} is not a usable thread count here: this process may use {cores} cores; pass "
+                          f"{flag} {cores} or fewer (or auto)")
+    if n > cores:
+        log.warning("%s %d is more than the %d cores this process may use: the threads share them, so the timings "
+                    "will be slower than the target's own", flag, n, cores)
     return n

@@ -74,6 +74,8 @@ class TrtexecRun(Record):
         warmup_ms: the warm-up time.
         command: the trtexec command line.
         kind: ``summary`` (a log) or ``times`` (an --exportTimes file).
+        truncated: the log ends inside this run's performance summary (before its closing total time line and
+            any ``&&&& PASSED`` banner): the statistics after the cut are missing.
     """
 
     source: str
@@ -95,6 +97,7 @@ class TrtexecRun(Record):
     warmup_ms: float | None = None
     command: str | None = None
     kind: Literal["summary", "times"] = "summary"
+    truncated: bool = False
 
 
 def split_message(line: str) -> tuple[str | None, bool, str]:
@@ -141,6 +144,7 @@ class _Run:
     summary: bool = False
     failed: bool = False
     legacy_section: str | None = None
+    closed: bool = False  # its summary's last line (total GPU compute time) or a PASSED/FAILED banner was read
 
 
 class _LogReader:
@@ -188,6 +192,7 @@ class _LogReader:
             run.tensorrt = tensorrt_version(m["v"])
         self.cur.failed = m["state"] == "FAILED"
         if m["state"] != "RUNNING":
+            self.cur.closed = True
             self.new_run()
 
     def info(self, text: str) -> None:
@@ -227,6 +232,7 @@ class _LogReader:
             for pattern, attr in _SCALARS.items():
                 if m := pattern.match(text):
                     self.cur.summary = True
+                    self.cur.closed = self.cur.closed or attr == "gpu_total_s"  # the last line of every summary
                     setattr(run, attr, self.finite(m.group(1), text.split(":")[0]))
                     break
 
@@ -267,6 +273,7 @@ class _LogReader:
                     home.cv = home.cv if home.cv is not None else r.run.cv
                 continue
             run = r.run
+            run.truncated = not r.closed
             flags = _flags(run.command or "")
             run.precision = precision_of(run.command) if run.command else None
             if shapes := flags.get("--shapes"):

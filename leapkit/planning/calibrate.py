@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leapkit.errors import ConfigError
+from leapkit.paths import require_writable_file
 from leapkit.planning import device_timing
 from leapkit.planning.calibration import Calibration, Sample, default_path, fit, now
 from leapkit.planning.candidates import check_precisions
@@ -118,8 +119,11 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         HostError: the device cannot be reached or a graph fails there.
     """
     from leapkit.deploy.progress import Steps
+    from leapkit.latency.timing import check_threads
 
     profile = plan.profile
+    if plan.threads is not None:
+        check_threads(plan.threads)
     runtime = plan.chosen_runtime
     precisions = plan.chosen_precisions()
     if plan.host is not None and runtime != "tensorrt":
@@ -129,6 +133,10 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         from leapkit.runtimes import import_openvino
 
         import_openvino(f"calibrating the OpenVINO latency model of {profile.name}")
+    out = plan.out or default_path(profile.name, None if runtime == profile.runtime else runtime)
+    require_writable_file(out, "the calibration", "pass --out a file you can write to")
+    if plan.host is not None:  # an unreachable device is known in seconds, not after exporting every graph
+        device_timing.reach(plan.host, plan.ssh_options)
     env = None if plan.host is not None else _check_here(profile)
     threads = plan.threads or profile.threads
     samples: list[Sample] = []
@@ -171,7 +179,7 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         target=profile.name, created=now(), environment=env or {}, runtime=runtime, threads=threads,
         efficiencies=efficiencies, ranges=ranges, samples=samples, method=method,
     )
-    path = calibration.save(plan.out or default_path(profile.name, None if runtime == profile.runtime else runtime))
+    path = calibration.save(out)
     return calibration, path
 
 

@@ -123,6 +123,18 @@ def run_here(folder: Path, graphs: Sequence[Graph]) -> tuple[dict[str, float], d
     return read_times(folder, graphs), facts(proc.stdout)
 
 
+def reach(host: str, ssh_options: Sequence[str]) -> None:
+    """Check that ``host`` answers over SSH, before the microbenchmarks are exported for it (minutes).
+
+    Raises:
+        ConfigError: bad ``--host`` or ssh options.
+        HostError: the device is unreachable, refuses the key or has an unknown host key.
+    """
+    from leapkit.latency.remote import Connection, Host, ssh_arguments
+
+    Connection(Host.parse(host), ssh_arguments(ssh_options)).reach()
+
+
 def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: Sequence[str],
                 target: str) -> tuple[dict[str, float], dict[str, str]]:
     """Copy ``folder`` to ``host``, run ``calibrate.sh`` there, copy the logs back: times per graph and device facts.

@@ -15,6 +15,7 @@ device, which the range is meant to cover.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,8 @@ def plan(request: PlanRequest) -> PlanReport:
     runtime = check_runtime(profile, request.runtime)
     asked = C.check_precisions(profile, request.precisions, runtime)
     model = model_for(profile, request.calibration, runtime)
-    if request.budget_ms is not None and request.budget_ms <= 0:
-        raise ConfigError(f"--budget-ms must be > 0, got {request.budget_ms}")
+    if request.budget_ms is not None and not (math.isfinite(request.budget_ms) and request.budget_ms > 0):
+        raise ConfigError(f"--budget-ms must be a finite number of ms > 0, got {request.budget_ms}")
     cfg = request.recipe
     teacher_name = cfg.model.teacher if cfg is not None else None
     teacher = of_timm(teacher_name, cfg.model.img_size) if cfg is not None else None
