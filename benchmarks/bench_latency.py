@@ -54,11 +54,11 @@ import torch
 from leapkit.data import DigitsDataset
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.deploy.onnx_int8 import quantize_int8
-from leapkit.evaluate import linear_probe
+from leapkit.eval.metrics import linear_probe
 from leapkit.latency.cost import torch_cost
 from leapkit.latency.timing import latency_stats, time_runner
 from leapkit.models import create_student, normalization
-from leapkit.runtimes import INPUT_NAME
+from leapkit.runtimes.base import INPUT_NAME
 from leapkit.threads import torch_threads
 
 log = logging.getLogger("bench_latency")

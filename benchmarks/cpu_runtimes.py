@@ -12,7 +12,7 @@ PyTorch model on real held-out images (digits upscaled to 224 px):
 The timings interleave: each round times every variant for a few seconds; the table gives, per
 variant, the p50 of its least disturbed round (the smallest per-round p50: other jobs on a shared
 machine only ever add time) and the median over rounds. ONNX Runtime runs as `leapkit bench` runs
-it (leapkit.runtimes.OrtRunner: a spinning intra-op pool; another job on a shared 2-core machine
+it (leapkit.runtimes.ort_runner.OrtRunner: a spinning intra-op pool; another job on a shared 2-core machine
 slows it more than a sleeping pool, which the least disturbed round filters out). Targets (issue
 12): the best parity-passing variant at least 2.5x faster than ONNX Runtime fp32 (aim: 3x); ONNX
 Runtime INT8 at least 2x over its fp32.
@@ -41,15 +41,19 @@ import numpy as np
 import torch
 
 from leapkit.data import DigitsDataset
-from leapkit.deploy.calibration import stack_images
+from leapkit.deploy.export_data import stack_images
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.deploy.onnx_int8 import Int8Quantizer, int8_layout
 from leapkit.deploy.openvino_ir import write_ir
 from leapkit.deploy.parity import MIN_COSINE, compare
+from leapkit.host import cpu_bf16
 from leapkit.latency.machine import environment
 from leapkit.latency.timing import time_runner
 from leapkit.profiles import load_target
-from leapkit.runtimes import OpenVINORunner, OrtRunner, Runner, TorchRunner, cpu_bf16, run_batched
+from leapkit.runtimes.base import Runner, run_batched
+from leapkit.runtimes.openvino_runner import OpenVINORunner
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.torch_runner import TorchRunner
 from leapkit.tables import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"

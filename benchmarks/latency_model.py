@@ -10,15 +10,16 @@
    none of the models above).
 2. Wait for a quiet machine (1-minute load average <= 0.5; up to --max-wait seconds), recording the load.
 3. Time, in --rounds interleaved rounds (each round every microbenchmark and every model once, in a shuffled
-   order), with ONNX Runtime as ``leapkit calibrate`` and ``leapkit bench`` do (``leapkit.runtimes.OrtRunner``,
-   the profile's 2 threads, ``leapkit.latency.timing.time_runner``). Each timing is watched: the CPU other
-   processes take meanwhile (/proc/stat less this process) must stay under 0.1 core, else it is repeated once
-   they stop. A graph's latency is, once, the median over the rounds of its p50 and, once, its fastest round's
+   order), with ONNX Runtime as ``leapkit calibrate`` and ``leapkit bench`` do
+   (``leapkit.runtimes.ort_runner.OrtRunner``, the profile's 2 threads, ``leapkit.latency.timing.time_runner``).
+   Each timing is watched: the CPU other processes take meanwhile (/proc/stat less this process) must stay
+   under 0.1 core, else it is repeated once they stop. A graph's latency is, once, the median over the rounds
+   of its p50 and, once, its fastest round's
    p50 (what ``leapkit calibrate`` keeps). Why rounds: on this 2-vCPU VM a two-thread latency moves between two
    levels up to ~1.6x apart from minute to minute with nothing else running here (the host's placement of the
    two vCPUs, or its other tenants); interleaving exposes the microbenchmarks and the models to the same
    conditions, and enough rounds let every graph meet the fast level at least once.
-4. Fit x86-cpu's latency model to the microbenchmarks alone (``leapkit.planning.calibration.fit``, the fit
+4. Fit x86-cpu's latency model to the microbenchmarks alone (``leapkit.planning.fit_file.fit``, the fit
    ``leapkit calibrate`` runs), once per statistic, and write the calibrations; predict each model with
    ``leapkit.planning.predict_onnx`` from its exported file. Report the median and worst absolute error
    (targets: 15% and 30%) and whether each measurement falls in the predicted range.
@@ -27,8 +28,8 @@ With ``--runtime openvino`` the same check runs for OpenVINO, as ``leapkit calib
 and ``leapkit bench`` run it: every graph above (microbenchmarks and models) converted to the IRs the
 export writes (``leapkit.planning.microbench.openvino_irs``: fp32, and int8 from the INT8 graph in
 OpenVINO's layout), bf16 the fp32 IR with the bf16 hint (only on a CPU with bf16 arithmetic), timed with
-``leapkit.runtimes.OpenVINORunner`` and each precision's hint; each model is predicted from the ONNX graph
-its IR was converted from. ``--quick`` checks the script in seconds (the quick grid, one small model,
+``leapkit.runtimes.openvino_runner.OpenVINORunner`` and each precision's hint; each model is predicted from the
+ONNX graph its IR was converted from. ``--quick`` checks the script in seconds (the quick grid, one small model,
 short timings, no waiting for a quiet machine; results under --work, never evidence).
 
 Usage:
@@ -60,13 +61,14 @@ import torch
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.deploy.onnx_int8 import quantize_int8
 from leapkit.deploy.openvino_ir import OPENVINO_FILES
+from leapkit.host import cpu_bf16
 from leapkit.latency.machine import describe_host, environment
 from leapkit.latency.timing import latency_stats, time_runner
 from leapkit.planning import predict_onnx
-from leapkit.planning.calibration import Calibration, Sample, fit, now
+from leapkit.planning.fit_file import Calibration, Sample, fit, now
 from leapkit.planning.microbench import GRID, QUICK_GRID, Micro, export_graphs, open_runner, openvino_irs
 from leapkit.profiles import load_target
-from leapkit.runtimes import cpu_bf16, openvino_version
+from leapkit.runtimes.openvino_runner import openvino_version
 from leapkit.tables import Table
 from leapkit.types import Precision, TargetRuntime
 

@@ -4,7 +4,7 @@ Both schedules train the same student from the same teacher on the same digits f
 number of epochs (recipe ``demo``); only ``curriculum.mode`` differs. For every run it records:
 
 - linear-probe and kNN top-1 of the student on the 360 held-out digits (the run's closing
-  evaluation, ``leapkit.evaluate.evaluate_model`` on the demo's train/val split);
+  evaluation, ``leapkit.eval.stage.evaluate_model`` on the demo's train/val split);
 - training FLOPs as executed (``leapkit.flops.run_flops``: teacher forward up to the blocks each
   step ran, student and head forward + 2x backward, CKA and calibration for LEAP);
 - teacher-block evaluations (images x blocks run) and the share saved against the baseline;
@@ -51,9 +51,9 @@ import torch
 import yaml
 
 from leapkit import __version__
-from leapkit.cli.distill import add_evidence
 from leapkit.config import Config, recipe_path, resolve_config
-from leapkit.evaluate import evaluate_model, labelled_splits
+from leapkit.eval.features import labelled_splits
+from leapkit.eval.stage import evaluate_model
 from leapkit.flops import BACKWARD_FACTOR, run_flops, step_costs
 from leapkit.models import builtin_weights, create_teacher
 from leapkit.run import read_json, read_metrics
@@ -137,7 +137,7 @@ def level_up_margins(
 def one_run(cfg: Config, out: Path) -> dict[str, Any]:
     """Distil one config into ``out`` as ``leapkit distill`` does (FLOPs and closing evaluation included)."""
     start = time.perf_counter()
-    summary = add_evidence(distill(cfg, out=out, overwrite=True, show_progress=False), cfg)
+    summary = distill(cfg, out=out, overwrite=True, show_progress=False)  # with FLOPs and the evaluation
     wall = time.perf_counter() - start
     summary.wall_seconds = round(wall, 1)
     summary.save(folder=out)

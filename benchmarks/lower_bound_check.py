@@ -31,8 +31,10 @@ import torch
 from leapkit.latency.cost import Cost, onnx_cost, roofline, torch_cost
 from leapkit.latency.machine import environment, target_match
 from leapkit.latency.timing import latency_stats, time_runner
+from leapkit.models import Backbone
 from leapkit.profiles import load_target
-from leapkit.runtimes import Backbone, OrtRunner, TorchRunner
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.torch_runner import TorchRunner
 from leapkit.tables import Table
 from leapkit.threads import torch_threads
 

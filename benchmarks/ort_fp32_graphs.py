@@ -56,7 +56,7 @@ import bench_latency as BL  # noqa: E402  (sibling script: CPU peak, sessions, i
 
 from leapkit.deploy.onnx_graph import OPSET, export_onnx, quiet_exporters  # noqa: E402
 from leapkit.models import create_student  # noqa: E402
-from leapkit.runtimes import INPUT_NAME  # noqa: E402
+from leapkit.runtimes.base import INPUT_NAME  # noqa: E402
 from leapkit.threads import torch_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,11 +1,13 @@
-"""The LEAP curriculum: progress metrics and the level-up controller.
+"""The LEAP curriculum: progress metrics, the start-block scan's choice and the level-up controller.
 
-The controller is a plain object: it sees one similarity score per step and the fractional epoch,
-decides the teacher block to imitate, and knows nothing of optimizers or data loaders.
+The controller is a plain object: it sees the start-block scan's scores (the untrained student
+against every teacher block), then one similarity score per step and the fractional epoch, decides
+the teacher block to imitate, and knows nothing of optimizers or data loaders.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from leapkit.types import Metric, Mode
+
+log = logging.getLogger(__name__)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,8 @@ class CurriculumController:
     block: int = 1
     ema: float = 0.0
     block_start_epoch: float = 0.0
-    calibration: dict[str, Any] = field(default_factory=dict)
+    start_scan: dict[str, Any] = field(default_factory=dict)
+    """The start-block scan: ``scores`` (one per teacher block), ``start_block`` and the ``images`` scanned."""
     level_ups: list[LevelUp] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -97,15 +102,26 @@ class CurriculumController:
     def at_last(self) -> bool:
         return self.block == self.num_blocks
 
-    def calibrate(self, scores: list[float], images: int = 0) -> int:
-        """Start at the teacher block the untrained student already matches best (layer skipping)."""
+    def scan_start_block(self, scores: list[float], images: int = 0) -> int:
+        """Start at the teacher block the untrained student already matches best (layer skipping).
+
+        Args:
+            scores: the start-block scan's score of each teacher block, in block order.
+            images: the images the scan ran on (over all ranks), for the FLOPs account.
+        """
         if len(scores) != self.num_blocks:
-            raise ValueError(f"expected {self.num_blocks} calibration scores, got {len(scores)}")
+            raise ValueError(f"expected {self.num_blocks} start-block scan scores, got {len(scores)}")
         if self.mode == "leap":
             self.block = max(range(self.num_blocks), key=lambda i: scores[i]) + 1
             self._maybe_snap(step=0, epoch=0.0)
-        self.calibration = {"scores": [float(s) for s in scores], "start_block": self.block, "images": images}
+        self.start_scan = {"scores": [float(s) for s in scores], "start_block": self.block, "images": images}
+        log.info("start-block scan: start at teacher block %d of %d (scores %s)",
+                 self.block, self.num_blocks, " ".join(f"{s:.2f}" for s in scores))
         return self.block
+
+    def skip_start_scan(self) -> None:
+        """Start where the mode says (block 1, or L for the baseline): no scan ran."""
+        self.start_scan = {"scores": [], "start_block": self.block, "images": 0}
 
     def update(self, score: float, step: int, epoch: float) -> LevelUp | None:
         """Feed one step's score; returns the level-up it caused, if any.
@@ -142,28 +158,30 @@ class CurriculumController:
 
     @property
     def blocks_visited(self) -> list[int]:
-        start = self.calibration.get("start_block", self.level_ups[0].from_block if self.level_ups else self.block)
+        start = self.start_scan.get("start_block", self.level_ups[0].from_block if self.level_ups else self.block)
         return [start] + [e.to_block for e in self.level_ups]
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's curriculum state; the scan under its curriculum.json name, ``calibration``."""
         state = asdict(self)
+        state["calibration"] = state.pop("start_scan")
         state["level_ups"] = [asdict(e) for e in self.level_ups]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, value)
+            setattr(self, "start_scan" if key == "calibration" else key, value)
         self.level_ups = [LevelUp(**e) for e in state.get("level_ups", [])]
 
     def summary(self) -> dict[str, Any]:
-        """What curriculum.json records."""
+        """What curriculum.json records (its ``calibration`` key holds the start-block scan)."""
         return {
             "mode": self.mode,
             "num_blocks": self.num_blocks,
             "threshold": self.threshold,
             "ema_alpha": self.ema_alpha,
             "max_epochs_per_block": self.max_epochs_per_block,
-            "calibration": self.calibration,
+            "calibration": self.start_scan,  # the file's name for the start-block scan
             "level_ups": [asdict(e) for e in self.level_ups],
             "blocks_visited": self.blocks_visited,
             "final_block": self.block,

@@ -38,7 +38,6 @@ from leapkit.macs import (  # noqa: F401  (re-exported: leapkit.flops is where c
     model_flops,
     params_of,
     teacher_block_flops,
-    vit_closed_form_macs,
 )
 from leapkit.records import Record
 from leapkit.tables import Table, si

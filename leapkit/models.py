@@ -1,4 +1,4 @@
-"""Teacher and student models (timm only) and the truncated teacher forward.
+"""Teacher and student models (timm only), the truncated teacher forward and the backbone that export runs.
 
 Any timm ViT name works for both roles. Two tiny architectures are registered with timm for the
 embedded demo: ``leapkit_demo_teacher`` (8 blocks) and ``leapkit_demo_student`` (4 blocks), both
@@ -244,3 +244,20 @@ def resize_tokens(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     grid = tokens.transpose(1, 2).reshape(b, d, *src)
     grid = F.interpolate(grid, size=dst, mode="bilinear", align_corners=False)
     return grid.flatten(2).transpose(1, 2)
+
+
+class Backbone(nn.Module):
+    """The student's ``forward_features`` with the three outputs leapkit exports and runs.
+
+    The outputs are :data:`leapkit.runtimes.base.OUTPUT_NAMES`, in order: all tokens, the class
+    token and the patch tokens (the tokens after the model's prefix tokens).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(images)
+        return tokens, tokens[:, 0], tokens[:, self.num_prefix_tokens:]

@@ -3,10 +3,10 @@
 Sections, each read through the record of the stage that writes it: the run's settings
 (config.yaml, :class:`~leapkit.run.RunSummary`), the curriculum (curriculum.json, metrics.jsonl,
 with plots), training FLOPs against the fixed-target baseline (:class:`~leapkit.flops.FlopsReport`,
-computed when missing or older than the metrics), evaluation (:class:`~leapkit.evaluate.EvalReport`,
+computed when missing or older than the metrics), evaluation (:class:`~leapkit.eval.record.EvalReport`,
 or the closing evaluation in the summary), export parity and accuracy
 (:class:`~leapkit.deploy.manifest.ExportManifest`), latency with the budget verdict
-(:class:`~leapkit.latency.report.BenchReport`) and, when a latency was predicted (``--student auto``'s
+(:class:`~leapkit.latency.records.BenchReport`) and, when a latency was predicted (``--student auto``'s
 ``plan`` in config.yaml, or bench's predictions), the prediction against the target's measurement
 (:mod:`leapkit.latency.forecast`). The tables are the ones the commands print, rendered
 to Markdown. A section without data says which command produces it.
@@ -250,7 +250,7 @@ def _flops_section(run_dir: Path, plots: dict[str, str]) -> Section:
 
 
 def _eval_section(run_dir: Path, summary: RunSummary | None, q: str) -> Section:
-    from leapkit.evaluate import EvalReport
+    from leapkit.eval.record import EvalReport
 
     command = f"leapkit eval {q}"
     path = run_dir / EvalReport.FILE
@@ -319,7 +319,8 @@ def _export_section(run_dir: Path, q: str) -> Section:
 
 
 def _bench_section(run_dir: Path, q: str) -> Section:
-    from leapkit.latency.report import BenchReport, latency_table, latency_title
+    from leapkit.latency.records import BenchReport
+    from leapkit.latency.render import latency_table, latency_title
 
     files = sorted((run_dir / "bench").glob("*.json")) if (run_dir / "bench").is_dir() else []
     command = f"leapkit bench {q} --target T"
@@ -347,7 +348,7 @@ def _prediction_section(run_dir: Path, cfg: Config, q: str) -> Section | None:
     """The latency predicted before training (``--student auto``) and at bench time, against the target's p50;
     None when nothing was predicted."""
     from leapkit.latency.forecast import comparison_table, forecasts
-    from leapkit.latency.report import BenchReport
+    from leapkit.latency.records import BenchReport
 
     files = sorted((run_dir / "bench").glob("*.json")) if (run_dir / "bench").is_dir() else []
     plan = cfg.plan if cfg.plan.target else None
@@ -405,7 +406,7 @@ def write_report(
     q = shlex.quote(str(run_dir))
     cfg = read_run_config(run_dir)
     if evaluate:
-        from leapkit.evaluate import evaluate_run
+        from leapkit.eval.stage import evaluate_run
 
         evaluate_run(run_dir, device=device)
     summary = RunSummary.load_optional(run_dir / SUMMARY)

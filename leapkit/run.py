@@ -26,7 +26,7 @@ from torch import nn
 from leapkit import __version__
 from leapkit.config import SECTIONS, Config, load_config, to_yaml
 from leapkit.errors import RunError
-from leapkit.evaluate import EvalReport
+from leapkit.eval.record import EvalReport
 from leapkit.records import Record, atomic_write_bytes, read_json, write_json
 from leapkit.types import Mode
 
@@ -170,11 +170,22 @@ def student_readable(path: Path) -> bool:
         return False
 
 
-def load_student(run_dir: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_student(
+    run_dir: str | Path | None = None, device: str | torch.device = "cpu", img_size: int | None = None
+) -> nn.Module:
     """The distilled student backbone of a run, in eval mode.
 
     Its ``forward_features`` output (B, prefix + N, D, final-normalised) is what the ONNX export
     reproduces.
+
+    Args:
+        run_dir: the run directory (default ``runs/latest``).
+        device: where the model is put.
+        img_size: the input size to create the student at (default: the training resolution); at
+            another size the position embeddings are resampled.
+
+    Raises:
+        RunError: the run has no student, or its student.safetensors is truncated or corrupt.
     """
     from leapkit.models import create_student, load_weights
 
@@ -185,7 +196,11 @@ def load_student(run_dir: str | Path | None = None, device: str | torch.device =
             f"checkpoint with `leapkit distill --resume --out {run_dir}`, or train again with --overwrite"
         )
     cfg = read_run_config(run_dir)
-    model = create_student(cfg.model.student, cfg.model.img_size)
+    trained = cfg.model.img_size
+    if img_size is not None and img_size != trained:
+        log.info("creating the student at %d px (trained at %d): position embeddings are resampled in PyTorch",
+                 img_size, trained)
+    model = create_student(cfg.model.student, img_size or trained)
     load_weights(model, run_dir / STUDENT, role="student")
     return model.eval().to(device)
 
@@ -200,10 +215,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class RunSummary(Record):
-    """summary.json: what a distillation run did, and the evidence the ``distill`` command adds.
+    """summary.json: what a distillation run did, and the evidence the distill stage adds.
 
-    Training fills the counters; ``leapkit distill`` adds the training FLOPs (from flops.json), the
-    achieved rate, MFU on a known GPU and the closing evaluation. Keys whose value is unknown (no
+    Training fills the counters; :func:`leapkit.evidence.add_evidence` adds the training FLOPs (from
+    flops.json), the achieved rate, MFU on a known GPU and the closing evaluation. Keys whose value is unknown (no
     GPU for MFU, no labelled split for ``eval``) are left out of the file.
     """
 

@@ -1,9 +1,10 @@
 """LEAP distillation as a library call: :func:`distill` validates, trains and writes the run directory.
 
 Everything that can be wrong (options, models, data, the output folder, the checkpoint of a resumed
-run) is checked by :func:`prepare` and the trainer's set-up before the run directory is touched; the
-loop itself is :class:`leapkit.trainer.Trainer`. The closing FLOPs and evaluation belong to the
-``leapkit distill`` command (:mod:`leapkit.cli.distill`).
+run, ``--student auto``'s choice) is checked by :func:`prepare` and the trainer's set-up before the run
+directory is touched; the loop itself is :class:`leapkit.trainer.Trainer`. Once training has finished,
+:func:`leapkit.evidence.add_evidence` adds the training FLOPs, MFU and the closing evaluation to
+summary.json: the library call and ``leapkit distill`` write the same run directory.
 
 A run's config.yaml and summary.json change only when the work they describe goes ahead or has
 succeeded: ``--resume`` refuses any change to what the run trains (:func:`check_resume`; only the
@@ -13,6 +14,7 @@ to train (:func:`finished_summary`) changes no file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import datetime
@@ -23,14 +25,17 @@ import torch
 from torch.utils.data import Dataset
 
 from leapkit import run as rundir
-from leapkit.config import Config, load_config, resume_changes
+from leapkit.config import Config, PlanConfig, load_config, resume_changes
 from leapkit.dashboard import backend
 from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform, resolve_split, train_transform
-from leapkit.devices import resolve_device
 from leapkit.distributed import init_distributed, shutdown
 from leapkit.errors import ConfigError, RunError
+from leapkit.evidence import add_evidence
+from leapkit.host import resolve_device
 from leapkit.models import TruncatedTeacher, check_pair, create_student, create_teacher, grid_size, normalization
 from leapkit.paths import require_writable
+from leapkit.planning.plan import PlanRequest, choose_student
+from leapkit.profiles import load_target
 from leapkit.run import RunSummary, RunWriter, check_writable, load_checkpoint, student_readable
 from leapkit.trainer import Distiller, Setup, Trainer
 
@@ -90,6 +95,44 @@ def check_resume(run_dir: Path, cfg: Config | None) -> Config:
             f"run with --out NEW_DIR"
         )
     return cfg
+
+
+def auto_student(cfg: Config, target: str | None, budget_ms: float | None, resumed: bool = False) -> Config:
+    """``cfg`` with ``model.student: auto`` resolved for ``target`` and the choice recorded in its ``plan`` section.
+
+    The candidates are :mod:`leapkit.planning.candidates`' students at the run's resolution and every precision
+    the target runs; the largest whose whole predicted range fits the budget is taken.
+
+    Args:
+        cfg: the config asked for; any other student is returned as is.
+        target: the target profile the student must fit.
+        budget_ms: the latency budget (default: the profile's).
+        resumed: ``cfg`` continues a run, which keeps its own student.
+
+    Raises:
+        ConfigError: ``--target``/``--budget-ms`` without ``--student auto`` or the reverse, ``auto`` on a
+            resumed run, or no candidate fits.
+    """
+    if cfg.model.student != "auto":
+        if target is not None or budget_ms is not None:
+            raise ConfigError("--target and --budget-ms choose the student: pass them with --student auto, or leave "
+                              "them out and name the student")
+        return cfg
+    if resumed:
+        raise ConfigError("--student auto chooses the student of a new run; a resumed run keeps its own")
+    if target is None:
+        raise ConfigError("--student auto needs --target T (and optionally --budget-ms X) to choose a student for; "
+                          "e.g. --student auto --target jetson-orin-nano")
+    profile = load_target(target)
+    row, report = choose_student(PlanRequest(profile=profile, budget_ms=budget_ms, img_sizes=(cfg.model.img_size,)))
+    log.info("--student auto: %s at %d px %s, predicted %.3g ms (%.3g-%.3g, %s) within %g ms on %s, largest of %d "
+             "candidates", row.student, row.img_size, row.precision, row.predicted_ms, *row.predicted_range_ms,
+             report.source, report.budget_ms, profile.name, len(report.rows))
+    model = dataclasses.replace(cfg.model, student=row.student)
+    plan = PlanConfig(target=profile.name, budget_ms=report.budget_ms, precision=row.precision,
+                      predicted_ms=row.predicted_ms, predicted_range_ms=tuple(row.predicted_range_ms),
+                      calibrated=report.calibrated, source=report.source, candidates=len(report.rows))
+    return dataclasses.replace(cfg, model=model, plan=plan)
 
 
 def _check_epochs(run_dir: Path, cfg: Config, state: dict[str, Any]) -> None:
@@ -175,11 +218,14 @@ def distill(
     resume: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    target: str | None = None,
+    budget_ms: float | None = None,
 ) -> RunSummary:
     """Run LEAP (or the fixed-target baseline) distillation, write the run directory, return its summary.
 
-    The summary holds what training measured; ``leapkit distill`` adds the training FLOPs and the
-    closing evaluation (see :mod:`leapkit.cli.distill`).
+    What ``leapkit distill`` does: ``model.student: auto`` is resolved (:func:`auto_student`), and
+    the summary holds what training measured plus the closing evidence (training FLOPs, MFU and,
+    with ``train.eval_at_end``, the evaluation; see :func:`leapkit.evidence.add_evidence`).
 
     Args:
         config: the resolved config (see leapkit.config.resolve_config); with ``resume`` it may be
@@ -188,30 +234,36 @@ def distill(
         resume: continue the run in ``out`` (default runs/latest) from its last checkpoint.
         overwrite: replace the leapkit run in ``out``; a folder that is not a run is never deleted.
         show_progress: draw a rich progress bar (rank 0 only).
+        target: with ``model.student: auto``, the target profile the student must fit.
+        budget_ms: with ``model.student: auto``, the latency budget (default: the profile's).
 
     A resume of a finished run with nothing left to train returns the run's summary and changes no file.
     """
     start = time.perf_counter()
+    check_resume_overwrite(resume, overwrite)
     if resume:
-        check_resume_overwrite(resume, overwrite)
         run_dir = resume_dir(out)
+        if config is not None:
+            config = auto_student(config, target, budget_ms, resumed=True)
         config = check_resume(run_dir, config)
         finished = finished_summary(run_dir, config)
         if finished is not None:
-            log.info("%s is already complete (%d epochs): nothing to do; pass --epochs N to train it further",
-                     run_dir, config.train.epochs)
+            log.info("%s is already complete (%d epochs): nothing to do, no file changed; pass --epochs N to train it "
+                     "further", run_dir, config.train.epochs)
             return finished
         out = run_dir
+    elif config is not None:
+        config = auto_student(config, target, budget_ms)
     setup = prepare(config, out, resume, overwrite)
     writer = RunWriter(setup.run_dir, active=setup.dist.is_main)
     try:
         trainer = Trainer(setup, writer)
-        # The checkpoint is loaded, and a new run calibrated, before the first write: a run that
-        # cannot start leaves its folder as it was (no stub, config.yaml unchanged, latest kept).
+        # The checkpoint is loaded, and a new run's start block scanned, before the first write: a run
+        # that cannot start leaves its folder as it was (no stub, config.yaml unchanged, latest kept).
         if setup.resume_state is not None:
             trainer.load_state_dict(setup.resume_state)
         else:
-            trainer.calibrate()
+            trainer.scan_start_block()
         writer.start(setup.cfg, overwrite)
         if setup.resume_state is not None:
             writer.resume(trainer.state.step)
@@ -220,6 +272,8 @@ def distill(
         summary = trainer.summary()
     finally:
         shutdown(setup.dist)
-    summary.wall_seconds = round(time.perf_counter() - start, 1)  # this invocation: setup and training
+    if writer.active:  # rank 0; a failure leaves no summary.json, so that --resume adds the evidence again
+        summary = add_evidence(summary, setup.cfg)
+    summary.wall_seconds = round(time.perf_counter() - start, 1)  # this invocation: setup, training, evidence
     writer.save_summary(summary)
     return summary

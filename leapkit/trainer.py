@@ -158,7 +158,7 @@ class TrainState:
     restart_step: int = 0
     """The step the current cosine segment started at (LR restart at a level-up), else 0."""
     teacher_block_images: int = 0
-    """Teacher block evaluations: blocks run x images, the calibration scan included."""
+    """Teacher block evaluations: blocks run x images, the start-block scan included."""
     images: int = 0
     skipped: int = 0
     """Image reads skipped as unreadable (a corrupt file counts once per epoch)."""
@@ -231,11 +231,12 @@ class Trainer:
     # --- the curriculum's start -----------------------------------------------------------------
 
     @torch.no_grad()
-    def calibrate(self) -> None:
+    def scan_start_block(self) -> None:
         """Layer skipping: score the untrained student against every teacher block on the first batch.
 
         The student sees the batch under autocast as in training, the teacher in its own dtype. In
-        baseline mode, or with calibration off, the curriculum starts where its mode says.
+        baseline mode, or with the scan off (``curriculum.calibrate: false``), the curriculum starts
+        where its mode says.
         """
         first = next(iter(self.loader(0)))
         if first.images.numel() == 0:
@@ -244,8 +245,7 @@ class Trainer:
             )
         c, d = self.cfg.curriculum, self.dist
         if c.mode != "leap" or not c.calibrate:
-            self.controller.calibration = {"scores": [], "start_block": self.controller.block, "images": 0}
-            return
+            return self.controller.skip_start_scan()
         x = first.images.to(self.device)
         self.model.eval()
         with self.autocast():
@@ -253,13 +253,8 @@ class Trainer:
             blocks = self.teacher.all_blocks(x.to(self.teacher_dtype))
         self.model.train()
         scores = d.mean_list([self.metric(patch, t.patch) for t in blocks], self.device)
-        images = len(x) * d.world
-        start = self.controller.calibrate(scores, images=images)
-        self.state.teacher_block_images += self.teacher.num_blocks * images
-        log.info(
-            "calibration: start at teacher block %d of %d (scores %s)",
-            start, self.controller.num_blocks, " ".join(f"{s:.2f}" for s in scores),
-        )
+        self.controller.scan_start_block(scores, images=len(x) * d.world)
+        self.state.teacher_block_images += self.teacher.num_blocks * len(x) * d.world
 
     # --- one optimizer step ---------------------------------------------------------------------
 
@@ -409,10 +404,10 @@ class Trainer:
         if not self.dist.is_main:
             return NoDashboard()
         c = self.controller
-        calibration_images = int(c.calibration.get("images", 0))
-        dashboard = open_dashboard(self.cfg.train.log, self.writer.path, self.cfg, self.state.step, calibration_images)
+        scan_images = int(c.start_scan.get("images", 0))
+        dashboard = open_dashboard(self.cfg.train.log, self.writer.path, self.cfg, self.state.step, scan_images)
         if self.state.step == 0:
-            for event in c.level_ups:  # a snap at calibration levels up before the first step
+            for event in c.level_ups:  # a snap at the start-block scan levels up before the first step
                 dashboard.log_level_up(event)
         return dashboard
 
@@ -468,7 +463,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
 
     def summary(self) -> RunSummary:
-        """What the run did, for summary.json (the ``distill`` command adds FLOPs and evaluation)."""
+        """What the run did, for summary.json (:mod:`leapkit.evidence` adds FLOPs and evaluation)."""
         s, c = self.state, self.controller
         baseline = c.num_blocks * s.images
         return RunSummary(
@@ -495,16 +490,9 @@ class Trainer:
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich import progress as rp
 
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+    return rp.Progress(
+        rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+        rp.TextColumn("{task.fields[info]}"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), disable=not enabled,
     )

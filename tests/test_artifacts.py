@@ -13,8 +13,9 @@ import pytest
 from test_export import make_run
 
 import leapkit.deploy.export as ex
+from leapkit.deploy.graph_precision import precision_from_name
 from leapkit.errors import ModelError
-from leapkit.latency.artifacts import engine_precision, precision_from_name, resolve_model
+from leapkit.latency.artifacts import engine_precision, resolve_model
 
 
 @pytest.fixture(scope="module")

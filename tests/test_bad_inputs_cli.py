@@ -21,10 +21,10 @@ import pytest
 from helpers import run_cli
 
 from leapkit.cli.options import POSITIVE_MS, FiniteFloat
+from leapkit.device.ssh import Connection, Host
 from leapkit.errors import ConfigError
 from leapkit.latency import timing
-from leapkit.latency.remote import Connection, Host
-from leapkit.latency.trtexec import read_trtexec
+from leapkit.trtexec.read import read_trtexec
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
 ORIN_LOG = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"  # names no device; p99 10.9744 ms
@@ -226,7 +226,7 @@ def test_the_ssh_hint_keeps_the_port_and_the_key():
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")
 def test_calibrate_an_unreachable_host_fails_before_exporting(monkeypatch, capsys):
-    import leapkit.planning.calibrate as calibrate_module
+    import leapkit.planning.fit as calibrate_module
 
     def exported(*args, **kwargs):
         raise AssertionError("a microbenchmark was exported before the host was reached")

@@ -20,14 +20,16 @@ from helpers import run_cli
 
 import leapkit
 from leapkit.cli.main import main
+from leapkit.deploy.graph_precision import precision_from_name
 from leapkit.deploy.manifest import ExportManifest
 from leapkit.errors import CheckFailed, ConfigError, MissingDependency, ModelError, RunError
 from leapkit.latency import bench as bench_module
 from leapkit.latency import measure
-from leapkit.latency.artifacts import precision_from_name, resolve_model
+from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.bench import bench
-from leapkit.latency.machine import package_version
-from leapkit.latency.report import BenchReport, latency_table
+from leapkit.latency.machine import environment, package_version
+from leapkit.latency.records import BenchReport
+from leapkit.latency.render import latency_table
 
 FAST = dict(warmup_s=0.0, iterations=5, threads=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +139,10 @@ def test_precision_from_file_name():
 # ---------------------------------------------------------------- end to end
 
 
-def test_bench_run_writes_report(run_dir, manifest, tmp_path):
+def test_bench_run_writes_report(run_dir, manifest, tmp_path, monkeypatch):
+    # any host benches as an x86-64 one: the x86-cpu target, so that its own timings are judged
+    x86 = {"machine": "x86_64", "device_model": None, "jetson": None}
+    monkeypatch.setattr(bench_module, "environment", lambda: {**environment(), **x86})
     report = bench(run_dir, "x86-cpu", budget_ms=1e6, out_dir=tmp_path, **FAST)
     assert report.json_path == tmp_path / "bench" / "x86-cpu.json" and report.md_path.is_file()
     data = json.loads(report.json_path.read_text())
@@ -336,8 +341,8 @@ def test_bench_student_on_cuda(run_dir, tmp_path):
 @pytest.mark.skipif(package_version("tensorrt") is None or not torch.cuda.is_available(),
                     reason="needs TensorRT and a GPU")
 def test_bench_tensorrt_engine(run_dir, tmp_path):
-    from leapkit.deploy.bundle import BatchRange
     from leapkit.deploy.trt_build import build_engine
+    from leapkit.trtexec.flags import BatchRange
 
     engine = tmp_path / "model_fp32.engine"
     build_engine(run_dir / "export" / "x86-cpu" / "model.onnx", engine, input_name="images", chw=(3, 16, 16),
@@ -511,8 +516,8 @@ def test_from_trtexec_writes_beside_the_input_or_into_its_run(tmp_path):
 
 @needs_samples
 def test_cli_host_judges_the_figures_brought_back(run_dir, tmp_path, monkeypatch, capsys):
+    from leapkit.device.round_trip import HostRun
     from leapkit.latency import imported
-    from leapkit.latency.remote import HostRun
 
     run = shutil.copytree(run_dir, tmp_path / "run", symlinks=True)
     leapkit.export(run, target="jetson-orin-nano", precision=["fp16"], check=False, calib_images=8, parity_images=4,

@@ -1,4 +1,5 @@
-"""leapkit.deploy.bundle without TensorRT: trtexec command lines per version, scripts, README, device checker.
+"""leapkit.deploy.bundle and leapkit.trtexec.flags without TensorRT: trtexec command lines per version,
+scripts, README, device checker.
 
 The scripts run for real under bash with a stand-in trtexec (TRTEXEC) that records its arguments,
 writes the files it is asked for and, for the timing run, replays a real trtexec log from
@@ -20,9 +21,18 @@ from leapkit.deploy import bundle as b
 from leapkit.deploy.manifest import ExportManifest, InputSpec, TargetInfo, Variant
 from leapkit.errors import ExportError
 from leapkit.profiles import load_target
+from leapkit.trtexec.flags import (
+    BatchRange,
+    parse_version,
+    strongly_typed,
+    trtexec_bench_args,
+    trtexec_build_args,
+    trtexec_check_args,
+    trtexec_layer_profile_args,
+)
 
 CHW = (3, 224, 224)
-BATCH = b.BatchRange(1, 4, 8)
+BATCH = BatchRange(1, 4, 8)
 VARIANTS = [b.BundleVariant.of(p, f"model_{p}.onnx") for p in ("fp32", "fp16", "int8")]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
 TRT10_LOG = SAMPLES / "trt10.3.0-rtxa5000-resnet50-fp16-full.log"
@@ -35,9 +45,8 @@ def spec(version: str, default: str = "fp16", jetpack: str | None = "6.2", jetso
 
 
 def build_args(version: str, precision: str = "fp16", workspace_mb: int | None = 1024) -> list[str]:
-    variant = b.BundleVariant.of(precision, "model_fp16.onnx")
-    return b.trtexec_build_args(variant, input_name="images", chw=CHW, batch=BATCH, version=version,
-                                workspace_mb=workspace_mb)
+    return trtexec_build_args("model_fp16.onnx", "model_fp16.engine", precision, input_name="images", chw=CHW,
+                              batch=BATCH, version=version, workspace_mb=workspace_mb)
 
 
 @pytest.mark.parametrize(
@@ -45,21 +54,21 @@ def build_args(version: str, precision: str = "fp16", workspace_mb: int | None =
     [("10.3", (10, 3)), ("10.x", (10, None)), ("11", (11, None)), ("8.6.2", (8, 6)), (" 11.0.1 ", (11, 0))],
 )
 def test_parse_version(text, expected):
-    assert b.parse_version(text) == expected
+    assert parse_version(text) == expected
 
 
 @pytest.mark.parametrize("text,message", [("8.4", "TensorRT 8.4 is too old"), ("7", "TensorRT 7 is too old"),
                                           ("ten", "'ten' is not a TensorRT version")])
 def test_parse_version_rejects(text, message):
     with pytest.raises(ExportError, match=message):
-        b.parse_version(text)
+        parse_version(text)
 
 
 @pytest.mark.parametrize("text", ["8.5", "8.5.2"])
 def test_tensorrt_8_5_is_refused_with_the_reason(text):
     """JetPack 5.1 ships TensorRT 8.5.2, whose ONNX parser lacks LayerNormalization: say so, and what to do."""
     with pytest.raises(ExportError) as e:
-        b.parse_version(text)
+        parse_version(text)
     message = str(e.value)
     assert f"TensorRT {text} (JetPack 5.1) cannot build these models" in message
     assert "no LayerNormalization" in message and "flash JetPack 6 (TensorRT 8.6 or 10.3)" in message
@@ -106,31 +115,31 @@ def test_workspace_is_a_bare_number_of_mib(version):
 
 
 def test_no_workspace_and_no_cache():
-    args = b.trtexec_build_args(b.BundleVariant.of("fp32", "m.onnx"), input_name="images", chw=CHW, batch=BATCH,
-                                version="10.3", workspace_mb=None, timing_cache=None)
+    args = trtexec_build_args("m.onnx", "m.engine", "fp32", input_name="images", chw=CHW, batch=BATCH,
+                              version="10.3", workspace_mb=None, timing_cache=None)
     assert not [a for a in args if a.startswith(("--memPoolSize", "--timingCacheFile"))]
     assert "--saveEngine=m.engine" in args
 
 
 def test_strongly_typed():
-    assert b.strongly_typed("10.3") and b.strongly_typed("11.x") and not b.strongly_typed("8.6")
+    assert strongly_typed("10.3") and strongly_typed("11.x") and not strongly_typed("8.6")
 
 
 @pytest.mark.parametrize("lo,opt,hi", [(0, 1, 1), (2, 1, 4), (1, 8, 4)])
 def test_batch_range_rejects(lo, opt, hi):
     with pytest.raises(ExportError, match="1 <= min <= opt <= max"):
-        b.BatchRange(lo, opt, hi)
+        BatchRange(lo, opt, hi)
 
 
 def test_bench_and_check_args():
-    bench = b.trtexec_bench_args("m.engine", input_name="images", chw=CHW, batch=4, version="10.3",
+    bench = trtexec_bench_args("m.engine", input_name="images", chw=CHW, batch=4, version="10.3",
                                  times_file="t.json")
     assert "--loadEngine=m.engine" in bench and "--shapes=images:4x3x224x224" in bench
     assert "--exportTimes=t.json" in bench and "--percentile=90,95,99" in bench and "--useCudaGraph" in bench
     assert not [a for a in bench if "Profile" in a]  # a profiler in the timing run would replace its summary
-    profile = b.trtexec_profile_args("m.engine", input_name="images", chw=CHW, batch=4, profile_file="p.json")
+    profile = trtexec_layer_profile_args("m.engine", input_name="images", chw=CHW, batch=4, profile_file="p.json")
     assert "--exportProfile=p.json" in profile and not [a for a in profile if a.startswith("--exportTimes")]
-    check = b.trtexec_check_args("m.engine", input_name="images", chw=CHW, input_file="ref.bin", output_file="out.json")
+    check = trtexec_check_args("m.engine", input_name="images", chw=CHW, input_file="ref.bin", output_file="out.json")
     assert "--loadInputs=images:ref.bin" in check and "--exportOutput=out.json" in check
     assert "--shapes=images:1x3x224x224" in check
 
@@ -138,7 +147,7 @@ def test_bench_and_check_args():
 @pytest.mark.parametrize("version,steady", [("8.6", True), ("10.3", True), ("11.0", False)])
 def test_timing_flags_follow_the_version(version, steady):
     """11.x times with CUDA graphs, spin-wait and no copies by default and warns on the old flags."""
-    bench = b.trtexec_bench_args("m.engine", input_name="images", chw=CHW, batch=1, version=version)
+    bench = trtexec_bench_args("m.engine", input_name="images", chw=CHW, batch=1, version=version)
     flags = {"--useCudaGraph", "--useSpinWait", "--noDataTransfers"}
     assert (flags <= set(bench)) == steady and (flags & set(bench) == set()) != steady
 

@@ -1,7 +1,6 @@
-"""`leapkit distill`: flags and --set onto the config, and the evidence the command adds to summary.json."""
+"""`leapkit distill`: flags and --set onto the config (the library call it makes: tests/test_stages.py)."""
 
 import inspect
-import json
 from pathlib import Path
 
 import pytest
@@ -75,22 +74,3 @@ def test_help_documents_set(monkeypatch, capsys):
 
     result = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--set" in result.output and "not both" in result.output
-
-
-def test_the_command_adds_flops_to_the_summary(tiny_config, tmp_path):
-    """leapkit.train.distill writes what training measured; the command adds FLOPs (and, with labels, the eval)."""
-    from leapkit.cli.distill import add_evidence
-    from leapkit.run import RunSummary
-    from leapkit.train import distill as train
-
-    tiny_config.train.epochs = 1
-    summary = train(tiny_config, out=tmp_path / "run", show_progress=False)
-    written = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert "train_flops" not in written and "eval" not in written
-    tiny_config.train.eval_at_end = True  # the image folder has no val/: the evaluation is skipped
-    summary = add_evidence(summary, tiny_config)
-    assert summary.train_flops > 0 and summary.train_flops_saving_pct is not None and summary.achieved_tflops_per_s > 0
-    assert summary.mfu_pct is None and summary.eval is None  # no GPU, no labelled split
-    assert (tmp_path / "run" / "flops.json").is_file()
-    summary.save(folder=tmp_path / "run")
-    assert RunSummary.load(tmp_path / "run") == summary

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from helpers import run_cli
 
-from leapkit.cli.distill import choose_student
 from leapkit.errors import ConfigError
 from leapkit.planning.candidates import candidates
-from leapkit.planning.latency_model import model_for
+from leapkit.planning.target_model import model_for
 from leapkit.profiles import load_target
+from leapkit.train import auto_student
 
 KEYS = {"student", "img_size", "precision", "predicted_ms", "predicted_range_ms", "params", "gflops", "fits",
         "train_cost"}
@@ -131,7 +131,7 @@ def test_student_auto_takes_the_largest_that_fits_and_records_it(tiny_config):
     from leapkit.config import save_config
 
     tiny_config.model.student = "auto"
-    cfg = choose_student(tiny_config, "jetson-orin-nano", 5.0)
+    cfg = auto_student(tiny_config, "jetson-orin-nano", 5.0)
     plan = cfg.plan
     assert cfg.model.student != "auto" and plan.target == "jetson-orin-nano" and plan.budget_ms == 5.0
     assert plan.predicted_range_ms[1] <= 5.0 and plan.predicted_range_ms[0] < plan.predicted_ms
@@ -142,4 +142,4 @@ def test_student_auto_takes_the_largest_that_fits_and_records_it(tiny_config):
     assert saved["plan"]["predicted_range_ms"] == list(plan.predicted_range_ms) and saved["model"]["student"] == (
         cfg.model.student)
     with pytest.raises(ConfigError, match="a resumed run keeps its own"):
-        choose_student(tiny_config, "jetson-orin-nano", 5.0, resumed=True)
+        auto_student(tiny_config, "jetson-orin-nano", 5.0, resumed=True)

@@ -14,9 +14,8 @@ import timm
 import torch
 
 from leapkit.latency.cost import ROOFLINE_KIND, Cost, onnx_cost, roofline, torch_cost
-from leapkit.models import create_student
+from leapkit.models import Backbone, create_student
 from leapkit.profiles import load_target
-from leapkit.runtimes import Backbone
 
 NETSPRESSO = ("https://github.com/Nota-NetsPresso/netspresso-trainer/blob/5c321318baa45bc92b9f605ee14585a13f3722c4/"
               "docs/benchmarks/device_matrix/tensorrt.md")

@@ -14,12 +14,12 @@ from test_export import make_run
 
 import leapkit.deploy.plan as plan_module
 import leapkit.latency.bench as bench_module
-from leapkit.deploy.bundle import BatchRange
 from leapkit.deploy.plan import ExportPlan, resolve_precisions, resolve_runtimes
 from leapkit.errors import ConfigError, ExportError, MissingDependency
 from leapkit.latency.artifacts import Artifact, ModelSource
 from leapkit.latency.bench import bench, choose_runtimes, runnable_here
 from leapkit.profiles import load_target, target_path
+from leapkit.trtexec.flags import BatchRange
 
 NO_OPENVINO = ("openvino is not installed: exporting for onnxruntime only (fp32, int8; no OpenVINO IRs, no bf16); "
                "pip install 'leapkit[openvino]' adds them")

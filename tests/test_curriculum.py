@@ -38,10 +38,11 @@ def test_cosine_metric():
     assert mean_cosine(x, -x) == pytest.approx(-1.0, abs=1e-6)
 
 
-def test_calibration_starts_at_best_block():
+def test_start_block_scan_starts_at_best_block():
     c = CurriculumController(num_blocks=4)
-    assert c.calibrate([0.1, 0.7, 0.3, 0.2], images=8) == 2
-    assert c.calibration == {"scores": [0.1, 0.7, 0.3, 0.2], "start_block": 2, "images": 8}
+    assert c.scan_start_block([0.1, 0.7, 0.3, 0.2], images=8) == 2
+    assert c.start_scan == {"scores": [0.1, 0.7, 0.3, 0.2], "start_block": 2, "images": 8}
+    assert c.summary()["calibration"] == c.start_scan  # curriculum.json keeps its key
 
 
 def test_level_up_on_threshold_resets_ema():
@@ -81,24 +82,25 @@ def test_snap_to_last():
     assert [e.to_block for e in c.level_ups] == [2, 3, 6]
 
 
-def test_snap_at_calibration():
+def test_snap_at_the_start_block_scan():
     c = CurriculumController(num_blocks=6, snap_to_last_at=3)
-    assert c.calibrate([0, 0, 0, 1, 0, 0]) == 6
+    assert c.scan_start_block([0, 0, 0, 1, 0, 0]) == 6
 
 
 def test_baseline_targets_last_block():
     c = CurriculumController(num_blocks=5, mode="baseline", threshold=0.1)
-    c.calibrate([1, 0, 0, 0, 0])
+    c.scan_start_block([1, 0, 0, 0, 0])
     assert c.block == 5
     assert c.update(1.0, 1, 10.0) is None and c.block == 5
 
 
 def test_state_round_trip():
     c = CurriculumController(num_blocks=4, threshold=0.6, ema_alpha=0.3)
-    c.calibrate([0.5, 0.1, 0.1, 0.1])
+    c.scan_start_block([0.5, 0.1, 0.1, 0.1])
     for i in range(8):
         c.update(0.95, i, i / 4)
     d = CurriculumController(num_blocks=4)
     d.load_state_dict(c.state_dict())
     assert d.state_dict() == c.state_dict()
+    assert d.start_scan == c.start_scan and "calibration" in c.state_dict()  # the checkpoints' key, kept
     assert d.update(0.95, 9, 2.5) == c.update(0.95, 9, 2.5)

@@ -14,16 +14,10 @@ from safetensors.torch import save_file
 
 from leapkit.config import Config, save_config
 from leapkit.errors import DataError, RunError
-from leapkit.evaluate import (
-    EvalReport,
-    evaluate_model,
-    evaluate_run,
-    extract_features,
-    knn,
-    labelled_splits,
-    linear_probe,
-    retrieval_map,
-)
+from leapkit.eval.features import extract_features, labelled_splits
+from leapkit.eval.metrics import knn, linear_probe, retrieval_map
+from leapkit.eval.record import EvalReport
+from leapkit.eval.stage import evaluate_model, evaluate_run
 from leapkit.models import create_student, create_teacher
 
 

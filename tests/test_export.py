@@ -28,9 +28,10 @@ from leapkit.deploy.parity import MAX_TOP1_DROP, MIN_COSINE
 from leapkit.deploy.plan import resolve_precisions
 from leapkit.deploy.summary import variants_table
 from leapkit.errors import CheckFailed, ExportError
-from leapkit.models import create_student, load_weights
+from leapkit.models import Backbone, create_student, load_weights
 from leapkit.profiles import load_target
-from leapkit.runtimes import INPUT_NAME, OUTPUT_NAMES, Backbone, OrtRunner
+from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES
+from leapkit.runtimes.ort_runner import OrtRunner
 
 SMALL = dict(calib_images=32, parity_images=16, probe_images=200)
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -14,8 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from leapkit.config import Config, save_config
 from leapkit.errors import RunError
 from leapkit.flops import FlopsReport, cumulative_train_flops, inference_table, run_flops, train_flops_table
-from leapkit.macs import activation_bytes, model_flops, teacher_block_flops, vit_closed_form_macs
+from leapkit.macs import activation_bytes, model_flops, teacher_block_flops
 from leapkit.models import create_student, create_teacher
+from leapkit.planning.shape import VitShape, vit_closed_form_macs
 from leapkit.tables import si
 
 
@@ -30,36 +31,40 @@ def torch_counter_macs(model: torch.nn.Module, img_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
+DEMO_STUDENT = VitShape(32, 4, 32, 4, heads=2, mlp_hidden=128)  # leapkit_demo_student at 32 px
+
+
 @pytest.mark.parametrize(
     "name, img_size, shape",
     [
-        ("leapkit_demo_student", 32, dict(patch_size=4, dim=32, depth=4)),
-        ("vit_small_patch14_dinov2", 56, dict(patch_size=14, dim=384, depth=12)),
-        ("vit_small_patch14_reg4_dinov2", 56, dict(patch_size=14, dim=384, depth=12, prefix_tokens=5)),
+        ("leapkit_demo_student", 32, dict(patch_size=4, dim=32, depth=4, heads=2, mlp_hidden=128)),
+        ("vit_small_patch14_dinov2", 56, dict(patch_size=14, dim=384, depth=12, heads=6, mlp_hidden=1536)),
+        ("vit_small_patch14_reg4_dinov2", 56,
+         dict(patch_size=14, dim=384, depth=12, heads=6, mlp_hidden=1536, prefix_tokens=5)),
     ],
 )
 def test_fvcore_counts_attention_and_agrees_with_torch_and_closed_form(name, img_size, shape):
     model = create_student(name, img_size).eval()
     res = model_flops(model, img_size, memory=False)
     assert res["flops"] == 2 * res["macs"]
-    closed = vit_closed_form_macs(img_size, **shape)
+    closed = vit_closed_form_macs(VitShape(img_size, **shape))
     assert res["macs"] == pytest.approx(closed, rel=0.02)
     # torch's counter ignores LayerNorm; fvcore counts 5 MACs per element (over 2% of a dim-32 ViT).
-    layernorm = closed - vit_closed_form_macs(img_size, **shape, layernorm=False)
+    layernorm = closed - vit_closed_form_macs(VitShape(img_size, **shape), layernorm=False)
     assert res["macs"] == pytest.approx(torch_counter_macs(model, img_size) + layernorm, rel=0.02)
-    no_layernorm = vit_closed_form_macs(img_size, **shape, layernorm=False)
+    no_layernorm = vit_closed_form_macs(VitShape(img_size, **shape), layernorm=False)
     assert torch_counter_macs(model, img_size) == pytest.approx(no_layernorm, rel=1e-6)
 
 
 def test_attention_is_not_skipped():
     model = create_student("leapkit_demo_student", 32).eval()
     attention = 4 * 2 * 65 * 65 * 32  # 4 blocks, q k^T and attn v: 2 N^2 D
-    no_attention = vit_closed_form_macs(32, 4, 32, 4) - attention
+    no_attention = vit_closed_form_macs(DEMO_STUDENT) - attention
     assert model_flops(model, 32, memory=False)["macs"] - no_attention == attention
     # The explicit path (no fused kernel) counts the same.
     for blk in model.blocks:
         blk.attn.fused_attn = False
-    assert model_flops(model, 32, memory=False)["macs"] == vit_closed_form_macs(32, 4, 32, 4)
+    assert model_flops(model, 32, memory=False)["macs"] == vit_closed_form_macs(DEMO_STUDENT)
 
 
 def test_teacher_blocks_sum_to_the_whole_model():
@@ -75,7 +80,7 @@ def test_giant_teacher_is_counted_on_the_meta_device():
     with torch.device("meta"):
         teacher = create_teacher("vit_giant_patch14_dinov2", 224, pretrained=False)
     parts = teacher_block_flops(teacher, 224)
-    closed = vit_closed_form_macs(224, 14, 1536, 40, mlp_hidden=4096, gated_mlp=True)
+    closed = vit_closed_form_macs(VitShape(224, 14, 1536, 40, heads=24, mlp_hidden=4096, gated_mlp=True))
     assert parts["total_macs"] == pytest.approx(closed, rel=0.02)
     assert parts["params"] > 1.1e9 and next(teacher.parameters()).is_meta
 
@@ -94,8 +99,9 @@ def test_activation_memory_is_a_peak_not_a_sum():
 
 # Closed-form per-image MACs of the demo pair at 32 px (65 tokens, 64 patches).
 EMBED, NORM = 64 * 3 * 16 * 96, 5 * 65 * 96
-BLOCK = vit_closed_form_macs(32, 4, 96, 1) - vit_closed_form_macs(32, 4, 96, 0)
-STUDENT = vit_closed_form_macs(32, 4, 32, 4)
+BLOCK = vit_closed_form_macs(VitShape(32, 4, 96, 1, heads=3, mlp_hidden=384)) - vit_closed_form_macs(
+    VitShape(32, 4, 96, 0, heads=3, mlp_hidden=384))
+STUDENT = vit_closed_form_macs(DEMO_STUDENT)
 HEAD = (64 + 1) * 32 * 96  # 64 patch tokens and the CLS token through the 32 -> 96 projection
 CKA = 3 * 64 * 96 * 96
 

@@ -24,15 +24,16 @@ from leapkit.latency.bench import bench
 from leapkit.latency.forecast import Forecaster, forecasts, graph_of
 from leapkit.latency.imported import report_from_trtexec
 from leapkit.latency.machine import environment
-from leapkit.latency.report import BenchReport, latency_table
-from leapkit.latency.trtexec import TrtexecImport
-from leapkit.latency.trtexec_log import TrtexecRun
+from leapkit.latency.records import BenchReport, Budget
+from leapkit.latency.render import latency_table
 from leapkit.latency.verdict import decide
-from leapkit.planning.latency_model import model_for
 from leapkit.planning.shape import of_model, of_onnx
+from leapkit.planning.target_model import model_for
 from leapkit.profiles import load_target
 from leapkit.report import write_report
 from leapkit.run import load_student
+from leapkit.trtexec.log import TrtexecRun
+from leapkit.trtexec.read import TrtexecImport
 
 FAST = dict(warmup_s=0.0, iterations=5, threads=1)
 PUBLISHED = "not calibrated: efficiencies from published measurements in the {} profile"
@@ -150,7 +151,7 @@ def test_no_latency_model_no_prediction_and_no_column(run_copy, monkeypatch, cap
 
 
 def test_an_unreadable_calibration_is_a_warning_not_an_error(tmp_path, caplog):
-    from leapkit.planning.calibration import default_path
+    from leapkit.planning.fit_file import default_path
 
     path = default_path("x86-cpu")
     path.parent.mkdir(parents=True)
@@ -202,16 +203,16 @@ def trtexec_import(precision: str | None) -> TrtexecImport:
 def test_imported_trtexec_results_are_predicted_when_the_onnx_is_known(run_dir, tmp_path):
     orin = load_target("jetson-orin-nano")
     graph = run_dir / "export" / "x86-cpu" / "model.onnx"
-    report = report_from_trtexec(trtexec_import("fp16"), orin, evidence="imported", budget_ms=None, stat="p50",
-                                 out_dir=tmp_path, model="bench.log", check=False, onnx=graph)
+    report = report_from_trtexec(trtexec_import("fp16"), orin, Budget.of(orin, stat="p50"), evidence="imported",
+                                 out_dir=tmp_path, model="bench.log", onnx=graph)
     (r,) = report.results
     p = model_for(orin).predict(of_onnx(graph), "fp16", 1)
     assert r.predicted_ms == pytest.approx(p.ms) and r.prediction_source == p.source
     assert r.measured_over_predicted == pytest.approx(1.1 / p.ms)
     assert "| predicted ms (range) | measured / predicted |" in report.md_path.read_text()
 
-    report = report_from_trtexec(trtexec_import("fp16"), orin, evidence="imported", budget_ms=None, stat="p50",
-                                 out_dir=tmp_path, model="bench.log", check=False)  # no ONNX: nothing to read
+    report = report_from_trtexec(trtexec_import("fp16"), orin, Budget.of(orin, stat="p50"), evidence="imported",
+                                 out_dir=tmp_path, model="bench.log")  # no ONNX: nothing to read
     assert report.results[0].predicted_ms is None
     assert "predicted ms" not in report.md_path.read_text()
 

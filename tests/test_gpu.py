@@ -15,10 +15,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_amp_training_on_cuda(tiny_config, tmp_path, amp):
     import json
 
-    from leapkit.cli.distill import add_evidence
-
     tiny_config.train.device, tiny_config.train.amp = "cuda", amp
-    summary = add_evidence(distill(tiny_config, out=tmp_path / amp, show_progress=False), tiny_config)
+    summary = distill(tiny_config, out=tmp_path / amp, show_progress=False)  # with the evidence (leapkit.evidence)
     assert summary.steps == 9 and summary.device == "cuda:0"
     assert summary.train_flops > 0 and summary.achieved_tflops_per_s > 0
     losses = [json.loads(line)["loss"] for line in (tmp_path / amp / "metrics.jsonl").read_text().splitlines()]

@@ -11,12 +11,12 @@ import torch
 
 from leapkit.data import DigitsDataset
 from leapkit.deploy import int8_blocks as b
-from leapkit.deploy.calibration import stack_images
+from leapkit.deploy.export_data import stack_images
 from leapkit.deploy.int8_report import BlockError, Int8Report, ranked
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.deploy.onnx_int8 import quantize_int8
-from leapkit.models import create_student
-from leapkit.runtimes import INPUT_NAME, OUTPUT_NAMES, Backbone
+from leapkit.models import Backbone, create_student
+from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES
 
 BLOCKS = 4
 

@@ -12,7 +12,7 @@ import torch
 from leapkit.data import DigitsDataset
 from leapkit.deploy import int8_calibration as c
 from leapkit.deploy import onnx_int8 as q
-from leapkit.deploy.calibration import stack_images
+from leapkit.deploy.export_data import stack_images
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.models import create_student
 

@@ -17,7 +17,7 @@ import leapkit.deploy.onnx_int8 as q
 from leapkit.config import resolve_config, save_config
 from leapkit.data import DigitsDataset
 from leapkit.deploy import parity
-from leapkit.deploy.calibration import stack_images
+from leapkit.deploy.export_data import stack_images
 from leapkit.deploy.int8_blocks import graph_units
 from leapkit.deploy.int8_fallback import Int8Plan, build_int8
 from leapkit.deploy.int8_report import ranked

@@ -17,8 +17,8 @@ from test_regression import A5000_LOG, SAMPLES, scaled
 from leapkit.errors import MissingDependency
 from leapkit.latency.bench import bench
 from leapkit.latency.junit import require_junitparser, write_junit
+from leapkit.latency.records import BenchReport
 from leapkit.latency.regression import compare, load_baseline
-from leapkit.latency.report import BenchReport
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/trtexec-samples is absent")
 ORIN_LOG = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"

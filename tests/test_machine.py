@@ -1,4 +1,8 @@
-"""leapkit.latency.machine: the environment fingerprint recorded beside every measurement."""
+"""leapkit.latency.machine: the environment fingerprint recorded beside every measurement.
+
+What the fingerprint says of a CPU or a host is checked on fixed inputs (a cpuinfo text written
+here, fingerprints written out), each against a fixed answer, never against this machine.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import pytest
 import torch
 
+from leapkit import host
 from leapkit.latency.machine import (
     describe_host,
     driver_version,
@@ -16,7 +21,6 @@ from leapkit.latency.machine import (
     target_match,
 )
 from leapkit.profiles import load_target
-from leapkit.runtimes import cpu_bf16
 
 JETSON = {"host": "orin", "device_model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
           "gpu_names": ["Orin"], "cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
@@ -28,23 +32,24 @@ def test_environment_fingerprint():
                 "torch", "onnxruntime", "tensorrt", "leapkit", "gpu", "gpu_names", "device_model", "jetson"):
         assert key in env, key
     assert env["torch"] == torch.__version__ and env["onnxruntime"] == package_version("onnxruntime")
-    assert (env["gpu"] is None) == (not torch.cuda.is_available())
     json.dumps(env)  # goes into bench/<target>.json as it is
 
 
-def test_fingerprint_records_bf16_and_openvino(monkeypatch, tmp_path):
-    import leapkit.runtimes as runtimes
-
-    env = environment()
-    assert env["bf16"] == cpu_bf16() and env["openvino"] == package_version("openvino")
-    assert (env["bf16"] is None) == ("avx512_bf16" not in env["cpu_flags"] and "amx_bf16" not in env["cpu_flags"])
+@pytest.mark.parametrize("flags, cpu_flags, bf16", [
+    ("fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile", ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"],
+     "amx_bf16"),
+    ("fpu avx2 fma avx512f avx512_vnni", ["avx2", "fma", "avx512f", "avx512_vnni"], None),
+])
+def test_fingerprint_records_the_cpu_flags_bf16_and_openvino(flags, cpu_flags, bf16, monkeypatch, tmp_path):
+    """The SIMD flags and the bf16 feature come from /proc/cpuinfo (here a file written by the test)."""
     info = tmp_path / "cpuinfo"
-    info.write_text("model name\t: Xeon\nflags\t\t: avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    monkeypatch.setattr(runtimes, "CPU_FLAGS", info)
+    info.write_text(f"model name\t: Xeon\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(host, "CPU_INFO", info)
+    openvino = "2026.4.1" if bf16 else None
     monkeypatch.setattr("leapkit.latency.machine.package_version",
-                        lambda dist: None if dist == "openvino" else package_version(dist))
+                        lambda dist: openvino if dist == "openvino" else package_version(dist))
     env = environment()
-    assert env["bf16"] == "amx_bf16" and env["openvino"] is None  # the flag that gives bf16, and no OpenVINO
+    assert env["cpu_flags"] == cpu_flags and env["bf16"] == bf16 and env["openvino"] == openvino
 
 
 def test_package_version_of_a_missing_distribution():
@@ -71,15 +76,21 @@ def test_a_jetson_is_its_module_and_nothing_else():
         assert not target_match(load_target(name), JETSON).is_target, name
 
 
-def test_this_machine_is_judged_by_what_it_is():
-    env = environment()
-    x86 = env["machine"] == "x86_64"
-    assert target_match(load_target("x86-cpu"), env).is_target == x86
+def test_a_cpu_vm_is_the_cpu_class_and_no_jetson():
+    env = {"host": "vm", "device_model": None, "gpu_names": [], "cpu": "AMD EPYC 7B13", "machine": "x86_64"}
+    assert describe_host(env) == "vm (AMD EPYC 7B13, x86_64)"
+    assert target_match(load_target("x86-cpu"), env).is_target
     match = target_match(load_target("jetson-orin-nano"), env)
-    assert match.is_target == ("Jetson Orin Nano" in (env["device_model"] or ""))
-    if not match.is_target:
-        assert match.reason == f"nothing on {describe_host(env)} matches 'Jetson Orin Nano'"
-    assert describe_host(env).startswith(f"{env['host']} (") and env["cpu"] in describe_host(env)
+    assert not match.is_target and match.reason == "nothing on vm (AMD EPYC 7B13, x86_64) matches 'Jetson Orin Nano'"
+
+
+def test_an_arm_board_is_its_board_and_not_the_x86_class():
+    env = {"host": "pi", "device_model": "Raspberry Pi 5 Model B Rev 1.0", "gpu_names": [], "cpu": "Cortex-A76",
+           "machine": "aarch64"}
+    assert describe_host(env) == "pi (Raspberry Pi 5 Model B Rev 1.0, Cortex-A76, aarch64)"
+    assert target_match(load_target("raspberry-pi-5"), env).is_target
+    assert not target_match(load_target("x86-cpu"), env).is_target
+    assert describe_host({}) == "this host (unknown hardware)"
 
 
 def test_a_gpu_box_is_the_gpu_target_and_the_cpu_class():

@@ -14,7 +14,7 @@ from leapkit.deploy.onnx_graph import GraphSpec, check_graph, export_onnx, quiet
 from leapkit.deploy.parity import MIN_COSINE, compare
 from leapkit.errors import ExportError
 from leapkit.models import create_student
-from leapkit.runtimes import OrtRunner
+from leapkit.runtimes.ort_runner import OrtRunner
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:

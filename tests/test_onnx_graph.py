@@ -15,7 +15,8 @@ from leapkit.deploy import onnx_graph as g
 from leapkit.errors import ExportError
 from leapkit.models import create_student
 from leapkit.profiles import load_target
-from leapkit.runtimes import OrtRunner, TorchRunner
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.torch_runner import TorchRunner
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 import leapkit.deploy as deploy_pkg
 from leapkit.data import DigitsDataset
 from leapkit.deploy import onnx_int8 as q
-from leapkit.deploy.calibration import stack_images
+from leapkit.deploy.export_data import stack_images
 from leapkit.deploy.onnx_graph import export_onnx, quiet_exporters
 from leapkit.deploy.parity import MIN_COSINE, compare
 from leapkit.errors import ExportError
 from leapkit.models import create_student
-from leapkit.runtimes import OrtRunner, TorchRunner, run_batched
+from leapkit.runtimes.base import run_batched
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.torch_runner import TorchRunner
 
 BLOCKS = 4  # the demo student's depth
 

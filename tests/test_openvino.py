@@ -20,12 +20,16 @@ import leapkit.deploy.export as ex
 from leapkit.deploy.manifest import ExportManifest
 from leapkit.deploy.parity import MIN_COSINE, compare
 from leapkit.deploy.progress import Steps
+from leapkit.host import cpu_bf16
 from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.bench import bench
 from leapkit.latency.measure import measure
 from leapkit.latency.timing import Method
 from leapkit.profiles import target_path
-from leapkit.runtimes import OpenVINORunner, OrtRunner, SignalStack, cpu_bf16, run_batched
+from leapkit.runtimes.base import run_batched
+from leapkit.runtimes.openvino_runner import OpenVINORunner
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.signal_stack import SignalStack
 
 pytest.importorskip("openvino")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leapkit.deploy.calibration import ExportData
+from leapkit.deploy.export_data import ExportData
 from leapkit.deploy.manifest import Variant
 from leapkit.deploy.parity import (
     Probe,

@@ -18,11 +18,12 @@ from leapkit.flops import step_costs as flops_step_costs
 from leapkit.macs import model_flops
 from leapkit.models import create_student
 from leapkit.planning import workload
-from leapkit.planning.calibration import MIN_RANGE, Calibration, Sample, default_path, fit, now
 from leapkit.planning.candidates import candidates, sizes
-from leapkit.planning.latency_model import Efficiencies, LatencyModel, model_for, predict_onnx
+from leapkit.planning.fit_file import MIN_RANGE, Calibration, Sample, default_path, fit, now
+from leapkit.planning.latency_model import Efficiencies, LatencyModel
 from leapkit.planning.plan import PlanRequest, choose_student, largest_fit, plan, verdict
 from leapkit.planning.shape import VitShape, of_model, of_onnx, of_timm
+from leapkit.planning.target_model import model_for, predict_onnx
 from leapkit.planning.train_cost import dataset_images, leap_schedule, step_costs, train_cost
 from leapkit.profiles import load_target, validate_target
 
@@ -348,7 +349,7 @@ def test_published_fractions_become_rates_of_the_profiles_peaks():
 
 
 def test_the_device_scripts_facts_make_a_fingerprint():
-    from leapkit.planning.device_timing import device_environment, facts
+    from leapkit.device.probe import device_environment, facts
 
     found = facts("chatter\nleapkit:banner=&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help\n"
                   "leapkit:model=NVIDIA Jetson Orin Nano Developer Kit\nleapkit:hostname=orin\nleapkit:arch=aarch64\n")

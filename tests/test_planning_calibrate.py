@@ -18,13 +18,13 @@ import pytest
 
 from leapkit.errors import ConfigError
 from leapkit.latency.machine import TargetMatch
-from leapkit.planning import calibrate as calibrate_module
 from leapkit.planning import device_timing
-from leapkit.planning.calibrate import CalibratePlan, calibrate
-from leapkit.planning.calibration import Calibration
-from leapkit.planning.latency_model import model_for
+from leapkit.planning import fit as calibrate_module
+from leapkit.planning.fit import CalibratePlan, calibrate
+from leapkit.planning.fit_file import Calibration
 from leapkit.planning.microbench import GRID, QUICK_GRID, Micro
 from leapkit.planning.shape import of_timm
+from leapkit.planning.target_model import model_for
 from leapkit.profiles import load_target
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -15,17 +15,18 @@ import pytest
 from helpers import run_cli
 
 from leapkit.errors import ConfigError
+from leapkit.host import cpu_bf16
 from leapkit.latency.forecast import Forecaster
-from leapkit.latency.report import BenchResult
-from leapkit.planning.calibrate import CalibratePlan
-from leapkit.planning.calibration import Calibration, default_path, now
+from leapkit.latency.records import BenchResult
 from leapkit.planning.candidates import check_precisions, modelled_precisions
-from leapkit.planning.latency_model import Efficiencies, model_for
+from leapkit.planning.fit import CalibratePlan
+from leapkit.planning.fit_file import Calibration, default_path, now
+from leapkit.planning.latency_model import Efficiencies
 from leapkit.planning.microbench import QUICK_GRID
 from leapkit.planning.plan import PlanRequest, plan, plan_table
 from leapkit.planning.shape import of_timm
+from leapkit.planning.target_model import model_for
 from leapkit.profiles import load_target
-from leapkit.runtimes import cpu_bf16
 
 FIX = "run leapkit calibrate --target x86-cpu --runtime openvino on the target"
 SHAPE = of_timm("vit_tiny_patch16_224", 224)
@@ -141,17 +142,17 @@ def test_a_runtime_the_target_lacks_is_one_line_and_exit_2(args, message, tmp_pa
 
 
 def test_bf16_calibration_needs_a_cpu_with_bf16(monkeypatch, caplog):
-    monkeypatch.setattr("leapkit.runtimes.cpu_bf16", lambda: None)
+    monkeypatch.setattr("leapkit.host.cpu_bf16", lambda: None)
     x86 = load_target("x86-cpu")
     with pytest.raises(ConfigError, match=r"^this CPU has no bf16 arithmetic \(AVX512-BF16 or AMX\), so OpenVINO "
                                           r"would run bf16 in fp32; calibrate bf16 on a CPU of x86-cpu that has it, "
                                           r"or pass -p fp32$"):
         CalibratePlan(x86, precisions=("bf16",), runtime="openvino").chosen_precisions()
-    with caplog.at_level(logging.INFO, logger="leapkit.planning.calibrate"):
+    with caplog.at_level(logging.INFO, logger="leapkit.planning.fit"):
         assert CalibratePlan(x86, runtime="openvino").chosen_precisions() == ("fp32", "int8")
-    assert [r.message for r in caplog.records if r.name == "leapkit.planning.calibrate"] == [
+    assert [r.message for r in caplog.records if r.name == "leapkit.planning.fit"] == [
         "bf16 left out: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), where OpenVINO runs it in fp32"]
-    monkeypatch.setattr("leapkit.runtimes.cpu_bf16", lambda: "avx512_bf16")
+    monkeypatch.setattr("leapkit.host.cpu_bf16", lambda: "avx512_bf16")
     assert CalibratePlan(x86, runtime="openvino").chosen_precisions() == ("fp32", "bf16", "int8")
     assert CalibratePlan(x86).chosen_precisions() == ("fp32", "int8")  # ONNX Runtime: never bf16
 

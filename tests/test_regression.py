@@ -15,6 +15,7 @@ import pytest
 
 from leapkit.errors import ConfigError
 from leapkit.latency.bench import bench
+from leapkit.latency.records import BenchReport, BenchResult
 from leapkit.latency.regression import (
     EFFECTIVE_SAMPLES,
     classify,
@@ -23,7 +24,7 @@ from leapkit.latency.regression import (
     relative_error,
     stat_error_factor,
 )
-from leapkit.latency.report import BenchReport, BenchResult
+from leapkit.latency.render import write_bench_report
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/trtexec-samples is absent")
@@ -191,7 +192,7 @@ def test_a_saved_comparison_reads_back(real_report, tmp_path):
     prev = tmp_path / "prev.json"
     prev.write_text(json.dumps(scaled(json.loads(real_report.json_path.read_text()), 1.0)))
     real_report.baseline = compare(real_report, load_baseline(prev), prev, 10.0)
-    real_report.write()
+    write_bench_report(real_report)
     back = BenchReport.load(real_report.json_path)
     assert back.baseline == real_report.baseline and back.baseline.rows[0].change == "same"
     assert json.loads(real_report.json_path.read_text())["baseline"]["rows"][0]["change_pct"] == 0.0

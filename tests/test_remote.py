@@ -1,4 +1,4 @@
-"""leapkit bench --host: the bundle built, checked and timed on a "device" over a real sshd on 127.0.0.1.
+"""leapkit bench --host (leapkit.device): a bundle built, checked and timed on a "device" over a real sshd.
 
 The device is this machine behind its own sshd (host and client keys in a temporary folder, loopback only). Only
 trtexec is a stand-in there (tests/fixtures/trtexec), replaying a real published log from ../shared/trtexec-samples;
@@ -25,8 +25,10 @@ import torch
 from safetensors.torch import save_file
 
 from leapkit.config import resolve_config, save_config
+from leapkit.device.probe import check_versions, installed_tensorrt
+from leapkit.device.round_trip import bench_on_host
+from leapkit.device.ssh import Host, HostError, ssh_arguments
 from leapkit.errors import CheckFailed, ConfigError
-from leapkit.latency.remote import Host, HostError, bench_on_host, check_versions, ssh_arguments, tensorrt_version
 from leapkit.models import create_student
 from leapkit.profiles import load_target
 
@@ -79,16 +81,16 @@ def test_ssh_arguments():
 def test_tensorrt_version_from_real_banners():
     banner_10 = (SAMPLES / LOG_10_3).read_text().splitlines()[0]
     banner_8 = gzip.decompress((SAMPLES / LOG_8_6).read_bytes()).decode().splitlines()[0]
-    assert tensorrt_version(banner_10) == "10.3.0"
-    assert tensorrt_version(banner_8) == "8.6.3"
+    assert installed_tensorrt(banner_10) == "10.3.0"
+    assert installed_tensorrt(banner_8) == "8.6.3"
     banner_85 = next(ln for ln in (SAMPLES / "trt8.2.5-a100class-mobilenetv2-qat-int8-full.log").read_text()
                      .splitlines() if ln.startswith("&&&& RUNNING"))
-    assert tensorrt_version(banner_85) == "8.2.5"
+    assert installed_tensorrt(banner_85) == "8.2.5"
 
 
 def test_tensorrt_version_from_the_package():
-    assert tensorrt_version("", "10.3.0.30-1+cuda12.5") == "10.3.0"
-    assert tensorrt_version("&&&& RUNNING TensorRT.trtexec # trtexec", "") is None  # 7.x banners have no version
+    assert installed_tensorrt("", "10.3.0.30-1+cuda12.5") == "10.3.0"
+    assert installed_tensorrt("&&&& RUNNING TensorRT.trtexec # trtexec", "") is None  # 7.x banners have no version
 
 
 def test_check_versions():
@@ -213,7 +215,7 @@ ORIN_NANO = load_target("jetson-orin-nano")
 
 @pytest.mark.slow
 def test_round_trip_reads_the_replayed_log_and_reuses_the_timing_cache(sshd, bundle, tmp_path):
-    from leapkit.latency.trtexec import read_trtexec
+    from leapkit.trtexec.read import read_trtexec
 
     options = sshd.options(XDG_CACHE_HOME=str(tmp_path / "device"))  # a device that has never seen this bundle
     first = bench_on_host(bundle, sshd.host, "fp16", tmp_path / "first", profile=ORIN_NANO, ssh_options=options)

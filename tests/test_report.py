@@ -142,9 +142,10 @@ def test_full_report_has_every_section(leap_run, tmp_path):
     # Every table is the one the commands print, read through the stage's record.
     from leapkit.deploy.manifest import ExportManifest
     from leapkit.deploy.summary import variants_table
-    from leapkit.evaluate import EvalReport
+    from leapkit.eval.record import EvalReport
     from leapkit.flops import FlopsReport, inference_table, train_flops_table
-    from leapkit.latency.report import BenchReport, latency_table
+    from leapkit.latency.records import BenchReport
+    from leapkit.latency.render import latency_table
 
     f = FlopsReport.load(run)
     assert train_flops_table(f).to_markdown() in section(text, "Training FLOPs")

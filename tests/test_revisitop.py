@@ -10,8 +10,14 @@ import torch
 from PIL import Image
 
 from leapkit.errors import DataError
+from leapkit.eval.revisitop import (
+    evaluate_revisitop,
+    load_revisitop_gnd,
+    revisitop_ap,
+    revisitop_map,
+    revisitop_positives,
+)
 from leapkit.models import create_student
-from leapkit.revisitop import evaluate_revisitop, load_revisitop_gnd, revisitop_ap, revisitop_map, revisitop_positives
 
 
 def test_revisitop_ap_and_protocols():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from leapkit.deploy import trt_build as tb
-from leapkit.deploy.bundle import BatchRange
 from leapkit.errors import ExportError, MissingDependency
-from leapkit.runtimes import TensorRTRunner
+from leapkit.runtimes.tensorrt_runner import TensorRTRunner
+from leapkit.trtexec.flags import BatchRange
 
 CHW = (3, 224, 224)
 BATCH = BatchRange(1, 4, 8)
@@ -128,7 +128,7 @@ def test_cli_verbose_flag_raises_tensorrt_log_to_info():
     from typer.testing import CliRunner
 
     from leapkit.cli.main import app
-    from leapkit.runtimes import tensorrt_logger
+    from leapkit.runtimes.tensorrt_runner import tensorrt_logger
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -154,7 +154,8 @@ def test_build_and_run_engine(tmp_path):
     from leapkit.deploy.onnx_graph import export_onnx
     from leapkit.deploy.parity import compare
     from leapkit.models import create_student
-    from leapkit.runtimes import OrtRunner, run_batched
+    from leapkit.runtimes.base import run_batched
+    from leapkit.runtimes.ort_runner import OrtRunner
 
     model = create_student("leapkit_demo_student", 32).eval()
     onnx_path = tmp_path / "model.onnx"

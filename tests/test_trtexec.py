@@ -1,4 +1,4 @@
-"""leapkit.latency.trtexec (and its _log, _json, _profile modules): reading trtexec's logs and JSON files.
+"""leapkit.trtexec (read, log, exported, layers): reading trtexec's logs and JSON files.
 
 The fixture tests read the published trtexec outputs in ../shared/trtexec-samples (described, with
 the figures a reader must extract, in its SOURCES.md and expected.json); they are skipped when that
@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from leapkit.errors import LeapkitError, TrtexecError
-from leapkit.latency.trtexec import read_trtexec
-from leapkit.latency.trtexec_json import load_json_values, percentile_index, summarize_times, trtexec_stats
-from leapkit.latency.trtexec_log import precision_of, read_log, tensorrt_version
-from leapkit.latency.trtexec_profile import (
+from leapkit.trtexec.exported import load_json_values, percentile_index, summarize_times, trtexec_stats
+from leapkit.trtexec.layers import (
     LayerProfile,
     LayerTime,
     aggregate_profile,
@@ -27,6 +25,8 @@ from leapkit.latency.trtexec_profile import (
     onnx_nodes,
     read_profile_json,
 )
+from leapkit.trtexec.log import precision_of, read_log, tensorrt_version
+from leapkit.trtexec.read import read_trtexec
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} is absent")
@@ -432,12 +432,12 @@ def _vit_onnx(path: Path) -> Path:
             p.key, p.value = "namespace", scope
         return n
 
-    block = ": leapkit.runtimes.Backbone/model.blocks: torch.nn.Sequential/model.blocks.{}: timm.Block/x: aten.x"
+    block = ": leapkit.models.Backbone/model.blocks: torch.nn.Sequential/model.blocks.{}: timm.Block/x: aten.x"
     nodes = [node("MatMul", "node_MatMul_12", block.format(0), ["x", "w"], "a"),
              node("Add", "node_linear", block.format(0), ["a", "b"], "c"),
              node("Cast", "cast_layer_norm_1__to_fp16", None, ["c"], "d"),
              node("LayerNormalization", "node_layer_norm_1", block.format(1), ["d", "s", "b2"], "e"),
-             node("LayerNormalization", "node_layer_norm_8", ": leapkit.runtimes.Backbone/model.norm: x", ["e"], "y")]
+             node("LayerNormalization", "node_layer_norm_8", ": leapkit.models.Backbone/model.norm: x", ["e"], "y")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     onnx.save(helper.make_model(graph), str(path))

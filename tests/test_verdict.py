@@ -8,7 +8,7 @@ import pytest
 
 from leapkit.errors import ConfigError
 from leapkit.latency.cost import Cost, roofline
-from leapkit.latency.report import BenchResult
+from leapkit.latency.records import BenchResult
 from leapkit.latency.verdict import (
     choice_reason,
     decide,

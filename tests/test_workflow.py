@@ -24,8 +24,9 @@ import pytest
 import yaml
 from junitparser import JUnitXml
 
+from leapkit.host import cpu_bf16
 from leapkit.profiles import load_target
-from leapkit.runtimes import cpu_bf16, openvino_installed
+from leapkit.runtimes.openvino_runner import openvino_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "latency.yml"

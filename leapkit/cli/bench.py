@@ -25,7 +25,10 @@ from leapkit.cli.options import (
     StatOpt,
     split_choices,
 )
+from leapkit.latency.request import BenchRequest
 from leapkit.types import PRECISIONS, RUNTIMES, OrtProvider
+
+DEFAULT = BenchRequest()
 
 ModelArg = Annotated[
     str | None,
@@ -123,21 +126,21 @@ def bench_cmd(
     runtime: RuntimesOpt = None,
     precision: PrecisionsOpt = None,
     iterations: IterationsOpt = None,
-    duration: DurationOpt = 3.0,
-    warmup: WarmupOpt = 0.5,
+    duration: DurationOpt = DEFAULT.duration_s,
+    warmup: WarmupOpt = DEFAULT.warmup_s,
     threads: ThreadsOpt = None,
     batch: BatchOpt = None,
-    compile: CompileOpt = False,
-    ort_provider: OrtProviderOpt = "auto",
+    compile: CompileOpt = DEFAULT.compile,
+    ort_provider: OrtProviderOpt = DEFAULT.ort_provider,
     out: OutOpt = None,
     from_trtexec: FromTrtexecOpt = None,
     host: HostOpt = None,
     ssh_option: SshOptionOpt = None,
-    require_measured: RequireMeasuredOpt = False,
+    require_measured: RequireMeasuredOpt = DEFAULT.require_measured,
     baseline: BaselineOpt = None,
     max_regression: MaxRegressionOpt = None,
     junit: JunitOpt = None,
-    allow_other_device: AllowOtherDeviceOpt = False,
+    allow_other_device: AllowOtherDeviceOpt = DEFAULT.allow_other_device,
 ) -> None:
     """Measure latency per format, bound it on the target, and judge the budget on the target's own figures.
 
@@ -149,17 +152,18 @@ def bench_cmd(
 
     from leapkit.ci_report import append_step_summary
     from leapkit.latency.bench import bench
-    from leapkit.latency.report import latency_table, summary_markdown
+    from leapkit.latency.render import latency_table, summary_markdown
 
     precisions = split_choices(precision, PRECISIONS, "--precision")
-    report = bench(
-        model, target, runtimes=_runtimes(runtime), budget_ms=budget_ms, stat=stat,
+    request = BenchRequest(
+        runtimes=_runtimes(runtime), budget_ms=budget_ms, stat=stat,
         precisions=None if precisions == list(PRECISIONS) else precisions, batch=batch, threads=threads,
         warmup_s=warmup, iterations=iterations, duration_s=duration, compile=compile, ort_provider=ort_provider,
         out_dir=out, check=False, from_trtexec=from_trtexec, host=host,
         ssh_options=[arg for item in ssh_option or () for arg in shlex.split(item)], require_measured=require_measured,
         baseline=baseline, max_regression_pct=max_regression, junit=junit, allow_other_device=allow_other_device,
     )
+    report = bench(model, target, request)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(latency_table(report).to_rich())
     console.print(f"evidence: {report.evidence} ({escape(report.evidence_reason)})", highlight=False)

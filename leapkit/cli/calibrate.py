@@ -63,8 +63,8 @@ def calibrate_command(
     """Time the latency model's microbenchmarks on the target and write its calibration."""
     from rich.console import Console
 
-    from leapkit.planning.calibrate import CalibratePlan, calibrate
-    from leapkit.planning.calibration import calibration_table
+    from leapkit.planning.fit import CalibratePlan, calibrate
+    from leapkit.planning.fit_file import calibration_table
     from leapkit.planning.latency_model import check_runtime
     from leapkit.planning.microbench import GRID, QUICK_GRID
     from leapkit.profiles import load_target

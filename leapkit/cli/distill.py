@@ -1,14 +1,12 @@
 """`leapkit distill`: LEAP distillation (the demo recipe when called with no arguments).
 
-The command resolves the config (recipe <- ``--set`` items <- flags), trains through
-:func:`leapkit.train.distill`, then adds the closing evidence to summary.json: the training FLOPs
-(flops.json), the achieved rate, MFU on a known GPU and the closing evaluation.
+The command resolves the config (recipe <- ``--set`` items <- flags, or the resumed run's config
+under the flags), calls :func:`leapkit.train.distill`, which trains, resolves ``--student auto`` and
+adds the closing evidence to summary.json, and prints the summary.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,10 +18,7 @@ from leapkit.config import LogBackend
 from leapkit.types import Amp, Metric
 
 if TYPE_CHECKING:
-    from leapkit.config import Config
     from leapkit.run import RunSummary
-
-log = logging.getLogger(__name__)
 
 FLAG_KEYS: dict[str, str] = {
     "teacher": "model.teacher",
@@ -152,113 +147,23 @@ def distill(
     from leapkit.config import apply, load_config, resolve_config
     from leapkit.distributed import is_main_process
     from leapkit.run import CONFIG
-    from leapkit.train import check_resume, check_resume_overwrite, finished_summary, resume_dir
+    from leapkit.train import check_resume_overwrite, resume_dir
     from leapkit.train import distill as run_distill
 
-    start = time.perf_counter()
     check_resume_overwrite(resume, overwrite)
     delta = config_delta(ctx.params, set_ or [])
     if resume:
-        run_dir = resume_dir(out)
-        cfg = apply(load_config(run_dir / CONFIG), delta, origin="command line")
+        cfg = apply(load_config(resume_dir(out) / CONFIG), delta, origin="command line")
         # By name: typer may bring its own copy of click, whose ParameterSource is another enum than click's.
         if ctx.get_parameter_source("recipe").name != "DEFAULT":
-            # The recipe's own name (a file's `recipe:` key, else its stem), compared with the run's below.
+            # The recipe's own name (a file's `recipe:` key, else its stem), compared with the run's by the resume.
             cfg = dataclasses.replace(cfg, recipe=resolve_config(recipe).recipe)
-        cfg = choose_student(cfg, target, budget_ms, resumed=True)
-        cfg = check_resume(run_dir, cfg)
-        finished = finished_summary(run_dir, cfg)
-        if finished is not None:
-            logging.getLogger(__name__).info(  # not `log`: the --log option shadows it here
-                "%s is already complete (%d epochs): nothing to do, no file changed; pass --epochs N to train it "
-                "further", run_dir, cfg.train.epochs,
-            )
-            print_summary(finished)
-            return
-        out = run_dir
     else:
-        cfg = choose_student(resolve_config(recipe, delta), target, budget_ms)
-    summary = run_distill(cfg, out=out, resume=resume, overwrite=overwrite, show_progress=progress)
+        cfg = resolve_config(recipe, delta)
+    summary = run_distill(cfg, out=out, resume=resume, overwrite=overwrite, show_progress=progress, target=target,
+                          budget_ms=budget_ms)
     if is_main_process():
-        summary = add_evidence(summary, cfg)
-        summary.wall_seconds = round(time.perf_counter() - start, 1)  # setup, training and the evidence
-        summary.save(folder=Path(summary.run_dir))
         print_summary(summary)
-
-
-def choose_student(cfg: Config, target: str | None, budget_ms: float | None, resumed: bool = False) -> Config:
-    """``cfg`` with ``--student auto`` resolved for ``target`` and the choice recorded in its ``plan`` section.
-
-    The candidates are :mod:`leapkit.planning.candidates`' students at the run's resolution and every precision
-    the target runs; the largest whose whole predicted range fits the budget is taken.
-
-    Raises:
-        ConfigError: ``--target``/``--budget-ms`` without ``--student auto`` or the reverse, ``auto`` on a
-            resumed run, or no candidate fits.
-    """
-    import dataclasses
-
-    from leapkit.config import PlanConfig
-    from leapkit.errors import ConfigError
-    from leapkit.planning.plan import PlanRequest
-    from leapkit.planning.plan import choose_student as choose
-    from leapkit.profiles import load_target
-
-    if cfg.model.student != "auto":
-        if target is not None or budget_ms is not None:
-            raise ConfigError("--target and --budget-ms choose the student: pass them with --student auto, or leave "
-                              "them out and name the student")
-        return cfg
-    if resumed:
-        raise ConfigError("--student auto chooses the student of a new run; a resumed run keeps its own")
-    if target is None:
-        raise ConfigError("--student auto needs --target T (and optionally --budget-ms X) to choose a student for; "
-                          "e.g. --student auto --target jetson-orin-nano")
-    profile = load_target(target)
-    row, report = choose(PlanRequest(profile=profile, budget_ms=budget_ms, img_sizes=(cfg.model.img_size,)))
-    log.info("--student auto: %s at %d px %s, predicted %.3g ms (%.3g-%.3g, %s) within %g ms on %s, largest of %d "
-             "candidates", row.student, row.img_size, row.precision, row.predicted_ms, *row.predicted_range_ms,
-             report.source, report.budget_ms, profile.name, len(report.rows))
-    model = dataclasses.replace(cfg.model, student=row.student)
-    plan = PlanConfig(target=profile.name, budget_ms=report.budget_ms, precision=row.precision,
-                      predicted_ms=row.predicted_ms, predicted_range_ms=tuple(row.predicted_range_ms),
-                      calibrated=report.calibrated, source=report.source, candidates=len(report.rows))
-    return dataclasses.replace(cfg, model=model, plan=plan)
-
-
-def add_evidence(summary: RunSummary, cfg: Config) -> RunSummary:
-    """The run's training FLOPs (writes flops.json), achieved rate, MFU and closing evaluation.
-
-    Args:
-        summary: what training returned; updated in place and returned.
-        cfg: the run's config (``train.eval_at_end`` turns the evaluation on).
-    """
-    import torch
-
-    from leapkit.devices import gpu_peak_tflops
-    from leapkit.errors import DataError
-    from leapkit.evaluate import EvalReport, evaluate_model, labelled_splits
-    from leapkit.flops import run_flops
-    from leapkit.run import load_student
-
-    f = run_flops(summary.run_dir, export_batch=1, write=True)
-    summary.train_flops = f.train_flops_run
-    summary.train_flops_baseline = f.train_flops_baseline
-    summary.train_flops_saving_pct = f.train_flops_saving_pct
-    summary.achieved_tflops_per_s = round(f.train_flops_run / max(summary.train_seconds, 1e-9) / 1e12, 4)
-    device = torch.device(summary.device or "cpu")
-    peak = gpu_peak_tflops(device)
-    if peak:
-        summary.mfu_pct = round(100 * summary.achieved_tflops_per_s / (peak * summary.world_size), 2)
-    if cfg.train.eval_at_end:
-        try:
-            train_set, val_set = labelled_splits(cfg)
-        except DataError as e:
-            log.info("no labelled split for the closing evaluation (%s)", e)
-        else:
-            student = load_student(summary.run_dir, device=device)
-            summary.eval = EvalReport.from_dict(evaluate_model(student, train_set, val_set, device=device))
-    return summary
 
 
 def print_summary(summary: RunSummary) -> None:

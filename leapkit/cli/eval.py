@@ -31,7 +31,7 @@ def eval_command(
     """Linear probe, kNN and retrieval mAP of the student and the teacher; writes RUN/eval.json."""
     from rich.console import Console
 
-    from leapkit.evaluate import evaluate_run
+    from leapkit.eval.stage import evaluate_run
 
     report = evaluate_run(
         run, data=data, device=device, teacher=teacher, pool=pool, revisitop=revisitop or (), batch_size=batch_size

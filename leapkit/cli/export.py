@@ -7,7 +7,10 @@ from typing import Annotated
 import typer
 
 from leapkit.cli.options import Overwrite, PrecisionsOpt, RunArg, TargetOpt
+from leapkit.deploy.request import ExportRequest
 from leapkit.types import CalibMethod, Switch
+
+DEFAULT = ExportRequest()
 
 CalibrationOpt = Annotated[
     CalibMethod,
@@ -50,16 +53,16 @@ def export_command(
     run: RunArg = None,
     target: TargetOpt = "x86-cpu",
     precision: PrecisionsOpt = None,
-    overwrite: Overwrite = False,
-    calib_images: CalibImagesOpt = 256,
-    calib_method: CalibrationOpt = "percentile",
-    int8_fallback: Int8FallbackOpt = "on",
-    parity_images: ParityImagesOpt = 64,
-    probe_images: ProbeImagesOpt = 5000,
-    batch: BatchOpt = None,
-    input_size: InputSizeOpt = None,
-    slim: SlimOpt = False,
-    build_engine: BuildEngineOpt = None,
+    overwrite: Overwrite = DEFAULT.overwrite,
+    calib_images: CalibImagesOpt = DEFAULT.calib_images,
+    calib_method: CalibrationOpt = DEFAULT.calib_method,
+    int8_fallback: Int8FallbackOpt = "on" if DEFAULT.int8_fallback else "off",
+    parity_images: ParityImagesOpt = DEFAULT.parity_images,
+    probe_images: ProbeImagesOpt = DEFAULT.probe_images or 0,
+    batch: BatchOpt = DEFAULT.batch,
+    input_size: InputSizeOpt = DEFAULT.input_size,
+    slim: SlimOpt = DEFAULT.slim,
+    build_engine: BuildEngineOpt = DEFAULT.build_engine,
 ) -> None:
     """Export the run's student for a target and check every artefact against PyTorch; writes RUN/export/<target>/.
 
@@ -80,12 +83,12 @@ def export_command(
 
     # 'all' and the target's precisions are resolved by the export itself (the Python API takes them too).
     precisions = [p.strip() for item in precision or [] for p in item.split(",") if p.strip()] or None
-    result = export(
-        run, target=target, precision=precisions, overwrite=overwrite, calib_images=calib_images,
-        calib_method=calib_method, int8_fallback=int8_fallback == "on", parity_images=parity_images,
-        probe_images=probe_images or None, batch=batch, input_size=input_size, slim=slim,
-        build_engine=build_engine, check=False, progress=True,
+    request = ExportRequest(
+        precision=precisions, overwrite=overwrite, calib_images=calib_images, calib_method=calib_method,
+        int8_fallback=int8_fallback == "on", parity_images=parity_images, probe_images=probe_images or None,
+        batch=batch, input_size=input_size, slim=slim, build_engine=build_engine, check=False, progress=True,
     )
+    result = export(run, target, request)
     console = Console()
     tables = [variants_table(result.manifest, title=f"export for {result.target} -> {result.out_dir}"),
               int8_blocks_table(result.manifest), int8_steps_table(result.manifest)]

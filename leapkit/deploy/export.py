@@ -18,16 +18,15 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from leapkit import __version__
-from leapkit.deploy.bundle import DEFAULT_TENSORRT, REFERENCE_INPUT, BatchRange, engine_file, readme, write_scripts
-from leapkit.deploy.calibration import ExportData, export_data, stack_images
+from leapkit.deploy.bundle import REFERENCE_INPUT, engine_file, readme, write_scripts
+from leapkit.deploy.export_data import ExportData, export_data, stack_images
 from leapkit.deploy.folder import build_folder, swap_in
 from leapkit.deploy.int8_calibration import CALIBRATION_CACHE
 from leapkit.deploy.int8_fallback import BLOCK_ERROR_IMAGES, Int8Plan, build_int8
@@ -56,28 +55,23 @@ from leapkit.deploy.parity import (
     device_tolerances,
     overall_status,
 )
-from leapkit.deploy.plan import ExportPlan, load_student, resolve_precisions, resolve_runtimes
+from leapkit.deploy.plan import ExportPlan, export_student, resolve_precisions, resolve_runtimes
 from leapkit.deploy.progress import Steps
+from leapkit.deploy.request import ExportRequest
 from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
-from leapkit.errors import CheckFailed, ExportError, Interrupted, ModelError, RunError
+from leapkit.errors import CheckFailed, Interrupted, ModelError, RunError
+from leapkit.host import cpu_bf16
 from leapkit.models import normalization
 from leapkit.paths import require_writable
 from leapkit.profiles import load_target
 from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_run
-from leapkit.runtimes import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    OpenVINORunner,
-    OrtRunner,
-    Outputs,
-    Runner,
-    TensorRTRunner,
-    TorchRunner,
-    cpu_bf16,
-    openvino_version,
-    run_batched,
-)
-from leapkit.types import CalibMethod, Precision
+from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES, Outputs, Runner, run_batched
+from leapkit.runtimes.openvino_runner import OpenVINORunner, openvino_version
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.tensorrt_runner import TensorRTRunner
+from leapkit.runtimes.torch_runner import TorchRunner
+from leapkit.trtexec.flags import DEFAULT_TENSORRT, BatchRange
+from leapkit.types import Precision
 
 if TYPE_CHECKING:
     from torch import nn
@@ -116,24 +110,8 @@ class ExportResult:
         return self.manifest.failures()
 
 
-def export(
-    run: str | Path | None = None,
-    target: str | TargetProfile = "x86-cpu",
-    precision: str | Sequence[str] | None = None,
-    overwrite: bool = False,
-    *,
-    calib_images: int = 256,
-    calib_method: CalibMethod = "percentile",
-    int8_fallback: bool = True,
-    parity_images: int = 64,
-    probe_images: int | None = 5000,
-    batch: int | None = None,
-    input_size: int | None = None,
-    slim: bool = False,
-    build_engine: bool | None = None,
-    check: bool = True,
-    progress: bool = False,
-) -> ExportResult:
+def export(run: str | Path | None = None, target: str | TargetProfile = "x86-cpu", request: ExportRequest | None = None,
+           **options: Any) -> ExportResult:
     """Export a run's student for a target and check every artefact against PyTorch.
 
     Writes ``RUN/export/<target>/`` (model.onnx and its fp16/int8 variants, manifest.json,
@@ -145,31 +123,14 @@ def export(
     Args:
         run: the run directory (default ``runs/latest``).
         target: target profile name, family (``jetson``), YAML path or a loaded profile.
-        precision: ``fp32``, ``fp16``, ``bf16``, ``int8``, a list of them or ``all``; default: the
-            profile's (all of its precisions when it chooses the fastest variant). fp32 is always
-            exported: the other variants derive from it. bf16 is an OpenVINO variant (the fp32 IR run
-            with the bf16 hint), written where OpenVINO and a CPU with bf16 arithmetic are here.
-        overwrite: replace an existing export for this target; what leapkit did not write in it (the device's
-            ``results/``) moves to ``RUN/export/<target>.kept-<time>/``.
-        calib_images: training images for INT8 calibration.
-        calib_method: how INT8 activation ranges are chosen (percentile, entropy or minmax).
-        int8_fallback: when the INT8 variant fails its checks, move the blocks that lose the most
-            accuracy out of INT8, one at a time, until it passes (False: fail it as it is).
-        parity_images: validation images for the parity check.
-        probe_images: cap on train images for the linear probe (val capped at half of it);
-            None uses all of them.
-        batch: the batch the engine is tuned for and accepts at most (default: the profile's).
-        input_size: image size to export at (default: the profile's, else the run's).
-        slim: simplify the fp32 graph with onnxslim before deriving the variants.
-        build_engine: build TensorRT engines here; None builds them when TensorRT and a GPU exist
-            and the target's runtime is TensorRT.
-        check: raise CheckFailed when a variant fails its checks (after writing everything).
-        progress: show a progress bar on stderr.
+        request: the options (:class:`~leapkit.deploy.request.ExportRequest`); default: its defaults.
+        **options: fields of :class:`~leapkit.deploy.request.ExportRequest` (``precision="int8"``,
+            ``calib_images=64``, ...), over ``request``.
 
     Raises:
         ConfigError: unknown target.
         ExportError: a precision the target cannot take (bf16 named on a CPU without it), an input size the
-            patch size does not divide.
+            patch size does not divide, a bad option value.
         RunError: no run, a run without weights, an existing export without ``overwrite``.
         NotWritable: the run's export folder is not writable (checked before any work).
         Interrupted: Ctrl-C; the old export is untouched and the partial one removed.
@@ -177,22 +138,19 @@ def export(
             bf16 named without openvino.
         CheckFailed: a variant failed parity or accuracy (only with ``check``).
     """
+    request = replace(request or ExportRequest(), **options)
     profile = load_target(target)
-    named = [precision] if isinstance(precision, str) else list(precision or ())
-    runtimes, precisions = resolve_runtimes(profile, resolve_precisions(precision, profile), "bf16" in named)
+    precisions = resolve_precisions(request.precision, profile)
+    runtimes, precisions = resolve_runtimes(profile, precisions, "bf16" in request.named)
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
     cfg = read_run_config(run_dir)
-    batch_size = batch if batch is not None else profile.batch
-    if batch_size < 1:
-        raise ExportError(f"batch must be >= 1, got {batch_size}; pass --batch N")
-    engines, no_engine = engines_wanted(build_engine) if profile.runtime == "tensorrt" else (False, None)
+    batch_size = request.batch if request.batch is not None else profile.batch
+    engines, no_engine = engines_wanted(request.build_engine) if profile.runtime == "tensorrt" else (False, None)
     plan = ExportPlan(
         run_dir=run_dir, cfg=cfg, profile=profile, precisions=precisions,
-        input_size=input_size or profile.resolve_input_size(cfg.model.img_size),
-        batch=BatchRange(1, batch_size, batch_size), calib_images=calib_images, calib_method=calib_method,
-        int8_fallback=int8_fallback, parity_images=parity_images, probe_images=probe_images, slim=slim,
-        build_engine=engines, no_engine_reason=no_engine, overwrite=overwrite, check=check, progress=progress,
-        runtimes=runtimes,
+        input_size=request.input_size or profile.resolve_input_size(cfg.model.img_size),
+        batch=BatchRange(1, batch_size, batch_size), request=request, build_engine=engines,
+        no_engine_reason=no_engine, runtimes=runtimes,
     )
     return export_plan(plan)
 
@@ -204,15 +162,15 @@ def export_plan(plan: ExportPlan) -> ExportResult:
     not deleted (:func:`leapkit.deploy.folder.swap_in`).
 
     Raises:
-        RunError: the export exists and ``plan.overwrite`` is not set.
+        RunError: the export exists and ``plan.request.overwrite`` is not set.
         NotWritable: the run's export folder is not writable (checked before any work).
         Interrupted: Ctrl-C; the old export is untouched and the partial one removed.
         ExportError: the student cannot be exported at the plan's input size.
-        MissingDependency: ``plan.slim`` without onnxslim.
-        CheckFailed: a variant failed its checks and ``plan.check`` is set.
+        MissingDependency: ``plan.request.slim`` without onnxslim.
+        CheckFailed: a variant failed its checks and ``plan.request.check`` is set.
     """
     final = plan.out_dir
-    if final.exists() and not plan.overwrite:
+    if final.exists() and not plan.request.overwrite:
         raise RunError(
             f"{final} already exists; pass --overwrite to replace it "
             f"(the old export stays until the new one is complete)"
@@ -222,11 +180,11 @@ def export_plan(plan: ExportPlan) -> ExportResult:
         require_writable(folder, "the export", "export a run you can write to (copy the run folder somewhere writable)")
     tmp: Path | None = None
     try:
-        student = load_student(plan)
-        if plan.slim:
+        student = export_student(plan)
+        if plan.request.slim:
             require_onnxslim()
         tmp = build_folder(final)
-        with Steps(plan.total_steps, plan.progress) as steps, quiet_exporters():
+        with Steps(plan.total_steps, plan.request.progress) as steps, quiet_exporters():
             manifest = _Export(plan, student, tmp, steps).run()
             manifest.save(tmp / MANIFEST)
     except KeyboardInterrupt:
@@ -243,7 +201,7 @@ def export_plan(plan: ExportPlan) -> ExportResult:
     point_latest(final)
     log.info("export for %s written to %s", plan.profile.name, final)
     result = ExportResult(target=plan.profile.name, out_dir=final, manifest=manifest)
-    if plan.check and not result.passed:
+    if plan.request.check and not result.passed:
         raise CheckFailed(
             f"export for {result.target} failed its checks: {', '.join(result.failures())}; see {final / MANIFEST}"
         )
@@ -271,9 +229,9 @@ class _Export:
         exporter = self.fp32_graph()
         self.steps.step("loading parity and calibration images")
         data = export_data(self.plan.cfg, self.plan.input_size, self.mean, self.std)
-        parity_x, _ = stack_images(data.parity, self.plan.parity_images)
+        parity_x, _ = stack_images(data.parity, self.plan.request.parity_images)
         reference = run_batched(self.torch, parity_x)
-        self.probe = Probe(data, self.plan.probe_images, self.plan.cfg.train.seed, self.torch)
+        self.probe = Probe(data, self.plan.request.probe_images, self.plan.cfg.train.seed, self.torch)
         self.steps.done()
         for precision in self.plan.onnx_precisions:
             if precision == "int8":
@@ -308,7 +266,7 @@ class _Export:
         self.steps.step("exporting the fp32 ONNX graph")
         path = self.out / FILE_NAMES["fp32"]
         exporter = export_onnx(self.student, path, self.plan.input_size, opset=target_opset(self.plan.profile))
-        if self.plan.slim:
+        if self.plan.request.slim:
             simplify(path)
             exporter += ", simplified with onnxslim"
         check_graph(path, self.spec.output_shapes())
@@ -355,15 +313,15 @@ class _Export:
 
     def int8_variant(self, data: ExportData, parity_x: np.ndarray, reference: Outputs) -> None:
         """Calibrate (or reuse the cache), quantize, check, and fall back block by block when the variant fails."""
-        plan = self.plan
-        self.steps.step(f"calibrating INT8 on {plan.calib_images} training images ({plan.calib_method})")
-        calib_x, _ = stack_images(data.calib, plan.calib_images)
+        plan, options = self.plan, self.plan.request
+        self.steps.step(f"calibrating INT8 on {options.calib_images} training images ({options.calib_method})")
+        calib_x, _ = stack_images(data.calib, options.calib_images)
         previous = plan.out_dir / CALIBRATION_CACHE
         int8_plan = Int8Plan(
             fp32=self.out / FILE_NAMES["fp32"], dst=self.out / FILE_NAMES["int8"],
-            layout=int8_layout(plan.profile.runtime, plan.profile.tensorrt_major), method=plan.calib_method,
+            layout=int8_layout(plan.profile.runtime, plan.profile.tensorrt_major), method=options.calib_method,
             calib_images=calib_x, cache_from=previous if previous.is_file() else None,
-            cache_to=self.out / CALIBRATION_CACHE, fallback=plan.int8_fallback,
+            cache_to=self.out / CALIBRATION_CACHE, fallback=options.int8_fallback,
             error_images=parity_x[:BLOCK_ERROR_IMAGES], threads=plan.profile.threads,
         )
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from leapkit.deploy.int8_report import BlockError
-from leapkit.runtimes import OUTPUT_NAMES, batches
+from leapkit.runtimes.base import OUTPUT_NAMES, batches
 
 if TYPE_CHECKING:
     import onnx

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from leapkit.runtimes import INPUT_NAME, batches
+from leapkit.runtimes.base import INPUT_NAME, batches
 from leapkit.types import CalibMethod
 
 log = logging.getLogger(__name__)

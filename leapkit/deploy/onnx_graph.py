@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from leapkit.errors import ExportError, MissingDependency
-from leapkit.runtimes import INPUT_NAME, OUTPUT_NAMES, Backbone
+from leapkit.models import Backbone
+from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES
 from leapkit.types import Precision
 
 if TYPE_CHECKING:

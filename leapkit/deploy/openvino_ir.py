@@ -4,7 +4,7 @@
 
 OpenVINO reads ONNX itself; the IR saves the conversion at load time and records, in the model's
 ``runtime_options``, the precision hint the variant was checked with. OpenVINO's CPU plugin does
-not apply that entry by itself (2026.4), so :class:`leapkit.runtimes.OpenVINORunner` reads it and
+not apply that entry by itself (2026.4), so :class:`leapkit.runtimes.openvino_runner.OpenVINORunner` reads it and
 passes it explicitly, and the bundle README shows the same call.
 
 - fp32: the fp32 graph with the hint ``f32`` (OpenVINO's own default is bf16 wherever the CPU has it).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leapkit.runtimes import OPENVINO_HINT_KEY, import_openvino
+from leapkit.runtimes.openvino_runner import OPENVINO_HINT_KEY, import_openvino
 from leapkit.types import OpenVINOHint, Precision
 
 OPENVINO_FILES: dict[Precision, str] = {

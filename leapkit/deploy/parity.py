@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from leapkit.runtimes import Outputs, Runner, run_batched
+from leapkit.runtimes.base import Outputs, Runner, run_batched
 from leapkit.types import Precision, Status
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from leapkit.deploy.calibration import ExportData
+    from leapkit.deploy.export_data import ExportData
     from leapkit.deploy.manifest import Variant
 
 # Worst per-image cosine similarity to PyTorch a variant must reach, for every output. bf16 keeps 8 significant
@@ -98,7 +98,7 @@ def probe_accuracy(
     """Linear-probe top-1/top-5 (percent) of each model's CLS features (name -> (train, val))."""
     import torch
 
-    from leapkit.evaluate import linear_probe
+    from leapkit.eval.metrics import linear_probe
 
     ty, vy = torch.from_numpy(train_y).long(), torch.from_numpy(val_y).long()
     return {
@@ -110,7 +110,7 @@ def probe_accuracy(
 def _cls_features(
     runners: Mapping[str, Runner], ds: Dataset, count: int | None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from leapkit.deploy.calibration import image_batches
+    from leapkit.deploy.export_data import image_batches
 
     feats: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     labels = []

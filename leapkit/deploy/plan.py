@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leapkit.config import name_problem
-from leapkit.deploy.bundle import BatchRange
 from leapkit.deploy.onnx_graph import FILE_NAMES, check_input_size, patch_size
 from leapkit.deploy.openvino_ir import OPENVINO_FILES, OWN_IR
+from leapkit.deploy.request import ExportRequest
 from leapkit.errors import ExportError
-from leapkit.models import create_student, load_weights
-from leapkit.run import STUDENT
-from leapkit.runtimes import cpu_bf16, import_openvino, openvino_installed
-from leapkit.types import CALIB_METHODS, PRECISIONS, CalibMethod, Precision, TargetRuntime
+from leapkit.host import cpu_bf16
+from leapkit.run import load_student
+from leapkit.runtimes.openvino_runner import import_openvino, openvino_installed
+from leapkit.trtexec.flags import BatchRange
+from leapkit.types import PRECISIONS, Precision, TargetRuntime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,17 +39,9 @@ class ExportPlan:
         precisions: the variants, fp32 first (the others derive from it); bf16 only as an OpenVINO variant.
         input_size: image size of the graph.
         batch: the batch range engines accept and are tuned for.
-        calib_images: training images for INT8 calibration.
-        calib_method: how INT8 activation ranges are chosen.
-        int8_fallback: move the blocks that lose the most accuracy out of INT8 until the variant passes.
-        parity_images: validation images for the parity check.
-        probe_images: cap on train images for the linear probe (val: half of it); None uses all.
-        slim: simplify the fp32 graph with onnxslim.
+        request: the options as given (images, INT8 method and fallback, slim, overwrite, check, progress).
         build_engine: build TensorRT engines here.
         no_engine_reason: why engines cannot be built here (TensorRT targets), or None.
-        overwrite: replace an existing export for this target.
-        check: raise CheckFailed when a variant fails its checks.
-        progress: show a progress bar on stderr.
         runtimes: the target's runtimes this export writes for (those installed here); empty: the profile's
             ``runtime``.
     """
@@ -59,24 +52,12 @@ class ExportPlan:
     precisions: tuple[Precision, ...]
     input_size: int
     batch: BatchRange
-    calib_images: int = 256
-    calib_method: CalibMethod = "percentile"
-    int8_fallback: bool = True
-    parity_images: int = 64
-    probe_images: int | None = 5000
-    slim: bool = False
+    request: ExportRequest = ExportRequest()
     build_engine: bool = False
     no_engine_reason: str | None = None
-    overwrite: bool = False
-    check: bool = True
-    progress: bool = False
     runtimes: tuple[TargetRuntime, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.calib_images < 1 or self.parity_images < 1:
-            raise ExportError("--calibration-images and --parity-images must be >= 1")
-        if self.calib_method not in CALIB_METHODS:
-            raise ExportError(f"unknown calibration method '{self.calib_method}'; use {', '.join(CALIB_METHODS)}")
         wrong = name_problem(self.profile.name, "target name")  # a profile built in Python skips load_target's check
         if wrong:
             raise ExportError(f"{wrong}; it names the export folder RUN/export/<name>/")
@@ -186,20 +167,17 @@ def resolve_runtimes(
     return tuple(runtimes), precisions
 
 
-def load_student(plan: ExportPlan) -> nn.Module:
-    """The run's student at the plan's input size, in eval mode.
+def export_student(plan: ExportPlan) -> nn.Module:
+    """The run's student (:func:`leapkit.run.load_student`) at the plan's input size, checked for export.
 
     Raises:
         ExportError: the patch size does not divide the input size, or the model resizes dynamically.
     """
-    name, trained = plan.cfg.model.student, plan.cfg.model.img_size
-    student = create_student(name, trained)
+    name = plan.cfg.model.student
+    student = load_student(plan.run_dir)
     check_input_size(plan.input_size, patch_size(student), name)
-    if plan.input_size != trained:
-        log.info("creating the student at %d px (trained at %d): position embeddings are resampled in PyTorch",
-                 plan.input_size, trained)
-        student = create_student(name, plan.input_size)
-    load_weights(student, plan.run_dir / STUDENT, role="student")
+    if plan.input_size != plan.cfg.model.img_size:
+        student = load_student(plan.run_dir, img_size=plan.input_size)
     if getattr(student, "dynamic_img_size", False):
         raise ExportError(f"{name} was created with dynamic_img_size; export needs a fixed input size")
-    return student.eval()
+    return student

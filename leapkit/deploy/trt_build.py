@@ -1,7 +1,7 @@
 """TensorRT engines built here, with the TensorRT Python API, where TensorRT and a CUDA GPU exist.
 
 The builder follows the TensorRT 10 named-tensor API, which 11.x keeps; engines are run (for
-parity) with :class:`leapkit.runtimes.TensorRTRunner`. The GPU is found and named through
+parity) with :class:`leapkit.runtimes.tensorrt_runner.TensorRTRunner`. The GPU is found and named through
 cuda-python, not torch. This module imports without TensorRT; the builder has not run on this
 project's CI machine (no GPU, no TensorRT), only the guards and the logger level are tested there.
 """
@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from leapkit.deploy.bundle import BatchRange
 from leapkit.errors import ExportError, MissingDependency
-from leapkit.runtimes import cuda_device, cuda_device_count, import_tensorrt, is_jetson, tensorrt_logger
+from leapkit.host import cuda_device, cuda_device_count, is_jetson
+from leapkit.runtimes.tensorrt_runner import import_tensorrt, tensorrt_logger
+from leapkit.trtexec.flags import BatchRange
 from leapkit.types import Precision
 
 log = logging.getLogger(__name__)

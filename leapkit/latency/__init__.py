@@ -10,6 +10,9 @@ One concept per module:
 - cost: FLOPs and bytes of one inference, and the roofline estimate for the target
 - machine: the environment fingerprint (CPU, GPU, Jetson, versions)
 - verdict: which result is judged against the budget, PASS/FAIL and the warnings
-- report: the BenchReport and BenchResult records, the latency and method tables, the Markdown
-- bench: the orchestrator, a BenchPlan checked before anything runs
+- records: the BenchReport and BenchResult records (bench/<target>.json) and the comparison with a baseline
+- regression: each result against the same result in a baseline, noise-aware
+- render: the latency and method tables, the Markdown, and the writing of bench/<target>.json and .md
+- request: every option of `leapkit bench` as one BenchRequest
+- bench: the orchestrator: a BenchRequest checked before anything runs, resolved into a BenchPlan
 """

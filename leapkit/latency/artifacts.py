@@ -13,12 +13,12 @@ their precision read from the ``.json`` beside each engine, else from the file n
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from leapkit.deploy.bundle import CHECK, RESULTS
+from leapkit.deploy.graph_precision import graph_precision, precision_from_name
 from leapkit.deploy.manifest import MANIFEST, ExportManifest, Variant
 from leapkit.errors import ModelError, RunError
 from leapkit.records import read_json
@@ -106,41 +106,6 @@ class ModelSource:
         return any(a.runtime == runtime for a in self.artifacts)
 
 
-def precision_from_name(name: str) -> str | None:
-    """fp32, fp16 or int8 when the file name says so (``model_int8.onnx``, ``model.fp16.engine``)."""
-    for p in reversed(PRECISIONS):
-        if re.search(rf"(^|[._-]){p}([._-]|$)", name):
-            return p
-    return None
-
-
-def onnx_precision(path: Path) -> str:
-    """fp32, fp16 or int8, from the file name or else from the graph (QDQ/QLinear ops, fp16 weights).
-
-    Raises:
-        ModelError: the file is not a valid ONNX model.
-    """
-    import onnx
-
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise ModelError(
-            f"{path} is not a valid ONNX file ({type(e).__name__}); re-export it with `leapkit export`"
-        ) from e
-    hint = precision_from_name(path.name)
-    if hint:
-        return hint
-    ops = {n.op_type for n in m.graph.node}
-    quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "MatMulInteger",
-                 "DynamicQuantizeLinear"}
-    if ops & quantized:
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def _file_mb(path: Path) -> float:
     size = path.stat().st_size
     # ONNX external data saved next to the model; an OpenVINO IR's weights
@@ -175,7 +140,7 @@ def file_artifact(path: Path, manifest: ExportManifest | None = None, precision:
     variant = manifest.variant(path.name, precision) if manifest else None
     if path.suffix in ONNX_SUFFIXES:
         fmt: Format = "onnx"
-        precision = onnx_precision(path)  # also refuses a file that is not ONNX
+        precision = graph_precision(path)  # also refuses a file that is not ONNX
         precision = variant.precision if variant else precision
     elif path.suffix in OPENVINO_SUFFIXES:
         fmt = "openvino"

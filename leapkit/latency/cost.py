@@ -79,7 +79,7 @@ def _tokens(model: nn.Module, img_size: int) -> tuple[int, int, int]:
 def torch_cost(model: nn.Module, img_size: int, batch: int = 1) -> Cost:
     """FLOPs, weights and input/output elements of one ``forward_features`` of ``model``.
 
-    The outputs are those leapkit exports (:class:`leapkit.runtimes.Backbone`): all tokens, the
+    The outputs are those leapkit exports (:class:`leapkit.models.Backbone`): all tokens, the
     CLS token and the patch tokens.
 
     Args:

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, cast
 from leapkit.deploy.onnx_graph import FILE_NAMES
 from leapkit.errors import ConfigError
 from leapkit.latency.artifacts import Artifact
-from leapkit.latency.report import BenchReport, BenchResult
-from leapkit.planning.latency_model import LatencyModel, Prediction, model_for
+from leapkit.latency.records import BenchReport, BenchResult
+from leapkit.planning.latency_model import LatencyModel, Prediction
 from leapkit.planning.shape import VitShape, of_model, of_onnx
+from leapkit.planning.target_model import model_for
 from leapkit.tables import Table, fmt
 from leapkit.types import Precision
 
@@ -84,7 +85,7 @@ class Forecaster:
             profile: the target.
             calibration: a calibration file for the profile's runtime (default: the target's own).
         """
-        from leapkit.planning.calibration import default_path
+        from leapkit.planning.fit_file import default_path
 
         models: dict[str, LatencyModel] = {}
         try:

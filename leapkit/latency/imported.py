@@ -1,8 +1,8 @@
 """The target's own figures: trtexec output read from files (``--from-trtexec``) or fetched over SSH (``--host``).
 
-    report_from_trtexec(imported, profile, ...) -> BenchReport   bench/<target>.json and .md from trtexec runs
-    bench_from_trtexec(paths, profile, ...)     -> BenchReport   read the files, then the report (evidence imported)
-    bench_over_ssh(model, profile, host, ...)   -> BenchReport   build and time on the device, then the report
+    report_from_trtexec(imported, profile, budget, ...) -> BenchReport  bench/<target>.json and .md from trtexec runs
+    bench_from_trtexec(profile, request)        -> BenchReport   read the files, then the report (evidence imported)
+    bench_over_ssh(model, profile, request)     -> BenchReport   build and time on the device, then the report
                                                                  (evidence measured, the host named)
 
 The report has the keys of a local bench: ``p50_ms``..``max_ms`` and ``mean_ms`` are trtexec's
@@ -17,28 +17,26 @@ summary is said to be, as a warning, or as the error when the statistic to judge
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from leapkit import __version__
+from leapkit.device.round_trip import bench_on_host
 from leapkit.errors import ConfigError, TrtexecError
 from leapkit.latency.artifacts import resolve_model
-from leapkit.latency.cost import ROOFLINE_NOTE
 from leapkit.latency.forecast import GRAPH, Forecaster
-from leapkit.latency.remote import bench_on_host
-from leapkit.latency.report import TRTEXEC_NOTE, BenchReport, BenchResult, render_markdown
+from leapkit.latency.records import BenchReport, BenchResult, Budget, Decision, Provenance
+from leapkit.latency.render import TRTEXEC_NOTE, write_bench_report
+from leapkit.latency.request import BenchRequest
 from leapkit.latency.timing import NOISY_CV
-from leapkit.latency.trtexec import TrtexecImport, TrtexecRun, read_trtexec
-from leapkit.latency.trtexec_profile import aggregate_profile, onnx_nodes
 from leapkit.latency.verdict import decide, setting_warnings, warnings
 from leapkit.paths import require_writable
 from leapkit.profiles import TargetProfile
-from leapkit.records import atomic_write_bytes
 from leapkit.run import CONFIG
+from leapkit.trtexec.layers import aggregate_profile, onnx_nodes
+from leapkit.trtexec.read import TrtexecImport, TrtexecRun, read_trtexec
 from leapkit.types import Precision, Stat
 
 log = logging.getLogger(__name__)
@@ -117,14 +115,12 @@ def _check_stat(results: Sequence[BenchResult], stat: Stat, imported: TrtexecImp
 def report_from_trtexec(
     imported: TrtexecImport,
     profile: TargetProfile,
+    budget: Budget,
     *,
     evidence: Literal["imported", "measured"],
-    budget_ms: float | None,
-    stat: Stat | None,
     out_dir: Path,
     model: str,
     host: str | None = None,
-    check: bool = True,
     onnx: Path | None = None,
     allow_other_device: bool = False,
 ) -> BenchReport:
@@ -134,15 +130,13 @@ def report_from_trtexec(
     reason, unless ``allow_other_device``.
 
     Args:
-        imported: what :func:`leapkit.latency.trtexec.read_trtexec` read.
+        imported: what :func:`leapkit.trtexec.read.read_trtexec` read.
         profile: the target.
+        budget: the latency budget and the statistic judged.
         evidence: ``imported`` for files brought by the user, ``measured`` for a run over SSH.
-        budget_ms: the latency budget (default: the profile's).
-        stat: the statistic judged (default: the profile's).
         out_dir: bench/ goes inside it.
         model: what the report names as the model.
         host: the device's SSH host, for ``measured``.
-        check: raise CheckFailed after writing the report when the verdict is FAIL.
         onnx: the ONNX model the engine was built from, to place profiled layers in ViT blocks and to
             predict each run's latency with the target's latency model.
         allow_other_device: judge imported figures from another device than the profile's anyway.
@@ -150,10 +144,8 @@ def report_from_trtexec(
     Raises:
         ConfigError: no run has the statistic to judge (nothing is written).
         TrtexecError: the statistic to judge is missing because a log was cut inside its summary.
-        CheckFailed: the verdict is FAIL and ``check`` is set.
     """
-    stat = stat or profile.budget_stat
-    budget = float(profile.latency_budget_ms if budget_ms is None else budget_ms)
+    stat = budget.stat
     results = [_result(run) for run in imported.runs]
     _check_stat(results, stat, imported)
     forecaster = Forecaster.of(profile)
@@ -162,8 +154,8 @@ def report_from_trtexec(
         forecaster.attach(r, shape, measured_here=True)
     for r in results:
         value = r.stat_ms(stat)
-        r.budget_ok = None if value is None else value <= budget
-    verdict, reason, gated = decide(results, profile, budget, stat, evidence)
+        r.budget_ok = None if value is None else value <= budget.ms
+    verdict, reason, gated = decide(results, profile, budget.ms, stat, evidence)
     other = other_device(imported, profile) if evidence == "imported" else None
     if other and not allow_other_device:  # a budget is never judged on another device's figures
         verdict = "UNCONFIRMED"
@@ -187,38 +179,11 @@ def report_from_trtexec(
     measured_on = f"{host} ({device})" if host else device
     evidence_reason = (f"timed by trtexec on {host} over SSH" if evidence == "measured"
                        else f"read from {', '.join(imported.sources)}")
-    report = BenchReport(
-        target=profile.name,
-        target_description=profile.description,
-        model=model,
-        source_run=None,
-        export_dir=None,
-        input_shape=None,
-        results=results,
-        budget_ms=budget,
-        budget_stat=stat,
-        budget_source="--budget-ms" if budget_ms is not None else f"profile {profile.name}",
-        evidence=evidence,
-        evidence_reason=evidence_reason,
-        measured_on=measured_on,
-        verdict=verdict,
-        verdict_reason=reason,
-        gated=gated.label if gated else None,
-        method=None,
-        roofline_note=ROOFLINE_NOTE,
-        warnings=notes,
-        environment=_environment(imported, host),
-        leapkit_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    json_path = Path(out_dir) / "bench" / f"{profile.name}.json"
-    report.save(json_path)
-    report.json_path = json_path
-    atomic_write_bytes(json_path.with_suffix(".md"), render_markdown(report, _profile_sections(imported, onnx))
-                       .encode())
-    log.info("wrote %s and %s", json_path, report.md_path)
-    if check:
-        report.check()
+    provenance = Provenance(evidence, evidence_reason, measured_on, _environment(imported, host))
+    report = BenchReport.of(profile, results, budget, provenance, Decision(verdict, reason, gated), model=model,
+                            warnings=notes)
+    write_bench_report(report, Path(out_dir) / "bench" / f"{profile.name}.json", _profile_sections(imported, onnx))
+    log.info("wrote %s and %s", report.json_path, report.md_path)
     return report
 
 
@@ -281,41 +246,35 @@ def _export_of(paths: Sequence[Path]) -> Path | None:
     return None
 
 
-def bench_from_trtexec(
-    paths: Sequence[str | Path], profile: TargetProfile, *, budget_ms: float | None = None, stat: Stat | None = None,
-    out_dir: Path | None = None, check: bool = True, allow_other_device: bool = False,
-) -> BenchReport:
-    """Read trtexec's files (logs, --exportTimes/--exportProfile JSON, device.json, folders) and write the report.
+def bench_from_trtexec(profile: TargetProfile, request: BenchRequest) -> BenchReport:
+    """Read trtexec's files (``request.from_trtexec``: logs, --exportTimes/--exportProfile JSON, device.json,
+    folders) and write the report.
 
-    Figures from another device than the profile's are UNCONFIRMED unless ``allow_other_device``.
+    Figures from another device than the profile's are UNCONFIRMED unless ``request.allow_other_device``.
 
     Raises:
         ConfigError: an input does not exist.
         TrtexecError: a log has no performance summary, or no file holds timing figures (nothing is written).
-        CheckFailed: the verdict is FAIL and ``check`` is set.
     """
-    files = [Path(p) for p in paths]
+    files = [Path(p) for p in request.from_trtexec or ()]
     missing = [str(p) for p in files if not p.exists()]
     if missing:
         raise ConfigError(f"--from-trtexec {', '.join(missing)}: no such file or folder; pass a trtexec log, its "
                           "--exportTimes/--exportProfile JSON, or the results folder bench_engine.sh wrote")
-    out_dir = out_dir or default_out_dir(files)
+    out_dir = request.out or default_out_dir(files)
     require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
     imported = read_trtexec(files)
     export = _export_of(files)
     return report_from_trtexec(
-        imported, profile, evidence="imported", budget_ms=budget_ms, stat=stat,
-        out_dir=out_dir, model=", ".join(map(str, files)), check=check,
-        onnx=export / GRAPH if export else None, allow_other_device=allow_other_device,
+        imported, profile, Budget.of(profile, request.budget_ms, request.stat), evidence="imported", out_dir=out_dir,
+        model=", ".join(map(str, files)), onnx=export / GRAPH if export else None,
+        allow_other_device=request.allow_other_device,
     )
 
 
-def bench_over_ssh(
-    model: str | Path | None, profile: TargetProfile, host: str, precisions: Sequence[Precision], *,
-    budget_ms: float | None = None, stat: Stat | None = None, out_dir: Path | None = None,
-    ssh_options: Sequence[str] = (), check: bool = True,
-) -> BenchReport:
-    """Build, check and time MODEL's bundle on ``host`` for each precision, then write the report (evidence measured).
+def bench_over_ssh(model: str | Path | None, profile: TargetProfile, request: BenchRequest) -> BenchReport:
+    """Build, check and time MODEL's bundle on ``request.host`` for each precision (default: the profile's), then
+    write the report (evidence measured).
 
     The device's results are copied to ``export/<target>/results/<precision>/`` (replacing an earlier copy), so
     that ``--from-trtexec`` can read them again later.
@@ -323,16 +282,18 @@ def bench_over_ssh(
     Raises:
         ConfigError: MODEL has no export for the target.
         HostError: the device cannot be reached or lacks what the bundle needs (see
-            :func:`leapkit.latency.remote.bench_on_host`).
-        CheckFailed: the engine fails the parity check on the device, or the verdict is FAIL and ``check`` is set.
+            :func:`leapkit.device.round_trip.bench_on_host`).
+        CheckFailed: the engine fails the parity check on the device.
     """
+    host = cast(str, request.host)
+    precisions = cast(list[Precision], list(request.precisions or [profile.precision]))
     src = resolve_model(model, profile.name)
     export = src.export_dir
     if export is None or (src.target is not None and src.target != profile.name):
         where = f"the export in {export} is for {src.target}" if export else f"{model or 'runs/latest'} has no export"
         raise ConfigError(f"--host needs a deploy bundle for {profile.name}: {where}; run "
                           f"`leapkit export RUN --target {profile.name}` first")
-    out_dir = out_dir or src.out_dir
+    out_dir = request.out or src.out_dir
     require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
     require_writable(export / "results", "the device's results", "make the export folder writable")
     merged = TrtexecImport()
@@ -340,7 +301,8 @@ def bench_over_ssh(
     for precision in precisions:
         results = export / "results" / precision
         shutil.rmtree(results, ignore_errors=True)  # the device's results/<precision> is made afresh too
-        run = bench_on_host(export, host, precision, results, profile=profile, ssh_options=ssh_options)
+        run = bench_on_host(export, host, precision, results, profile=profile,
+                           ssh_options=request.ssh_options)
         if run.timing_cache_reused:
             log.info("the device's timing cache was reused for the %s build", precision)
         part = read_trtexec([results])
@@ -351,7 +313,7 @@ def bench_over_ssh(
         merged.warnings += [*run.warnings, *part.warnings]
         hosts.append(run.host)
     return report_from_trtexec(
-        merged, profile, evidence="measured", budget_ms=budget_ms, stat=stat, out_dir=out_dir,
-        model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host, check=check,
+        merged, profile, Budget.of(profile, request.budget_ms, request.stat), evidence="measured", out_dir=out_dir,
+        model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host,
         onnx=export / GRAPH,
     )

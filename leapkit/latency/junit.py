@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leapkit.errors import MissingDependency
-from leapkit.latency.regression import RowChange
-from leapkit.latency.report import BenchReport, BenchResult
+from leapkit.latency.records import BenchReport, BenchResult, RowChange
 from leapkit.records import atomic_write_bytes
 from leapkit.tables import fmt
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from leapkit import __version__
+from leapkit.host import cpu_bf16, cpu_features
 from leapkit.latency.timing import usable_cores
-from leapkit.runtimes import cpu_bf16, cpu_features
 
 if TYPE_CHECKING:
     from leapkit.profiles import TargetProfile
@@ -111,7 +111,7 @@ def gpu_info() -> dict[str, Any] | None:
         info: dict[str, Any] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                                 "memory_gb": round(props.total_memory / 1e9, 1), "cuda": torch.version.cuda}
     else:  # a Jetson venv: JetPack's TensorRT and cuda-python beside a CPU build of torch
-        from leapkit.runtimes import cuda_device, cuda_device_count
+        from leapkit.host import cuda_device, cuda_device_count
 
         if not cuda_device_count():
             return None

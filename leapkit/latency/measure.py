@@ -15,7 +15,7 @@ import torch
 from leapkit.errors import MissingDependency
 from leapkit.latency.artifacts import Artifact
 from leapkit.latency.cost import Cost, onnx_cost
-from leapkit.latency.report import BenchResult
+from leapkit.latency.records import BenchResult
 from leapkit.latency.timing import (
     NOISY_CV,
     PROBE_S,
@@ -26,7 +26,11 @@ from leapkit.latency.timing import (
     reset_peak_rss,
     time_runner,
 )
-from leapkit.runtimes import OpenVINORunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
+from leapkit.runtimes.base import Runner
+from leapkit.runtimes.openvino_runner import OpenVINORunner
+from leapkit.runtimes.ort_runner import OrtRunner
+from leapkit.runtimes.tensorrt_runner import TensorRTRunner
+from leapkit.runtimes.torch_runner import TorchRunner
 from leapkit.threads import torch_threads
 
 if TYPE_CHECKING:

@@ -35,24 +35,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from leapkit.errors import ConfigError, RunError
-from leapkit.records import Record
-from leapkit.types import FORMATS, STATS, Evidence, Format, Runtime, Stat
-
-if TYPE_CHECKING:
-    from leapkit.latency.report import BenchReport, BenchResult
-
-Change = Literal["faster", "same", "slower", "within noise", "regressed", "new", "not compared"]
-"""One result against its baseline; ``new``: the baseline has no such result, ``not compared``: a figure is missing."""
+from leapkit.latency.records import (
+    EFFECTIVE_SAMPLES,
+    NOISE_K,
+    BenchReport,
+    BenchResult,
+    Change,
+    Comparison,
+    RowChange,
+    result_key,
+)
+from leapkit.types import FORMATS, STATS, Stat
 
 DEFAULT_MAX_REGRESSION_PCT = 10.0
-NOISE_K = 2.0
-EFFECTIVE_SAMPLES = 100
 SAME_PCT = 1.0
 _QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 _Z99 = NormalDist().inv_cdf(0.99)
@@ -97,101 +97,6 @@ def classify(change_pct: float, noise_pct: float, max_regression_pct: float) -> 
     return "regressed" if change_pct > max_regression_pct else "slower"
 
 
-@dataclass
-class RowChange(Record):
-    """One result of the new report against the same result in the baseline.
-
-    Args:
-        label: the result's row name (``ONNX fp32``).
-        runtime: its runtime.
-        format: its file format.
-        precision: its precision.
-        batch: its batch size.
-        before_ms: the baseline's statistic (None: no such result, or not recorded).
-        now_ms: this run's statistic (None: the format did not run).
-        change_pct: ``100 (now / before - 1)``.
-        noise_pct: the noise band, +-percent.
-        change: the verdict.
-    """
-
-    label: str
-    runtime: Runtime
-    format: Format
-    precision: str
-    batch: int
-    before_ms: float | None
-    now_ms: float | None
-    change_pct: float | None
-    noise_pct: float | None
-    change: Change
-
-    def cell(self) -> str:
-        """The table's "vs baseline" cell: ``+3.1% within noise (+-6.2%)``."""
-        if self.change_pct is None:
-            return self.change
-        noise = f" (±{self.noise_pct:.1f}%)" if self.noise_pct else ""
-        return f"{self.change_pct:+.1f}% {self.change}{noise}"
-
-    def describe(self, stat: Stat, max_regression_pct: float) -> str:
-        """The numbers behind a regression, for error messages and JUnit failures."""
-        return (f"{self.label} {stat} {self.now_ms:.3f} ms vs {self.before_ms:.3f} ms in the baseline "
-                f"({self.change_pct:+.1f}% > {max_regression_pct:g}% allowed; noise ±{self.noise_pct or 0:.1f}%)")
-
-
-@dataclass
-class Comparison(Record):
-    """A bench report against its baseline: the ``baseline`` key of bench/<target>.json.
-
-    Args:
-        path: the baseline file as given.
-        created: when the baseline was benched.
-        evidence: the baseline's evidence kind.
-        stat: the statistic compared (this report's ``budget_stat``).
-        max_regression_pct: the slowdown allowed beyond the noise.
-        noise_k: standard errors of the difference in the noise band.
-        effective_samples: the cap on the samples a run counts.
-        rows: one per result of this report, in its order.
-        warnings: what makes the two runs less comparable (environment, noise wider than the threshold).
-        notes: what else the comparison should say (host timings, results left out, unknown noise).
-    """
-
-    path: str
-    created: str
-    evidence: Evidence
-    stat: Stat
-    max_regression_pct: float
-    noise_k: float = NOISE_K
-    effective_samples: int = EFFECTIVE_SAMPLES
-    rows: list[RowChange] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def regressions(self) -> list[RowChange]:
-        return [r for r in self.rows if r.change == "regressed"]
-
-    def row(self, r: BenchResult) -> RowChange | None:
-        """The comparison of result ``r`` (matched by runtime, format, precision and batch)."""
-        return next((c for c in self.rows if _key(c) == _key(r)), None)
-
-    def counts(self) -> str:
-        """``1 regressed, 2 within noise``: how many results got each verdict."""
-        seen: dict[str, int] = {}
-        for r in self.rows:
-            seen[r.change] = seen.get(r.change, 0) + 1
-        return ", ".join(f"{n} {change}" for change, n in seen.items()) or "no results"
-
-    def failure(self) -> str | None:
-        """The regressions in one line, or None when there is none."""
-        if not self.regressions:
-            return None
-        return "; ".join(r.describe(self.stat, self.max_regression_pct) for r in self.regressions)
-
-
-def _key(r: BenchResult | RowChange) -> tuple[str, str, str, int]:
-    return r.runtime, r.format, r.precision, r.batch
-
-
 def _number(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
@@ -202,8 +107,6 @@ def load_baseline(path: str | Path) -> BenchReport:
     Raises:
         ConfigError: the file is missing, not JSON, or not a bench report (one line naming the problem).
     """
-    from leapkit.latency.report import BenchReport  # report.py holds this module's records: imported late
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--baseline {p}: no such file; {_HINT}")
@@ -241,11 +144,11 @@ def compare(report: BenchReport, baseline: BenchReport, path: str | Path, max_re
     stat = report.budget_stat
     before: dict[tuple[str, str, str, int], BenchResult] = {}
     for b in baseline.results:
-        before.setdefault(_key(b), b)
+        before.setdefault(result_key(b), b)
     out = Comparison(path=str(path), created=baseline.created, evidence=baseline.evidence, stat=stat,
                      max_regression_pct=max_regression_pct, warnings=environment_differences(report, baseline))
     for r in report.results:
-        old = before.pop(_key(r), None)
+        old = before.pop(result_key(r), None)
         row = _compare_row(r, old, stat, max_regression_pct)
         out.rows.append(row)
         if old is None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from leapkit.errors import ConfigError
-from leapkit.latency.report import BenchResult
+from leapkit.latency.records import BenchResult
 from leapkit.latency.timing import NOISY_CV
 from leapkit.profiles import TargetProfile
 from leapkit.types import STATS, Evidence, Stat, Verdict

@@ -1,12 +1,13 @@
 """Timing the microbenchmarks with trtexec on a TensorRT target, on this machine or over SSH.
 
 The microbenchmark graphs are exported here and copied with one POSIX sh script, ``calibrate.sh``,
-that builds and times each with the trtexec flags of the deploy bundle
-(:func:`leapkit.deploy.bundle.precision_flags` and :func:`~leapkit.deploy.bundle.steady_timing_flags`
-for the profile's TensorRT version) and leaves one log per graph in ``logs/``. The logs are read back
-with :func:`leapkit.latency.trtexec_log.read_log`; a graph's time is trtexec's median GPU compute time.
-Over SSH the folder is ``${XDG_CACHE_HOME:-~/.cache}/leapkit/calibration/<target>`` on the device, and the
-connection is :mod:`leapkit.latency.remote`'s (the user's ssh config and keys, never a prompt).
+that probes the device (:data:`leapkit.device.probe.PROBE`), then builds and times each graph with the
+trtexec flags of the deploy bundle (:func:`leapkit.trtexec.flags.precision_flags` and
+:func:`~leapkit.trtexec.flags.steady_timing_flags` for the profile's TensorRT version) and leaves one log
+per graph in ``logs/``. The logs are read back with :func:`leapkit.trtexec.log.read_log`; a graph's time is
+trtexec's median GPU compute time. Over SSH the folder is ``${XDG_CACHE_HOME:-~/.cache}/leapkit/calibration/<target>``
+on the device, and the link is :class:`leapkit.device.ssh.Connection` (the user's ssh config and keys, never a
+prompt).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from leapkit.deploy.bundle import DEFAULT_TENSORRT, precision_flags, steady_timing_flags
+from leapkit.device.probe import PROBE, facts
+from leapkit.device.ssh import Connection, HostError, last_line
 from leapkit.errors import LeapkitError
-from leapkit.latency.trtexec_log import read_log
-from leapkit.runtimes import INPUT_NAME
+from leapkit.runtimes.base import INPUT_NAME
+from leapkit.trtexec.flags import DEFAULT_TENSORRT, precision_flags, steady_timing_flags
+from leapkit.trtexec.log import read_log
 from leapkit.types import Precision
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,8 @@ DURATION_S = 2
 _HEAD = r"""#!/bin/sh
 # leapkit calibrate: build and time each microbenchmark graph with trtexec; one log per graph in logs/.
 cd "$(dirname "$0")" || exit 3
-found() { case "$1" in */*) [ -f "$1" ] && [ -x "$1" ] && echo "$1" ;; *) command -v "$1" ;; esac; }
-TRTEXEC=$(found "${TRTEXEC:-trtexec}") || TRTEXEC=$(found /usr/src/tensorrt/bin/trtexec) || {
-    echo "no trtexec on this device (not on PATH, not in /usr/src/tensorrt/bin)" >&2; exit 4; }
-echo "leapkit:banner=$("$TRTEXEC" --help 2>&1 | grep -m 1 '&&&& RUNNING')"
-[ -r /proc/device-tree/model ] && echo "leapkit:model=$(tr -d '\000' < /proc/device-tree/model)"
-[ -r /etc/nv_tegra_release ] && echo "leapkit:l4t=$(head -n 1 /etc/nv_tegra_release)"
-echo "leapkit:hostname=$(hostname)"
-echo "leapkit:arch=$(uname -m)"
+""" + PROBE + r"""
+[ -n "$TRTEXEC" ] || { echo "no trtexec on this device (not on PATH, not in /usr/src/tensorrt/bin)" >&2; exit 4; }
 mkdir -p logs
 status=0
 """
@@ -84,16 +80,6 @@ def script(graphs: Sequence[Graph], version: str | None, workspace_mb: int | Non
     return "\n".join(lines)
 
 
-def facts(stdout: str) -> dict[str, str]:
-    """The script's ``leapkit:key=value`` lines."""
-    out = {}
-    for line in stdout.splitlines():
-        if line.startswith("leapkit:") and "=" in line:
-            key, value = line[len("leapkit:"):].split("=", 1)
-            out[key] = value.strip()
-    return out
-
-
 def read_times(folder: Path, graphs: Sequence[Graph]) -> dict[str, float]:
     """Median GPU compute time in ms per graph file, from the logs in ``folder/logs``.
 
@@ -118,7 +104,7 @@ def run_here(folder: Path, graphs: Sequence[Graph]) -> tuple[dict[str, float], d
     """Run ``calibrate.sh`` in ``folder`` on this machine: the times per graph and the device facts."""
     proc = subprocess.run(["sh", str(folder / SCRIPT)], capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
-        raise LeapkitError(f"{SCRIPT} failed (exit {proc.returncode}: {_last(proc.stderr)}); the logs are in "
+        raise LeapkitError(f"{SCRIPT} failed (exit {proc.returncode}: {last_line(proc.stderr)}); the logs are in "
                            f"{folder / LOGS}")
     return read_times(folder, graphs), facts(proc.stdout)
 
@@ -130,9 +116,7 @@ def reach(host: str, ssh_options: Sequence[str]) -> None:
         ConfigError: bad ``--host`` or ssh options.
         HostError: the device is unreachable, refuses the key or has an unknown host key.
     """
-    from leapkit.latency.remote import Connection, Host, ssh_arguments
-
-    Connection(Host.parse(host), ssh_arguments(ssh_options)).reach()
+    Connection.to(host, ssh_options).reach()
 
 
 def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: Sequence[str],
@@ -143,9 +127,7 @@ def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: S
         ConfigError: bad ``--host`` or ssh options.
         HostError: the device is unreachable, refuses the key, lacks trtexec, or a graph fails there.
     """
-    from leapkit.latency.remote import Connection, Host, HostError, ssh_arguments
-
-    conn = Connection(Host.parse(host), ssh_arguments(ssh_options))
+    conn = Connection.to(host, ssh_options)
     where = f"${{XDG_CACHE_HOME:-$HOME/.cache}}/leapkit/calibration/{target}"
     made = conn.run(f'mkdir -p "{where}" && cd "{where}" && rm -rf {LOGS} && pwd')
     remote_dir = made.stdout.strip().splitlines()[-1] if made.returncode == 0 and made.stdout.strip() else ""
@@ -159,20 +141,6 @@ def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: S
     with tempfile.TemporaryDirectory(prefix="leapkit-calibrate-") as tmp:
         conn.copy([conn.host.remote(f"{remote_dir}/{LOGS}")], tmp, f"the logs back from {conn.host}")
         if proc.returncode != 0:
-            raise HostError(f"{SCRIPT} failed on {conn.host} (exit {proc.returncode}: {_last(proc.stderr)}); its "
+            raise HostError(f"{SCRIPT} failed on {conn.host} (exit {proc.returncode}: {last_line(proc.stderr)}); its "
                             f"logs are in {remote_dir}/{LOGS} on the device")
         return read_times(Path(tmp), graphs), facts(proc.stdout)
-
-
-def device_environment(found: dict[str, str]) -> dict[str, Any]:
-    """The device's fingerprint from the script's facts, keyed as :func:`leapkit.latency.machine.environment`."""
-    from leapkit.latency.remote import tensorrt_version
-
-    return {"host": found.get("hostname"), "machine": found.get("arch"), "device_model": found.get("model"),
-            "l4t": found.get("l4t"), "tensorrt": tensorrt_version(found.get("banner", "")),
-            "gpu_names": [found["model"]] if found.get("model") else []}
-
-
-def _last(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"

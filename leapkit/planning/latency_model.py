@@ -7,10 +7,13 @@
 (the counts are :mod:`leapkit.planning.workload`'s). The efficiencies (:class:`Efficiencies`) come from
 one of two places, and every prediction says which:
 
-- a calibration of the target (``leapkit calibrate --target T``): fitted to microbenchmarks of small
-  ViTs timed on the target itself, never to the models being predicted (the nn-Meter approach);
+- a calibration of the target (``leapkit calibrate --target T``, :mod:`leapkit.planning.fit`): fitted to
+  microbenchmarks of small ViTs timed on the target itself, never to the models being predicted (the nn-Meter
+  approach);
 - else the profile's ``latency_model`` section: fractions of the profile's peaks set from published
   measurements on that device, each cited there.
+
+Which of the two a target gets is :func:`leapkit.planning.target_model.model_for`'s choice.
 
 A model describes one runtime: the profile's ``runtime`` by default; another of the target's runtimes
 (OpenVINO on a CPU target) has its own calibration (``leapkit calibrate --target T --runtime openvino``)
@@ -23,19 +26,15 @@ factor; it is the spread a prediction is expected to land within, not a bound.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from leapkit.errors import ConfigError
 from leapkit.planning import workload
-from leapkit.planning.shape import VitShape, of_model, of_onnx
+from leapkit.planning.shape import VitShape
 from leapkit.records import Record
 from leapkit.types import BYTES_PER_ELEMENT, PRECISIONS, Precision, TargetRuntime
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from leapkit.planning.calibration import Calibration
     from leapkit.profiles import PublishedEfficiency, TargetProfile
 
 
@@ -208,14 +207,6 @@ def published_model(profile: TargetProfile) -> LatencyModel | None:
                         profile.runtime)
 
 
-def calibrated_model(calibration: Calibration) -> LatencyModel:
-    """A calibration file's fitted efficiencies as a model."""
-    host = calibration.environment.get("host") or "unknown host"
-    source = f"calibrated on {host}, {calibration.created[:10]}"
-    return LatencyModel(calibration.target, dict(calibration.efficiencies), dict(calibration.ranges), True, source,
-                        calibration.runtime)
-
-
 def check_runtime(profile: TargetProfile, runtime: str | None) -> TargetRuntime:
     """``runtime`` (default: the profile's ``runtime``), one the target deploys with.
 
@@ -228,97 +219,3 @@ def check_runtime(profile: TargetProfile, runtime: str | None) -> TargetRuntime:
         raise ConfigError(f"target {profile.name} deploys with {', '.join(profile.deploy_runtimes)}, not '{runtime}'; "
                           f"pass --runtime {' or '.join(profile.deploy_runtimes)}")
     return cast(TargetRuntime, runtime)
-
-
-def model_for(profile: TargetProfile, calibration: Path | str | None = None, runtime: str | None = None
-              ) -> LatencyModel:
-    """The latency model of a target and runtime: its calibration when there is one, else (for the profile's own
-    runtime only) the profile's published efficiencies.
-
-    Args:
-        profile: the target.
-        calibration: a calibration file; default: the user's file for the target and runtime
-            (:func:`leapkit.planning.calibration.default_path`), when it exists.
-        runtime: one of the target's runtimes (default: the profile's ``runtime``).
-
-    Raises:
-        ConfigError: a runtime the target does not deploy with; the given file is missing, for another
-            target or another runtime; no calibration for a runtime other than the profile's; the target
-            has neither a calibration nor a ``latency_model`` section.
-    """
-    from leapkit.planning.calibration import Calibration, default_path
-
-    chosen = check_runtime(profile, runtime)
-    own = chosen == profile.runtime
-    path = Path(calibration) if calibration is not None else default_path(profile.name, None if own else chosen)
-    if calibration is not None or path.is_file():
-        cal = Calibration.read(path)
-        if cal.target != profile.name:
-            raise ConfigError(f"{path} calibrates target {cal.target}, not {profile.name}; pass that target or "
-                              f"calibrate {profile.name} with leapkit calibrate --target {profile.name}")
-        if cal.runtime != chosen:
-            raise ConfigError(f"{path} calibrates {cal.runtime} on {profile.name}, not {chosen}; pass --runtime "
-                              f"{cal.runtime}, or calibrate {chosen} with leapkit calibrate --target {profile.name} "
-                              f"--runtime {chosen}")
-        return calibrated_model(cal)
-    if not own:
-        raise ConfigError(f"target {profile.name} has no {chosen} calibration ({path}), and published efficiencies "
-                          f"describe {profile.runtime} only; run leapkit calibrate --target {profile.name} --runtime "
-                          f"{chosen} on the target")
-    published = published_model(profile)
-    if published is None:
-        raise ConfigError(f"target {profile.name} has no calibration ({path}) and its profile no latency_model "
-                          f"section; run leapkit calibrate --target {profile.name} on the device")
-    return published
-
-
-def _precision_of(path: Path) -> Precision:
-    """The precision of an exported graph: Q/DQ nodes mean int8, float16 weights fp16, else fp32."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul") for n in model.graph.node):
-        return "int8"
-    half = onnx.TensorProto.FLOAT16
-    return "fp16" if any(t.data_type == half for t in model.graph.initializer) else "fp32"
-
-
-def predict_onnx(
-    path_or_model: Path | str | nn.Module,
-    profile: TargetProfile | str,
-    precision: Precision | None = None,
-    *,
-    img_size: int | None = None,
-    batch: int | None = None,
-    calibration: Path | str | None = None,
-    runtime: str | None = None,
-) -> Prediction:
-    """Predict the latency of an exported graph (or a timm ViT) on a target, with its range.
-
-    Args:
-        path_or_model: an export's ``model*.onnx`` (fp32, fp16 or int8), or a timm ViT.
-        profile: the target (profile or name).
-        precision: default: read from the graph (Q/DQ nodes: int8; fp16 weights: fp16), the
-            profile's precision for a model.
-        img_size: for a model, the input size (default: the model's).
-        batch: images per inference (default: the profile's batch).
-        calibration: a calibration file (default: the target's, else the profile's published efficiencies).
-        runtime: the runtime that runs it, one of the target's (default: the profile's); an OpenVINO IR is
-            predicted from the ONNX graph it was converted from, with its precision given (bf16 runs the
-            fp32 graph).
-
-    Raises:
-        ConfigError: the target has no latency model for the runtime or the precision.
-        ModelError: the file or model is not a plain ViT.
-    """
-    from leapkit.profiles import load_target
-
-    target = load_target(profile)
-    if isinstance(path_or_model, (str, Path)):
-        path = Path(path_or_model)
-        shape = of_onnx(path)
-        prec = precision or _precision_of(path)
-    else:
-        shape = of_model(path_or_model, img_size)
-        prec = precision or target.precision
-    return model_for(target, calibration, runtime).predict(shape, prec, batch or target.batch)

@@ -25,7 +25,7 @@ from leapkit.planning.shape import HEAD_DIM, VitShape
 from leapkit.types import Precision, TargetRuntime
 
 if TYPE_CHECKING:
-    from leapkit.runtimes import Runner
+    from leapkit.runtimes.base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,10 @@ def open_runner(path: Path, runtime: TargetRuntime, precision: Precision, thread
     precision's inference precision hint (:data:`leapkit.deploy.openvino_ir.OPENVINO_HINTS`)."""
     if runtime == "openvino":
         from leapkit.deploy.openvino_ir import OPENVINO_HINTS
-        from leapkit.runtimes import OpenVINORunner
+        from leapkit.runtimes.openvino_runner import OpenVINORunner
 
         return OpenVINORunner(path, threads, OPENVINO_HINTS[precision])
-    from leapkit.runtimes import OrtRunner
+    from leapkit.runtimes.ort_runner import OrtRunner
 
     return OrtRunner(path, threads)
 

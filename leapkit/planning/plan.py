@@ -24,8 +24,9 @@ from typing import Literal
 from leapkit.config import Config
 from leapkit.errors import ConfigError
 from leapkit.planning import candidates as C
-from leapkit.planning.latency_model import LatencyModel, Prediction, check_runtime, model_for
+from leapkit.planning.latency_model import LatencyModel, Prediction, check_runtime
 from leapkit.planning.shape import VitShape, of_timm
+from leapkit.planning.target_model import model_for
 from leapkit.planning.train_cost import DEFAULT_GPU, DEFAULT_UTILISATION, TrainCost, dataset_images, train_cost
 from leapkit.profiles import TargetProfile
 from leapkit.records import Record

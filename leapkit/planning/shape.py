@@ -3,7 +3,8 @@
 A :class:`VitShape` is read from a timm model (on the meta device: nothing is allocated), from a timm
 name, or from an exported ONNX graph (fp32, fp16 or Q/DQ int8), so that a model is planned before it
 exists and predicted after it is exported from the same description. Parameters come from the model
-when there is one, else from the closed form; MACs from :func:`leapkit.macs.vit_closed_form_macs`.
+when there is one, else from the closed form; MACs from the closed form :func:`vit_closed_form_macs`, with
+fvcore's conventions (:mod:`leapkit.macs`), which it equals for plain ViTs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leapkit.errors import ModelError
-from leapkit.macs import FLOPS_PER_MAC, vit_closed_form_macs
+from leapkit.macs import FLOPS_PER_MAC, LAYERNORM_MACS_PER_ELEMENT
 from leapkit.types import BYTES_PER_ELEMENT, Precision
 
 if TYPE_CHECKING:
@@ -93,11 +94,8 @@ class VitShape:
 
     @property
     def macs(self) -> int:
-        """MACs of one ``forward_features`` at batch 1 (:func:`leapkit.macs.vit_closed_form_macs`)."""
-        return vit_closed_form_macs(
-            self.img_size, self.patch_size, self.dim, self.depth, mlp_hidden=self.mlp_hidden,
-            gated_mlp=self.gated_mlp, prefix_tokens=self.prefix_tokens,
-        )
+        """MACs of one ``forward_features`` at batch 1 (:func:`vit_closed_form_macs`)."""
+        return vit_closed_form_macs(self)
 
     @property
     def flops(self) -> int:
@@ -116,6 +114,25 @@ class VitShape:
         mlp = n * self.mlp_hidden * (2 if self.gated_mlp else 1)
         activations = batch * (3 * self.img_size ** 2 + 2 * n * d + max(attention, mlp))
         return int(width * (self.params + activations))
+
+
+def vit_closed_form_macs(shape: VitShape, *, in_chans: int = 3, layernorm: bool = True) -> int:
+    """MACs of a standard ViT forward (batch 1) from its shape, without running it.
+
+    Per block with N tokens of width D and MLP width H: qkv 3 N D^2, attention 2 N^2 D, output
+    projection N D^2, MLP 2 N D H (3 N D H when gated, as DINOv2 ViT-G's SwiGLU), two LayerNorms
+    of 5 N D each. Plus the patch embedding (patches x 3 p^2 x D) and the final LayerNorm.
+
+    Args:
+        shape: the ViT at its input size.
+        in_chans: input channels.
+        layernorm: count LayerNorms with fvcore's 5 MACs per element.
+    """
+    patches, n, dim = shape.patches, shape.tokens, shape.dim
+    norm = LAYERNORM_MACS_PER_ELEMENT * n * dim if layernorm else 0
+    mlp = (3 if shape.gated_mlp else 2) * n * dim * shape.mlp_hidden
+    block = 3 * n * dim * dim + 2 * n * n * dim + n * dim * dim + mlp + 2 * norm
+    return patches * in_chans * shape.patch_size ** 2 * dim + shape.depth * block + norm
 
 
 def check_img_size(img_size: int, patch: int, name: str) -> None:

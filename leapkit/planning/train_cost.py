@@ -3,7 +3,7 @@
 The FLOPs are :mod:`leapkit.flops`'s accounting (:func:`leapkit.flops.train_macs` over per-image
 :class:`leapkit.flops.StepCosts`) applied to the recipe's schedule before any training: one record
 per epoch of the dataset's images. The per-image costs come from the closed form
-(:func:`leapkit.macs.vit_closed_form_macs`), equal to fvcore's count for plain ViTs, so that a plan
+(:func:`leapkit.planning.shape.vit_closed_form_macs`), equal to fvcore's count for plain ViTs, so that a plan
 of dozens of candidates takes seconds.
 
 LEAP's cost depends on how fast the curriculum climbs, which only training tells. The plan assumes
@@ -11,7 +11,7 @@ the slowest climb the recipe allows: from block 1, one block every ``max_epochs_
 (a CKA that reaches the threshold sooner climbs faster and costs more, up to the baseline). So
 ``leap_flops`` is the least LEAP can cost and ``saving_pct`` the most it can save; the baseline runs all
 teacher blocks every step. GPU-hours are FLOPs over the named GPU's dense bf16 peak
-(:data:`leapkit.devices.GPU_PEAK_TFLOPS`) at the stated utilisation (MFU).
+(:data:`leapkit.host.GPU_PEAK_TFLOPS`) at the stated utilisation (MFU).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leapkit.config import Config
-from leapkit.devices import GPU_PEAK_TFLOPS
 from leapkit.errors import ConfigError
 from leapkit.flops import FLOPS_PER_MAC, StepCosts, train_macs
+from leapkit.host import GPU_PEAK_TFLOPS
 from leapkit.planning.shape import VitShape
 from leapkit.records import Record
 
@@ -132,7 +132,7 @@ def train_cost(
         student: the student at the training resolution.
         cfg: the recipe (epochs, batch size, curriculum).
         images_per_epoch: training images.
-        gpu: a name of :data:`leapkit.devices.GPU_PEAK_TFLOPS`.
+        gpu: a name of :data:`leapkit.host.GPU_PEAK_TFLOPS`.
         utilisation: model FLOP utilisation, in (0, 1].
 
     Raises:

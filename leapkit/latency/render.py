@@ -1,35 +1,21 @@
-"""bench/<target>.json and .md: the BenchReport record and its tables.
-
-The JSON keys are a contract (scripts and CI read them): ``results`` holds one entry per
-runtime/format/precision with ``runtime``, ``format``, ``precision``, ``batch``, ``p50_ms``,
-``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` (``gpu_compute_ms`` when read from
-trtexec), ``roofline`` (the lower bound on the target), ``predicted_ms``, ``predicted_range_ms``
-[low, high] and ``prediction_source`` (the target's latency model, :mod:`leapkit.latency.forecast`;
-null where it cannot read the model) and more; the top level holds ``budget_ms``, ``budget_stat``,
-``evidence`` (measured | imported | estimated) with ``evidence_reason`` and ``measured_on``,
-``verdict`` (PASS | FAIL | UNCONFIRMED), ``verdict_reason``, ``gated`` (the judged result's label) with
-``choice`` (why it was judged, for a target that chooses the fastest variant), ``environment`` and more; ``baseline``
-(with ``--baseline``) holds each result against an earlier report (:mod:`leapkit.latency.regression`).
+"""bench/<target>.md and the terminal's tables: a BenchReport rendered, and written with its JSON.
 
 The latency and method tables are built once as :class:`leapkit.tables.Table`; the Markdown file,
-``leapkit bench``'s terminal output and ``leapkit report`` all render those same tables.
+``leapkit bench``'s terminal output, the CI job summary and ``leapkit report`` all render those same tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from leapkit.errors import CheckFailed
-from leapkit.latency.artifacts import export_failed
-from leapkit.latency.cost import ROOFLINE_FORMULA, Roofline
-from leapkit.latency.regression import Comparison
+from leapkit.latency.cost import ROOFLINE_FORMULA
+from leapkit.latency.records import BenchReport, BenchResult
 from leapkit.latency.timing import PROBE_S, Method
-from leapkit.records import Record, atomic_write_bytes
+from leapkit.records import atomic_write_bytes
 from leapkit.tables import Table, fmt
-from leapkit.types import STATS, Evidence, Format, Runtime, Stat, Verdict
+from leapkit.types import STATS
 
 LATENCY_COLUMNS = ("format", "precision", "runtime", "status", "size MB", "accuracy %", "p50 ms", "p99 ms", "FPS",
                    "lower bound ms", "budget", "verdict")
@@ -40,181 +26,6 @@ PREDICTED_COLUMN = "predicted ms (range)"
 RATIO_COLUMN = "measured / predicted"
 TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy); FPS is images/s: "
                 "trtexec's queries per second times the batch (implicit-batch runs already count images).")
-
-
-@dataclass
-class BenchResult(Record):
-    """One benched format: how it ran and its latency statistics (None where it did not run).
-
-    Keys that only apply to some results (``compiled`` for PyTorch, ``thread_probe_p50_ms`` with
-    ``--threads auto``, the runner's ``device``, the statistics of a format that ran) are left out
-    of the JSON where they do not apply.
-    """
-
-    # the statistics and memory figures of a format that ran
-    MEASURED: ClassVar[tuple[str, ...]] = (
-        "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "std_ms", "cv", "throughput",
-        "iterations", "noisy", "peak_rss_mb", "peak_cuda_mb",
-    )
-    # written only when set
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("thread_probe_p50_ms", "compiled", "device", "providers", "input_shape",
-                                           "achieved_tflops", "gpu_compute_ms")
-
-    runtime: Runtime
-    format: Format
-    precision: str
-    batch: int
-    file: str | None = None
-    threads: int = 1
-    size_mb: float | None = None
-    accuracy: float | None = None
-    export_status: str = "ok"
-    thread_probe_p50_ms: dict[str, float] | None = None
-    compiled: bool | None = None
-    device: str | None = None
-    providers: list[str] | None = None
-    input_shape: list[int] | None = None
-    min_ms: float | None = None
-    mean_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-    std_ms: float | None = None
-    cv: float | None = None
-    throughput: float | None = None
-    iterations: int | None = None
-    noisy: bool | None = None
-    peak_rss_mb: float | None = None
-    peak_cuda_mb: float | None = None
-    status: str = "ok"
-    achieved_tflops: float | None = None
-    gpu_compute_ms: dict[str, float | None] | None = None
-    roofline: Roofline | None = None
-    budget_ok: bool | None = None  # None: not judged (timed away from the target, or off its device)
-    # the target's latency model (leapkit.latency.forecast); None where it cannot read the model; never judged
-    predicted_ms: float | None = None
-    predicted_range_ms: list[float] | None = None
-    prediction_source: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        drop = {k for k in self.OPTIONAL if data[k] is None}
-        if self.status != "ok":
-            drop.update(self.MEASURED)
-        return {k: v for k, v in data.items() if k not in drop}
-
-    @property
-    def label(self) -> str:
-        """``PyTorch eager``, ``ONNX fp16``, ``OpenVINO bf16``, ``TensorRT engine int8``: the row name in tables and
-        verdicts."""
-        if self.format == "pytorch":
-            return "PyTorch (torch.compile)" if self.compiled else "PyTorch eager"
-        return {"onnx": f"ONNX {self.precision}", "openvino": f"OpenVINO {self.precision}",
-                "engine": f"TensorRT engine {self.precision}"}[self.format]
-
-    @property
-    def export_failed(self) -> bool:
-        return export_failed(self.export_status)
-
-    def stat_ms(self, stat: Stat) -> float | None:
-        """The value of a budget statistic (``p99`` -> ``p99_ms``), None when the format did not run."""
-        return getattr(self, f"{stat}_ms")
-
-    @property
-    def measured_over_predicted(self) -> float | None:
-        """p50 over the prediction (None without both)."""
-        return self.p50_ms / self.predicted_ms if self.p50_ms is not None and self.predicted_ms else None
-
-
-@dataclass
-class BenchReport(Record):
-    """Everything ``leapkit bench`` measured and decided: the content of bench/<target>.json.
-
-    ``baseline`` is written only when there is one. ``json_path`` is where it was written or read, and
-    ``sections`` the Markdown appended to bench/<target>.md (trtexec's per-layer profile); neither is
-    part of the JSON.
-    """
-
-    target: str
-    target_description: str
-    model: str
-    source_run: str | None
-    export_dir: str | None
-    input_shape: list[int] | None
-    results: list[BenchResult]
-    budget_ms: float
-    budget_stat: Stat
-    budget_source: str
-    evidence: Evidence
-    evidence_reason: str
-    measured_on: str
-    verdict: Verdict
-    verdict_reason: str
-    gated: str | None
-    method: Method | None
-    roofline_note: str
-    warnings: list[str]
-    environment: dict[str, Any]
-    leapkit_version: str
-    created: str
-    baseline: Comparison | None = None
-    choice: str | None = None  # which result the verdict judges and why, for a target that chooses the fastest
-    json_path: Path | None = field(default=None, kw_only=True, compare=False, repr=False)
-    sections: list[str] = field(default_factory=list, kw_only=True, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        del data["json_path"], data["sections"]
-        for key in ("baseline", "choice"):
-            if data[key] is None:
-                del data[key]
-        return data
-
-    @classmethod
-    def load(cls, path: Path) -> BenchReport:
-        """Read bench/<target>.json.
-
-        Raises:
-            RunError: the file is missing, not JSON, or lacks a required key.
-        """
-        report = super().load(path)
-        report.json_path = Path(path)
-        return report
-
-    @property
-    def md_path(self) -> Path | None:
-        return self.json_path.with_suffix(".md") if self.json_path else None
-
-    def write(self, path: Path | None = None) -> None:
-        """Write bench/<target>.json and .md (at ``path``, else where it was last written)."""
-        self.json_path = Path(path) if path is not None else self.json_path
-        assert self.json_path is not None, "a report is written to a path"
-        self.save(self.json_path)
-        atomic_write_bytes(self.json_path.with_suffix(".md"), render_markdown(self, self.sections).encode())
-
-    def check(self, require_measured: bool = False) -> None:
-        """Raise CheckFailed when the verdict is FAIL, or UNCONFIRMED and ``require_measured`` is set, or a
-        result regressed against the baseline; every failed check in the one message."""
-        failed = []
-        if self.verdict == "FAIL":
-            failed.append(f"bench verdict FAIL on {self.target}: {self.verdict_reason}")
-        elif self.verdict == "UNCONFIRMED" and require_measured:
-            failed.append(
-                f"bench verdict UNCONFIRMED on {self.target} and --require-measured is set: {self.evidence_reason}; "
-                f"bench on the device (--host) or import its trtexec output (--from-trtexec)"
-            )
-        regression = self.baseline.failure() if self.baseline else None
-        if self.baseline and regression:
-            failed.append(f"latency regression on {self.target} against {self.baseline.path}: {regression}")
-        if failed:
-            raise CheckFailed(f"{'; and '.join(failed)} (report: {self.md_path})")
-
-    @property
-    def judged_here(self) -> bool:
-        """Whether the figures are the target's own (measured on it or imported from it)."""
-        return self.evidence != "estimated"
 
 
 def result_verdict(r: BenchResult, report: BenchReport) -> str:
@@ -412,15 +223,9 @@ def summary_markdown(report: BenchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(report: BenchReport, extra: Sequence[str] = ()) -> str:
-    """bench/<target>.md: the latency table, evidence and verdict, the method and the environment.
-
-    Args:
-        report: the report.
-        extra: Markdown sections appended at the end (the per-layer profile of trtexec figures); they
-            are kept in ``report.sections`` so that writing the report again keeps them.
-    """
-    report.sections = list(extra)
+def render_markdown(report: BenchReport) -> str:
+    """bench/<target>.md: the latency table, evidence and verdict, the method, the environment and the report's
+    extra sections (trtexec's per-layer profile)."""
     shape = f", input {'x'.join(map(str, report.input_shape))}" if report.input_shape else ""
     lines = [
         f"# Latency on {report.target}",
@@ -438,6 +243,23 @@ def render_markdown(report: BenchReport, extra: Sequence[str] = ()) -> str:
     if gpu_compute is not None:
         lines += ["", f"{gpu_compute.title}:", "", gpu_compute.to_markdown()]
     lines += ["", "## Environment", "", *_environment_lines(report.environment)]
-    for section in extra:
+    for section in report.sections:
         lines += ["", section]
     return "\n".join(lines) + "\n"
+
+
+def write_bench_report(report: BenchReport, path: Path | None = None, sections: Sequence[str] | None = None) -> None:
+    """Write bench/<target>.json and .md (at ``path``, else where the report was last written).
+
+    Args:
+        report: the report.
+        path: the JSON file; the Markdown goes beside it.
+        sections: Markdown sections appended to the .md (the per-layer profile of trtexec figures); they are
+            kept in ``report.sections``, so that writing the report again keeps them.
+    """
+    report.json_path = Path(path) if path is not None else report.json_path
+    assert report.json_path is not None, "a report is written to a path"
+    if sections is not None:
+        report.sections = list(sections)
+    report.save(report.json_path)
+    atomic_write_bytes(report.json_path.with_suffix(".md"), render_markdown(report).encode())

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leapkit.errors import TrtexecError
-from leapkit.latency.trtexec_json import load_json_values
 from leapkit.records import Record
 from leapkit.tables import Table
+from leapkit.trtexec.exported import load_json_values
 
 NUM = r"[-+]?(?:nan(?:\([a-z]*\))?|inf(?:inity)?|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _COUNT_LINE = re.compile(r'^,?\s*\{\s*"count"\s*:\s*(\d+)\s*\}\s*,?$')

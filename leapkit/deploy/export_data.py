@@ -1,4 +1,4 @@
-"""Real images for the export: INT8 calibration, parity checks and the linear probe."""
+"""The export's data: real images for INT8 calibration, the parity checks and the linear probe."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def export_data(cfg: Config, img_size: int, mean: Sequence[float], std: Sequence
         DataError: the run's data is gone.
     """
     from leapkit.data import ImageFolderDataset, eval_transform, resolve_split
-    from leapkit.evaluate import labelled_splits
+    from leapkit.eval.features import labelled_splits
 
     sized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, img_size=img_size))
     source = "digits (embedded)" if cfg.data.source == "digits" else str(cfg.data.path)

@@ -2,12 +2,12 @@
 
     read_trtexec(paths) -> TrtexecImport (one TrtexecRun per timing run, the layer profile, the device)
 
-A log gives one :class:`TrtexecRun` per timing run (:mod:`leapkit.latency.trtexec_log`). An
-``--exportTimes`` file is summarised as trtexec would print it (:mod:`leapkit.latency.trtexec_json`)
+A log gives one :class:`TrtexecRun` per timing run (:mod:`leapkit.trtexec.log`). An
+``--exportTimes`` file is summarised as trtexec would print it (:mod:`leapkit.trtexec.exported`)
 and is a run of its own only when no log is given: beside a log it fills the coefficient of
 variation of the run with the same number of timed queries, since the log's summary is what
 trtexec printed. The layer profile comes from an ``--exportProfile`` file, else from a profile
-table printed in a log (:mod:`leapkit.latency.trtexec_profile`). ``device.json`` (the fingerprint
+table printed in a log (:mod:`leapkit.trtexec.layers`). ``device.json`` (the fingerprint
 ``bench_engine.sh`` writes) is recognised by its name. A folder contributes its ``*.log`` and
 ``*.json`` files (gzipped or not); files there that are not trtexec's are skipped.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from leapkit.errors import TrtexecError
-from leapkit.latency.trtexec_json import DEFAULT_WARMUP_MS, TimesSummary, is_times, load_json_values, summarize_times
-from leapkit.latency.trtexec_log import TrtexecRun, no_summary_error, read_log
-from leapkit.latency.trtexec_profile import LayerProfile, read_profile_json
 from leapkit.records import Record
+from leapkit.trtexec.exported import DEFAULT_WARMUP_MS, TimesSummary, is_times, load_json_values, summarize_times
+from leapkit.trtexec.layers import LayerProfile, read_profile_json
+from leapkit.trtexec.log import TrtexecRun, no_summary_error, read_log
 
 __all__ = ["TrtexecImport", "TrtexecRun", "read_trtexec"]
 

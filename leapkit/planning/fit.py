@@ -1,11 +1,11 @@
-"""`leapkit calibrate`: time the microbenchmarks on the target and fit its latency model.
+"""The latency-model fit (`leapkit calibrate`): time the microbenchmarks on the target and fit its efficiencies.
 
 A CPU target is calibrated on this machine, which must be the target (its ``device_match``), with
 the profile's thread count, in ONNX Runtime or in another runtime the target deploys with (OpenVINO:
 the IRs the export writes, bf16 the fp32 IR with the bf16 hint where the CPU has bf16 arithmetic).
 A TensorRT target is calibrated on the device: on this machine when it is the device, else over SSH
 with ``host`` (:mod:`leapkit.planning.device_timing`). The result is a
-:class:`~leapkit.planning.calibration.Calibration` written to the user's configuration folder (or
+:class:`~leapkit.planning.fit_file.Calibration` written to the user's configuration folder (or
 ``out``), one file per runtime, which every later prediction for the target and runtime reads.
 """
 
@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leapkit.device.probe import device_environment
 from leapkit.errors import ConfigError
 from leapkit.paths import require_writable_file
 from leapkit.planning import device_timing
-from leapkit.planning.calibration import Calibration, Sample, default_path, fit, now
 from leapkit.planning.candidates import check_precisions
+from leapkit.planning.fit_file import Calibration, Sample, default_path, fit, now
 from leapkit.planning.latency_model import check_runtime
 from leapkit.planning.microbench import GRID, Micro, export_graphs, time_graph
 from leapkit.profiles import TargetProfile
@@ -42,7 +43,7 @@ class CalibratePlan:
         profile: the target.
         precisions: the precisions to fit (default: the profile's that the runtime's model covers).
         grid: the microbenchmarks.
-        out: the calibration file (default: :func:`~leapkit.planning.calibration.default_path`).
+        out: the calibration file (default: :func:`~leapkit.planning.fit_file.default_path`).
         host: ``[user@]host[:port]`` of the device for a TensorRT target; None: this machine.
         ssh_options: extra ssh/scp options for ``host``.
         threads: CPU runtime threads (default: the profile's).
@@ -80,7 +81,7 @@ class CalibratePlan:
             ConfigError: a precision the target does not run or the runtime's model does not cover, or
                 bf16 named on a CPU without bf16 arithmetic.
         """
-        from leapkit.runtimes import cpu_bf16
+        from leapkit.host import cpu_bf16
 
         chosen = check_precisions(self.profile, self.precisions, self.chosen_runtime)
         if "bf16" not in chosen or cpu_bf16():
@@ -130,7 +131,7 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
         raise ConfigError(f"--host times TensorRT engines on a device, but {profile.name} runs {runtime}; "
                           f"calibrate a CPU target on the machine itself, without --host")
     if runtime == "openvino":
-        from leapkit.runtimes import import_openvino
+        from leapkit.runtimes.openvino_runner import import_openvino
 
         import_openvino(f"calibrating the OpenVINO latency model of {profile.name}")
     out = plan.out or default_path(profile.name, None if runtime == profile.runtime else runtime)
@@ -165,7 +166,7 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
                 times, found = device_timing.run_here(folder, todo)
             else:
                 times, found = device_timing.run_on_host(folder, todo, plan.host, plan.ssh_options, profile.name)
-                env = device_timing.device_environment(found)
+                env = device_environment(found)
                 _check_version(env.get("tensorrt"), profile, plan.host)
             samples = [Sample(micro.name, _fields(micro), precision, times[p.name]) for micro, precision, p in graphs]
             method = (f"trtexec on the device: median GPU compute time of {device_timing.DURATION_S} s after "
@@ -188,7 +189,7 @@ def _cpu_runtime(runtime: TargetRuntime, precisions: tuple[Precision, ...]) -> s
     if runtime != "openvino":
         return "ONNX Runtime CPU"
     from leapkit.deploy.openvino_ir import OPENVINO_HINTS
-    from leapkit.runtimes import openvino_version
+    from leapkit.runtimes.openvino_runner import openvino_version
 
     hints = ", ".join(f"{p} {OPENVINO_HINTS[p]}" for p in precisions)
     return f"OpenVINO {openvino_version()} CPU (inference precision hint: {hints})"
@@ -222,7 +223,8 @@ def _fields(micro: Micro) -> dict:
 
 
 def _check_version(found: str | None, profile: TargetProfile, host: str) -> None:
-    from leapkit.latency.remote import Host, check_versions
+    from leapkit.device.probe import check_versions
+    from leapkit.device.ssh import Host
 
     for warning in check_versions(found, profile, Host.parse(host)):
         log.warning(warning)

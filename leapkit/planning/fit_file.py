@@ -1,4 +1,4 @@
-"""A target's calibration: efficiencies fitted to microbenchmarks timed on it, with the machine and the date.
+"""The latency-model fit's file (a target's calibration): efficiencies fitted to microbenchmarks, the machine, the date.
 
     ~/.config/leapkit/calibration/<target>.json             the profile's runtime
     ~/.config/leapkit/calibration/<target>-<runtime>.json   another of the target's runtimes (openvino)

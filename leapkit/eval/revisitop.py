@@ -1,7 +1,7 @@
 """Revisited Oxford and Paris (Radenovic et al., 2018): Easy, Medium and Hard mAP of a backbone.
 
 The ground truth is read from JSON converted once from the official pickles (see
-:func:`load_revisitop_gnd`); images are embedded with :func:`leapkit.evaluate.extract_features`.
+:func:`load_revisitop_gnd`); images are embedded with :func:`leapkit.eval.features.extract_features`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from leapkit.errors import DataError
-from leapkit.evaluate import _ranking, extract_features
+from leapkit.eval.features import extract_features
+from leapkit.eval.metrics import ranking
 
 Protocol = Literal["easy", "medium", "hard"]
 PROTOCOLS: tuple[Protocol, ...] = ("easy", "medium", "hard")
@@ -50,7 +51,7 @@ def load_revisitop_gnd(path: str | Path) -> RevisitopGnd:
         pkl = path.with_suffix(".pkl")
         hint = "prepare the revisitop folder first"
         if pkl.is_file():
-            hint = f"convert {pkl.name} to JSON first (see leapkit.revisitop.load_revisitop_gnd)"
+            hint = f"convert {pkl.name} to JSON first (see leapkit.eval.revisitop.load_revisitop_gnd)"
         raise DataError(f"revisitop ground truth {path} not found; {hint}")
     try:
         raw = json.loads(path.read_text())
@@ -114,14 +115,14 @@ def revisitop_map(query_x: Tensor, db_x: Tensor, gnd: RevisitopGnd) -> dict[str,
         db_x: (N, D) database features, in ``gnd.imlist`` order.
         gnd: the ground truth.
     """
-    order = _ranking(query_x, db_x).tolist()
+    order = ranking(query_x, db_x).tolist()
     out = {}
     for protocol in ("easy", "medium", "hard"):
         aps = []
-        for ranking, entry in zip(order, gnd.gnd, strict=True):
+        for ranked, entry in zip(order, gnd.gnd, strict=True):
             pos, ign = revisitop_positives(entry, protocol)
             if pos:  # queries without positives under a protocol do not count
-                aps.append(revisitop_ap(ranking, pos, ign))
+                aps.append(revisitop_ap(ranked, pos, ign))
         out[protocol] = 100.0 * sum(aps) / len(aps) if aps else float("nan")
     return out
 
@@ -179,7 +180,7 @@ def evaluate_revisitop(
     if not root.is_dir() or not found:
         raise DataError(
             f"{root} is not a prepared revisitop folder (no gnd_<dataset>.json); "
-            f"see leapkit.revisitop.load_revisitop_gnd"
+            f"see leapkit.eval.revisitop.load_revisitop_gnd"
         )
     gnd = load_revisitop_gnd(found[0].with_suffix(".json"))
     tf = eval_transform(img_size, mean, std, crop_pct=1.0)

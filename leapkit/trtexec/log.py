@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Literal, cast
 
 from leapkit.errors import TrtexecError
-from leapkit.latency.trtexec_json import STAT_KEYS
-from leapkit.latency.trtexec_profile import NUM, LayerProfile, number, read_profile_table
 from leapkit.records import Record
+from leapkit.trtexec.exported import STAT_KEYS
+from leapkit.trtexec.layers import NUM, LayerProfile, number, read_profile_table
 from leapkit.types import Precision
 
 _PREFIX = re.compile(r"^(?:\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] ?)*(?:\[(?P<level>[IVWEF])\] ?)?(?P<trt>\[TRT\] ?)?")

@@ -1,12 +1,17 @@
-"""One device resolver: the same answer and the same one-line error for every command."""
+"""leapkit.host: the CPU's features read from a given /proc/cpuinfo, a Jetson, and one device resolver.
 
+The CPU tests read a cpuinfo text written here, never this machine's: each expects a fixed answer.
+"""
+
+import importlib.util
 
 import pytest
 import torch
 from helpers import run_cli
 
-from leapkit.devices import gpu_peak_tflops, resolve_device
+from leapkit import host
 from leapkit.errors import ConfigError
+from leapkit.host import cpu_bf16, cpu_features, gpu_peak_tflops, is_jetson, resolve_device
 
 NO_CUDA = "device 'cuda' requested but CUDA is not available; use --device cpu"
 
@@ -16,6 +21,47 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@pytest.fixture
+def cpuinfo(tmp_path, monkeypatch):
+    """Write a /proc/cpuinfo text to a file that leapkit.host reads instead of this machine's."""
+    def write(text: str) -> None:
+        (tmp_path / "cpuinfo").write_text(text)
+
+    monkeypatch.setattr(host, "CPU_INFO", tmp_path / "cpuinfo")
+    return write
+
+
+@pytest.mark.parametrize("flags,found", [
+    ("fpu sse avx512f avx512_vnni avx512_bf16 avx512_fp16", "avx512_bf16"),
+    ("fpu sse avx512_bf16 amx_bf16 amx_int8", "amx_bf16"),
+    ("fpu sse avx2 fma avx_vnni", None),
+    ("fpu avx2 avx512f avx512_vnni", None),
+])
+def test_cpu_bf16_reads_the_cpu_flags(flags, found, cpuinfo):
+    cpuinfo(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_bf16() == found
+
+
+def test_cpu_features_reads_x86_flags_and_arm_features(cpuinfo):
+    cpuinfo("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma\n")
+    assert cpu_features() == {"fpu", "avx2", "fma"}
+    cpuinfo("processor\t: 0\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd asimddp i8mm\nCPU part\t: 0xd4b\n")
+    assert cpu_features() == {"fp", "asimd", "asimddp", "i8mm"}
+    cpuinfo("processor\t: 0\n")
+    assert cpu_features() == set() and cpu_bf16() is None
+
+
+def test_no_cpuinfo_and_no_openvino_is_no_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(host, "CPU_INFO", tmp_path / "missing")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert cpu_features() == set() and cpu_bf16() is None
+
+
+def test_a_jetson_is_known_by_its_release_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(host, "JETSON_RELEASE", tmp_path / "nv_tegra_release")
+    assert not is_jetson() and host.tensorrt_extra() == "trt"
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3\n")
+    assert is_jetson() and host.tensorrt_extra() == "jetson"
 
 
 def test_cpu_and_auto_without_cuda(no_cuda):
