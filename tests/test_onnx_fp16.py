@@ -10,10 +10,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from leapkit.deploy.onnx_fp16 import FP32_OPS, convert_fp16
-from leapkit.deploy.onnx_graph import GraphSpec, check_graph, export_onnx, quiet_exporters
+from leapkit.deploy.onnx_graph import check_graph, export_onnx, output_shapes, quiet_exporters
 from leapkit.deploy.parity import MIN_COSINE, compare
 from leapkit.errors import ExportError
 from leapkit.models import create_student
+from leapkit.planning.shape import of_model
 from leapkit.runtimes.ort_runner import OrtRunner
 
 
@@ -29,7 +30,7 @@ def student_fp16(tmp_path_factory):
     with quiet_exporters():
         export_onnx(student, folder / "model.onnx", 32)
     onnx.save(convert_fp16(onnx.load(str(folder / "model.onnx"))), str(folder / "model_fp16.onnx"))
-    check_graph(folder / "model_fp16.onnx", GraphSpec.of(student, 32).output_shapes())
+    check_graph(folder / "model_fp16.onnx", output_shapes(of_model(student, 32)))
     return folder
 
 

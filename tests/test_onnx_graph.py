@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from leapkit.deploy import onnx_graph as g
 from leapkit.errors import ExportError
 from leapkit.models import create_student
+from leapkit.planning.shape import of_model
 from leapkit.profiles import load_target
 from leapkit.runtimes.ort_runner import OrtRunner
 from leapkit.runtimes.torch_runner import TorchRunner
@@ -36,8 +37,7 @@ def fp32(student, tmp_path_factory):
 def test_export_onnx_dynamo_graph(student, fp32):
     path, exporter = fp32
     assert exporter.startswith("torch.onnx.export(dynamo=True)")
-    spec = g.GraphSpec.of(student, 32)
-    model = g.check_graph(path, spec.output_shapes())
+    model = g.check_graph(path, g.output_shapes(of_model(student, 32)))
     ops = [n.op_type for n in model.graph.node]
     assert "Resize" not in ops
     assert ops.count("LayerNormalization") == 2 * 4 + 1  # two per block and the final norm
@@ -60,17 +60,17 @@ def test_export_onnx_falls_back_to_torchscript(student, tmp_path, monkeypatch, c
     exporter = g.export_onnx(student, tmp_path / "m.onnx", 32, opset=17)
     assert exporter.startswith("torch.onnx.export(dynamo=False)")
     assert "torch.export could not trace the student (RuntimeError: cannot trace)" in caplog.text
-    g.check_graph(tmp_path / "m.onnx", g.GraphSpec.of(student, 32).output_shapes())
+    g.check_graph(tmp_path / "m.onnx", g.output_shapes(of_model(student, 32)))
 
 
-def test_graph_spec(student):
-    spec = g.GraphSpec.of(student, 24)
-    assert (spec.patch_size, spec.grid, spec.num_patches, spec.num_prefix_tokens) == (4, 6, 36, 1)
-    assert spec.input_shape == ["batch", 3, 24, 24]
-    assert spec.output_shapes() == {
+def test_graph_shapes(student):
+    shape = of_model(student, 24)
+    assert (shape.patch_size, shape.grid, shape.patches, shape.prefix_tokens) == (4, 6, 36, 1)
+    assert g.input_shape(shape) == ["batch", 3, 24, 24]
+    assert g.output_shapes(shape) == {
         "tokens": ["batch", 37, 32], "cls": ["batch", 32], "patch_tokens": ["batch", 36, 32]
     }
-    assert "row-major 6x6 grid order" in spec.output_descriptions()["patch_tokens"]
+    assert "row-major 6x6 grid order" in g.output_descriptions(shape)["patch_tokens"]
 
 
 def test_check_graph_rejects_wrong_shapes_and_resize(fp32, tmp_path):

@@ -36,10 +36,12 @@ from leapkit.deploy.onnx_fp16 import convert_fp16
 from leapkit.deploy.onnx_graph import (
     FILE_NAMES,
     OPSET,
-    GraphSpec,
     check_graph,
     default_opset,
     export_onnx,
+    input_shape,
+    output_descriptions,
+    output_shapes,
     quiet_exporters,
     require_onnxslim,
     simplify,
@@ -63,6 +65,7 @@ from leapkit.errors import CheckFailed, Interrupted, ModelError, RunError
 from leapkit.host import cpu_bf16
 from leapkit.models import normalization
 from leapkit.paths import require_writable
+from leapkit.planning.shape import of_model
 from leapkit.profiles import load_target
 from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_run
 from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES, Outputs, Runner, run_batched
@@ -213,7 +216,7 @@ class _Export:
 
     def __init__(self, plan: ExportPlan, student: nn.Module, out: Path, steps: Steps) -> None:
         self.plan, self.student, self.out, self.steps = plan, student, out, steps
-        self.spec = GraphSpec.of(student, plan.input_size)
+        self.shape = of_model(student, plan.input_size, plan.cfg.model.student)
         self.mean, self.std = normalization(plan.cfg.model.teacher)
         self.torch = TorchRunner(student)
         self.variants: list[Variant] = []
@@ -269,7 +272,7 @@ class _Export:
         if self.plan.request.slim:
             simplify(path)
             exporter += ", simplified with onnxslim"
-        check_graph(path, self.spec.output_shapes())
+        check_graph(path, output_shapes(self.shape))
         self.steps.done()
         return exporter
 
@@ -293,7 +296,7 @@ class _Export:
         """Check the graph at ``path`` (ONNX checker, output shapes) and its parity with ONNX Runtime."""
         import onnxruntime as ort
 
-        check_graph(path, self.spec.output_shapes())
+        check_graph(path, output_shapes(self.shape))
         variant = Variant(precision=precision, format="onnx", file=path.name, size_bytes=path.stat().st_size,
                           checked_with=f"onnxruntime {ort.__version__} CPUExecutionProvider")
         old = self.ort.pop(precision, None)
@@ -414,9 +417,9 @@ class _Export:
         return manifest
 
     def manifest(self, exporter: str, data: ExportData, reference: dict[str, Any]) -> ExportManifest:
-        plan, spec, profile = self.plan, self.spec, self.plan.profile
+        plan, shape, profile = self.plan, self.shape, self.plan.profile
         opsets = {v.file: default_opset(self.out / v.file) for v in self.variants if v.format == "onnx"}
-        shapes, descriptions = spec.output_shapes(), spec.output_descriptions()
+        shapes, descriptions = output_shapes(shape), output_descriptions(shape)
         return ExportManifest(
             format_version=1,
             leapkit_version=__version__,
@@ -429,15 +432,15 @@ class _Export:
             ),
             student={
                 "model": plan.cfg.model.student, "trained_img_size": plan.cfg.model.img_size,
-                "img_size": spec.img_size, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim,
-                "num_prefix_tokens": spec.num_prefix_tokens, "num_patches": spec.num_patches,
+                "img_size": shape.img_size, "patch_size": shape.patch_size, "embed_dim": shape.dim,
+                "num_prefix_tokens": shape.prefix_tokens, "num_patches": shape.patches,
                 "params": int(sum(p.numel() for p in self.student.parameters())),
             },
             exporter=exporter,
             opset=opsets.get(FILE_NAMES["fp32"], OPSET),
             opsets=opsets,
             input=InputSpec(
-                name=INPUT_NAME, shape=spec.input_shape, dtype="float32", mean=[float(m) for m in self.mean],
+                name=INPUT_NAME, shape=input_shape(shape), dtype="float32", mean=[float(m) for m in self.mean],
                 std=[float(s) for s in self.std], layout="NCHW",
                 preprocessing="RGB scaled to [0, 1], then (x - mean) / std per channel",
             ),

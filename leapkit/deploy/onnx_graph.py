@@ -26,7 +26,6 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from leapkit.types import Precision
 if TYPE_CHECKING:
     import onnx
 
+    from leapkit.planning.shape import VitShape
     from leapkit.profiles import TargetProfile
 
 log = logging.getLogger(__name__)
@@ -55,45 +55,26 @@ Shape = list[int | str]
 CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "onnx")
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """The shapes a student's exported graph must have at one input size."""
+def input_shape(shape: VitShape) -> Shape:
+    """The graph's input: a batch of RGB images at the shape's size."""
+    return ["batch", 3, shape.img_size, shape.img_size]
 
-    img_size: int
-    patch_size: int
-    embed_dim: int
-    num_prefix_tokens: int
 
-    @classmethod
-    def of(cls, model: nn.Module, img_size: int) -> GraphSpec:
-        return cls(img_size, patch_size(model), int(model.embed_dim), int(getattr(model, "num_prefix_tokens", 1)))
+def output_shapes(shape: VitShape) -> dict[str, Shape]:
+    """The shapes the exported graph's outputs must have, the batch axis spelled ``batch``."""
+    d, n = shape.dim, shape.patches
+    return {"tokens": ["batch", shape.tokens, d], "cls": ["batch", d], "patch_tokens": ["batch", n, d]}
 
-    @property
-    def grid(self) -> int:
-        return self.img_size // self.patch_size
 
-    @property
-    def num_patches(self) -> int:
-        return self.grid ** 2
-
-    @property
-    def input_shape(self) -> Shape:
-        return ["batch", 3, self.img_size, self.img_size]
-
-    def output_shapes(self) -> dict[str, Shape]:
-        d, n = self.embed_dim, self.num_patches
-        return {
-            "tokens": ["batch", self.num_prefix_tokens + n, d], "cls": ["batch", d], "patch_tokens": ["batch", n, d]
-        }
-
-    def output_descriptions(self) -> dict[str, str]:
-        prefix = self.num_prefix_tokens
-        return {
-            "tokens": f"final-normalised tokens: CLS, {prefix - 1} register tokens, {self.num_patches} patch tokens",
-            "cls": "CLS token (tokens[:, 0]): global image embedding for linear/kNN heads",
-            "patch_tokens": f"patch tokens (tokens[:, {prefix}:]) in row-major {self.grid}x{self.grid} grid order, "
-                            f"for dense heads",
-        }
+def output_descriptions(shape: VitShape) -> dict[str, str]:
+    """One line per output for the manifest: what it holds and how a head reads it."""
+    prefix = shape.prefix_tokens
+    return {
+        "tokens": f"final-normalised tokens: CLS, {prefix - 1} register tokens, {shape.patches} patch tokens",
+        "cls": "CLS token (tokens[:, 0]): global image embedding for linear/kNN heads",
+        "patch_tokens": f"patch tokens (tokens[:, {prefix}:]) in row-major {shape.grid}x{shape.grid} grid order, "
+                        f"for dense heads",
+    }
 
 
 def patch_size(model: nn.Module) -> int:
@@ -168,7 +149,7 @@ def check_graph(path: Path, expect: dict[str, Shape]) -> onnx.ModelProto:
 
     Args:
         path: the ONNX file.
-        expect: output name -> shape, the batch axis spelled ``batch`` (:meth:`GraphSpec.output_shapes`).
+        expect: output name -> shape, the batch axis spelled ``batch`` (:func:`output_shapes`).
 
     Returns:
         The model with inferred shapes.
