@@ -12,12 +12,11 @@ import dataclasses
 import json
 import os
 import tempfile
-import types
-import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 from leapkit.errors import RunError
+from leapkit.schema import Invalid, coerce
 
 R = TypeVar("R", bound="Record")
 
@@ -47,29 +46,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); rerun the stage that writes it") from e
-
-
-def _decode(tp: Any, value: Any) -> Any:
-    """Turn plain JSON back into the annotated type: nested records, lists and dicts of them."""
-    if value is None:
-        return None
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in get_args(tp):
-            if arg is not type(None):
-                return _decode(arg, value)
-    if isinstance(tp, type) and issubclass(tp, Record):
-        return tp.from_dict(value)
-    if origin in (list, tuple) and isinstance(value, list):
-        args = get_args(tp)
-        item = args[0] if args else Any
-        decoded = [_decode(item, v) for v in value]
-        return decoded if origin is list else tuple(decoded)
-    if origin is dict and isinstance(value, dict):
-        args = get_args(tp)
-        item = args[1] if len(args) == 2 else Any
-        return {k: _decode(item, v) for k, v in value.items()}
-    return value
 
 
 def _encode(value: Any) -> Any:
@@ -103,7 +79,16 @@ class Record:
         return {**self.extra, **out}
 
     @classmethod
-    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+    def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
+        """The record from its JSON, every declared key checked against its annotation (:func:`coerce`).
+
+        Args:
+            data: the parsed JSON object.
+            where: the dotted key of this record inside an enclosing one, for messages.
+
+        Raises:
+            RunError: not an object, a required key missing, or a value of the wrong type.
+        """
         if not isinstance(data, dict):
             raise RunError(
                 f"{cls.__name__}: expected a JSON object, got {type(data).__name__}; rerun the stage that writes it"
@@ -118,7 +103,13 @@ class Record:
             raise RunError(
                 f"{cls.__name__} lacks {', '.join(missing)}; it was written by another leapkit version: rerun the stage"
             )
-        kwargs = {name: _decode(hints[name], data[name]) for name in known if name in data}
+        prefix = f"{where}." if where else ""
+        try:
+            kwargs = {name: coerce(data[name], hints[name], prefix + name, finite=False)
+                      for name in known if name in data}
+        except Invalid as e:
+            raise RunError(f"{cls.__name__}: {e}; it was written by another tool or leapkit version: rerun the "
+                           f"stage that writes it") from e
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(**kwargs, extra=extra)
 

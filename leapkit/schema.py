@@ -64,21 +64,26 @@ def describe(typ: Any) -> str:
     return names.get(typ, getattr(typ, "__name__", str(typ)))
 
 
-def coerce(value: Any, typ: Any, where: str) -> Any:
+def coerce(value: Any, typ: Any, where: str, finite: bool = True) -> Any:
     """``value`` checked against the annotation ``typ`` and converted where that is lossless.
 
-    Integers become floats for ``float`` fields, lists become tuples for ``tuple`` fields; nothing
-    else is converted (``"3"`` is not an integer, ``1`` is not ``true``, ``6.2`` is not a string).
+    The one decoder of leapkit's YAML (recipes, target profiles) and JSON (run records): integers
+    become floats for ``float`` fields, lists become tuples for ``tuple`` fields, mappings become
+    the record a field names (its ``from_dict``; other dataclass sections are the caller's); nothing else is
+    converted (``"3"`` is not an integer, ``1`` is not ``true``, ``6.2`` is not a string).
 
     Args:
-        value: the value as YAML (or ``--set``) gave it.
-        typ: the field's annotation: bool, int, float, str, a Literal, ``X | None``,
-            ``tuple[float, float]``, ``tuple[X, ...]`` or ``dict[str, X]``.
+        value: the value as YAML, ``--set`` or JSON gave it.
+        typ: the field's annotation: bool, int, float, str, a Literal, ``X | None``, a record,
+            ``list[X]``, ``tuple[float, float]``, ``tuple[X, ...]``, ``dict[str, X]`` or Any.
         where: the key's dotted name, for the message.
+        finite: reject nan and inf (config values); records keep them (a nan metric is data).
 
     Raises:
         Invalid: the value does not fit; the message names ``where`` and what would be valid.
     """
+    if typ is Any:
+        return value
     args, origin = get_args(typ), get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -88,7 +93,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         for arg in args:
             if arg is not type(None):
                 try:
-                    return coerce(value, arg, where)
+                    return coerce(value, arg, where, finite)
                 except Invalid as e:
                     if e.where != where:  # an item inside the value: its own message is more precise
                         raise
@@ -99,25 +104,31 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         if value not in args:
             raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
         return value
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        if not isinstance(value, (list, tuple)):
+            raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
+        items = [coerce(v, args[0] if args else Any, f"{where}[{i}]", finite) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            if not isinstance(value, (list, tuple)):
-                raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(coerce(v, a, f"{where}[{i}]", finite) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
         item = args[1] if len(args) == 2 else Any
-        return {k: coerce(v, item, f"{where}.{k}") for k, v in value.items()}
+        return {k: coerce(v, item, f"{where}.{k}", finite) for k, v in value.items()}
+    if isinstance(typ, type) and hasattr(typ, "from_dict"):  # a record inside a record
+        if not isinstance(value, Mapping):
+            raise Invalid(where, f"must be a mapping ({typ.__name__}), got {value!r}")
+        return typ.from_dict(value, where=where)
     if typ is bool:
         if not isinstance(value, bool):
             raise Invalid(where, f"must be true or false, got {value!r}")
         return value
     if typ in (int, float):
-        ok = _is_number(value) and math.isfinite(value) and (typ is float or float(value).is_integer())
+        ok = _is_number(value) and (math.isfinite(value) or (not finite and typ is float)) and (
+            typ is float or float(value).is_integer())
         if not ok:
             raise Invalid(where, f"must be {describe(typ)}, got {value!r}")
         return typ(value)

@@ -37,7 +37,6 @@ import json
 import math
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
 
 from leapkit.errors import ConfigError, RunError
 from leapkit.latency.records import (
@@ -50,7 +49,7 @@ from leapkit.latency.records import (
     RowChange,
     result_key,
 )
-from leapkit.types import FORMATS, STATS, Stat
+from leapkit.types import Stat
 
 DEFAULT_MAX_REGRESSION_PCT = 10.0
 SAME_PCT = 1.0
@@ -97,10 +96,6 @@ def classify(change_pct: float, noise_pct: float, max_regression_pct: float) -> 
     return "regressed" if change_pct > max_regression_pct else "slower"
 
 
-def _number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
 def load_baseline(path: str | Path) -> BenchReport:
     """Read the bench report to compare with.
 
@@ -121,13 +116,6 @@ def load_baseline(path: str | Path) -> BenchReport:
     except RunError as e:
         raise ConfigError(f"--baseline {p} is not a bench report this leapkit reads "
                           f"({str(e).split(';')[0]}); {_HINT}") from e
-    for i, r in enumerate(report.results):
-        bad = [k for k in (*(f"{s}_ms" for s in STATS), "cv", "iterations") if not _number(getattr(r, k))]
-        bad += [k for k, ok in (("format", r.format in FORMATS), ("batch", isinstance(r.batch, int))) if not ok]
-        if bad:
-            raise ConfigError(f"--baseline {p}: results[{i}] has a bad {', '.join(bad)}; {_HINT}")
-    if not isinstance(report.environment, dict):
-        raise ConfigError(f"--baseline {p}: its environment is not a JSON object; {_HINT}")
     report.json_path = p
     return report
 
