@@ -3,7 +3,8 @@
 A target profile describes one deployment device: the runtime and precision to export for, the
 peak throughput, memory bandwidth and cache a latency lower bound needs, the expected JetPack,
 TensorRT and power mode, how to recognise the device (``device_match``), and the latency budget
-``leapkit bench`` gates on. Profiles ship inside the package (``leapkit._profiles/targets``); a
+``leapkit bench`` gates on, with an optional energy budget per inference (``energy_budget_mj``).
+Profiles ship inside the package (``leapkit._profiles/targets``); a
 path to any ``.yaml`` file in the same format works too.
 
 A family name (``jetson``, ``cpu``, ``gpu``) resolves to that family's default profile, listed in
@@ -105,6 +106,8 @@ class PublishedMeasurement:
         what: what was measured, in the source's words (a whole network whose backbone is ``model``, ...).
         use: ``fit``: the efficiencies were set from it; ``check``: a prediction must land within the range
             of it; ``bound``: it timed the backbone and more, so a prediction must not exceed it.
+        batch: images per timed inference; ``ms`` is the time of the whole batch (a throughput figure's
+            step time).
     """
 
     model: str
@@ -114,6 +117,7 @@ class PublishedMeasurement:
     source: str
     what: str = ""
     use: MeasurementUse = "fit"
+    batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,7 @@ class TargetProfile:
     tensorrt: str | None
     latency_budget_ms: float
     budget_stat: Stat = "p99"
+    energy_budget_mj: float | None = None  # energy per inference, judged on the device's tegrastats samples
     runtimes: tuple[TargetRuntime, ...] = ()
     choose: Choice = "profile"
     workspace_mb: int | None = None
@@ -327,6 +332,7 @@ def _value_problems(v: dict[str, Any], stem: str | None) -> list[str]:
     need("memory_bandwidth_gbs", lambda x: x > 0, "a number > 0 (GB/s)")
     need("memory_gb", lambda x: x > 0, "a number > 0 (GB)")
     need("latency_budget_ms", lambda x: x > 0, "a number > 0 (ms)")
+    need("energy_budget_mj", lambda x: x > 0, "a number > 0 (mJ per inference) or null")
     need("workspace_mb", lambda x: x >= 1, "an integer >= 1 (MB) or null")
     need("threads", lambda x: x >= 1, "an integer >= 1 or null (all cores)")
     for key in ("jetpack", "tensorrt"):

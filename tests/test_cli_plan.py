@@ -13,7 +13,7 @@ from helpers import run_cli
 from leapkit.errors import ConfigError
 from leapkit.planning.candidates import candidates
 from leapkit.planning.target_model import model_for
-from leapkit.profiles import load_target
+from leapkit.profiles import load_target, targets_dir
 from leapkit.train import auto_student
 
 KEYS = {"student", "img_size", "precision", "predicted_ms", "predicted_range_ms", "params", "gflops", "fits",
@@ -45,14 +45,51 @@ def test_plan_one_model_as_json(monkeypatch, capsys):
     assert not list(Path.cwd().glob("*.png"))  # JSON only
 
 
-def test_plan_candidates_for_a_teacher_in_seconds(tmp_path, monkeypatch, capsys):
+def _plan(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """``leapkit plan ARGS`` through the real entry point: exit code, stdout, stderr."""
+    from leapkit.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["leapkit", "plan", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def test_plan_candidates_for_a_teacher_opens_with_the_answer_and_shows_the_frontier(tmp_path, monkeypatch, capsys):
     start = time.perf_counter()
     plot = tmp_path / "frontier.png"
-    code, err = run_cli(["plan", "--teacher", "vit_giant_patch14_dinov2.lvd142m", "--target", "jetson-orin-nano",
-                         "--budget-ms", "20", "--plot", str(plot)], monkeypatch, capsys)
-    assert code in (0, None), err
+    args = ["--teacher", "vit_large_patch14_dinov2", "--target", "jetson-orin-nano", "--budget-ms", "20"]
+    code, out, err = _plan([*args, "--plot", str(plot)], monkeypatch, capsys)
+    assert code == 0, err
     assert time.perf_counter() - start < 60  # seconds on a quiet machine; generous for a shared CI runner
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.startswith("largest student whose whole range fits 20 ms: ")
+    shown = [line for line in out.splitlines() if line.startswith("│ vit_")]
+    code, every, err = _plan([*args, "--all", "--plot", str(plot)], monkeypatch, capsys)
+    assert code == 0, err
+    all_rows = [line for line in every.splitlines() if line.startswith("│ vit_")]
+    assert 3 <= len(shown) <= 25 < len(all_rows)
+
+    def keys(lines: list[str]) -> set[tuple[str, ...]]:  # student, px, precision
+        return {tuple(cell.strip() for cell in line.split("│")[1:4]) for line in lines}
+
+    assert keys(shown) <= keys(all_rows) and len(keys(shown)) == len(shown)
+    assert f"{len(shown)} of {len(all_rows)} candidates: the accuracy-capacity frontier" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("target", [p.stem for p in sorted(targets_dir().glob("*.yaml"))])
+def test_every_shipped_target_plans_with_a_range(target, monkeypatch, capsys):
+    code, out, err = _plan(["--target", target, "--student", "vit_small_patch16_224", "--img-size", "224",
+                            "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and {r["target"] for r in rows} == {target}
+    for r in rows:
+        low, high = r["predicted_range_ms"]
+        assert 0 < low < r["predicted_ms"] < high and r["source"].startswith("not calibrated")
+    if target in ("raspberry-pi-5",):
+        assert all("unvalidated" in r["source"] for r in rows)
 
 
 def test_plan_json_carries_the_training_cost(monkeypatch, capsys):

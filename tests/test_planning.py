@@ -335,6 +335,51 @@ def test_the_frontier_keeps_what_nothing_beats():
     assert [(x.predicted_ms, x.gflops) for x in frontier(rows)] == [(1, 1), (3, 4), (5, 8)]
 
 
+def _crowded_report():
+    from leapkit.planning.plan import PlanReport, PlanRow
+
+    rows = [PlanRow(f"vit_s{i}", 224, "fp16", 2.0 + 0.01 * i, [1.5 + 0.01 * i, 3.0 + 0.01 * i], 1, 1.0 + 0.02 * i, 1.0,
+                    None, "too close to call", None, source="published") for i in range(20)]
+    return PlanReport("jetson-orin-nano", 2.5, "p99", False, "published", None, None, rows)
+
+
+def test_the_frontier_labels_do_not_collide_however_close_the_points():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from leapkit.planning.frontier import figure
+
+    fig = figure(_crowded_report())  # 20 frontier points within 2% of each other in both axes
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in fig.axes[0].texts]
+    plt.close(fig)
+    assert len(boxes) == 20
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps
+
+
+def test_spread_keeps_order_and_gap_inside_the_bounds():
+    from leapkit.planning.frontier import spread
+
+    assert spread([1.0, 1.0, 1.0], 2.0, 0.0, 100.0) == [1.0, 3.0, 5.0]
+    assert spread([10.0, 50.0], 2.0, 0.0, 100.0) == [10.0, 50.0]  # apart already: left where they are
+    assert spread([99.0, 99.0, 99.0], 2.0, 0.0, 100.0) == [96.0, 98.0, 100.0]  # pulled back inside
+
+
+def test_the_answer_names_the_largest_fit_and_says_when_its_precision_is_unvalidated():
+    from leapkit.planning.plan import answer
+
+    report = _crowded_report()
+    assert answer(report).startswith("no student's whole range fits 2.5 ms; the fastest is vit_s0 at 224 px fp16")
+    report.budget_ms = 3.1
+    for r in report.rows:
+        r.verdict = "fits" if r.predicted_range_ms[1] <= 3.1 else "too close to call"
+    assert answer(report).startswith("largest student whose whole range fits 3.1 ms: vit_s10 at 224 px fp16, ")
+    report.rows[10].source = "not calibrated, unvalidated: no published fp16 ViT measurement"
+    assert answer(report).endswith("fp16 is unvalidated on jetson-orin-nano (largest at a checked precision: "
+                                   "vit_s9 at 224 px fp16, 2.09 ms (1.59-3.09))")
+
+
 def test_published_fractions_become_rates_of_the_profiles_peaks():
     from leapkit.planning.latency_model import published_efficiencies
     from leapkit.profiles import PublishedEfficiency

@@ -1,12 +1,15 @@
 """`leapkit plan`: forecast latency and training cost of candidate students before training.
 
-    leapkit plan --teacher NAME --target T [--budget-ms X] [--recipe R]   candidates, verdicts, training cost
+    leapkit plan --teacher NAME --target T [--budget-ms X] [--recipe R]   the answer, the frontier, training cost
+    leapkit plan ... --all                                                every candidate, not only the frontier
     leapkit plan --student NAME --img-size N --target T                   one given model
     leapkit plan ... --runtime openvino                                   another of the target's runtimes
 
 Offline and in seconds: models are counted on the meta device and predicted with the target's
 latency model for the runtime (its calibration, else for the profile's runtime the published
-efficiencies, which the output says).
+efficiencies, which the output says). The table opens with one line, the largest student whose
+whole range fits the budget, and shows the accuracy-capacity frontier (``--all``: every candidate);
+``--format json`` gives every candidate.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def plan_command(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="A table, or JSON (one object per candidate).")
     ] = "table",
+    every: Annotated[
+        bool, typer.Option("--all", help="Table every candidate, not only the frontier (for each latency, the "
+                                         "largest student).")
+    ] = False,
     plot: Annotated[
         Path | None, typer.Option(help="The frontier PNG (default plan-<target>.png; for --format json when given).",
                                   show_default=False)
@@ -81,7 +88,7 @@ def plan_command(
     from leapkit.planning import candidates
     from leapkit.planning.frontier import draw
     from leapkit.planning.latency_model import check_runtime
-    from leapkit.planning.plan import PlanRequest, plan, plan_table
+    from leapkit.planning.plan import PlanRequest, answer, plan, plan_table
     from leapkit.profiles import load_target
 
     profile = load_target(target)
@@ -101,7 +108,8 @@ def plan_command(
             draw(report, plot)
         return
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80
-    console.print(plan_table(report).to_rich())
+    console.print(answer(report), highlight=False, markup=False)
+    console.print(plan_table(report, every).to_rich())
     for note in report.notes:
         log.info(note)
     path = draw(report, plot or Path(f"plan-{profile.name}.png"))

@@ -157,8 +157,10 @@ class LatencyModel:
         efficiencies: per precision.
         ranges: per precision, the factor either side of a prediction.
         calibrated: fitted on the target (else published).
-        source: one line: the calibration (host, date) or the profile's published measurements.
+        source: one line: the latency-model fit (host, date) or the profile's published measurements.
         runtime: the runtime whose timings the efficiencies describe (None: not recorded).
+        sources: per precision, a line that replaces ``source`` for its predictions (a published precision
+            that no measurement checks says it is unvalidated).
     """
 
     target: str
@@ -167,6 +169,11 @@ class LatencyModel:
     calibrated: bool
     source: str
     runtime: str | None = None
+    sources: dict[Precision, str] = field(default_factory=dict)
+
+    def source_of(self, precision: Precision) -> str:
+        """Where the efficiencies of ``precision`` come from, in one line."""
+        return self.sources.get(precision, self.source)
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -187,14 +194,20 @@ class LatencyModel:
         ms = sum(parts.values())
         factor = self.ranges.get(precision, 1.5)
         return Prediction(
-            ms=ms, low_ms=ms / factor, high_ms=ms * factor, calibrated=self.calibrated, source=self.source,
+            ms=ms, low_ms=ms / factor, high_ms=ms * factor, calibrated=self.calibrated,
+            source=self.source_of(precision),
             target=self.target, precision=precision, model=shape.label, img_size=shape.img_size, batch=batch,
             parts_ms=parts,
         )
 
 
 def published_model(profile: TargetProfile) -> LatencyModel | None:
-    """The profile's ``latency_model`` section as a model, or None when it has none."""
+    """The profile's ``latency_model`` section as a model, or None when it has none.
+
+    A precision that no published measurement on the device sets or checks (``fit`` or ``check`` at that
+    precision) is unvalidated, and every prediction at it says so in its source: its efficiencies are
+    derived from the peaks (or another precision's fractions), with the wider range the profile states.
+    """
     section = profile.latency_model
     if section is None:
         return None
@@ -203,8 +216,14 @@ def published_model(profile: TargetProfile) -> LatencyModel | None:
     cited = sorted({m.source for m in section.measurements if m.use == "fit"})
     source = (f"not calibrated: efficiencies from published measurements in the {profile.name} profile"
               + (f" ({len(cited)} source{'s' if len(cited) != 1 else ''})" if cited else ""))
+    checked = {m.precision for m in section.measurements if m.use in ("fit", "check")}
+    sources: dict[Precision, str] = {
+        p: (f"not calibrated, unvalidated: no published {p} ViT measurement on {profile.name}; efficiencies "
+            f"derived from its peaks in the profile")
+        for p in effs if p not in checked
+    }
     return LatencyModel(profile.name, effs, {p: e.range for p, e in section.precisions.items()}, False, source,
-                        profile.runtime)
+                        profile.runtime, sources)
 
 
 def check_runtime(profile: TargetProfile, runtime: str | None) -> TargetRuntime:

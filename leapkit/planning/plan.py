@@ -10,6 +10,10 @@ The verdict compares the range with the budget: ``fits`` when even its high end 
 ``does not fit`` when even its low end is over it, else ``too close to call``. The prediction is a
 median latency; the profile's budget statistic (p99 by default) sits a little above it on a quiet
 device, which the range is meant to cover.
+
+A person reads the plan from :func:`answer` (one line: the largest student whose whole range fits) and the
+accuracy-capacity :func:`frontier` (for each latency, the largest student): :func:`plan_table` shows those
+rows unless asked for every one; the JSON keeps every row.
 """
 
 from __future__ import annotations
@@ -93,10 +97,11 @@ class PlanRow(Record):
         train_cost: LEAP vs baseline training cost; null without a teacher or when the teacher cannot
             see this input size.
         parts_ms: the prediction by part of the model.
-        calibrated: the latency model was calibrated on the target.
+        calibrated: the latency model was fitted on the target (``leapkit calibrate``).
         target: the target.
         budget_ms: the budget judged against.
         runtime: the runtime the prediction is for.
+        source: where the prediction's efficiencies come from (``unvalidated`` when no measurement checks them).
     """
 
     student: str
@@ -115,11 +120,15 @@ class PlanRow(Record):
     target: str = ""
     budget_ms: float = 0.0
     runtime: str = ""
+    source: str = ""
 
 
 @dataclass
 class PlanReport(Record):
-    """The plan: every candidate row, the budget, the latency model's runtime and source, and the teacher."""
+    """The plan: every candidate row, the budget, the latency model's runtime and source, and the teacher.
+
+    ``sources`` holds, per precision, a source that differs from the model's (an unvalidated precision).
+    """
 
     target: str
     budget_ms: float
@@ -131,6 +140,7 @@ class PlanReport(Record):
     rows: list[PlanRow]
     notes: list[str] = field(default_factory=list)
     runtime: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def verdict(prediction: Prediction, budget_ms: float) -> Fit:
@@ -153,7 +163,7 @@ def row(shape: VitShape, student: str, precision: Precision, model: LatencyModel
         gflops=round(shape.flops / 1e9, 4), memory_mb=round(shape.memory_bytes(precision, profile.batch) / 1e6, 2),
         fits={"fits": True, "does not fit": False}.get(v), verdict=v, train_cost=cost,
         parts_ms={k: round(ms, 4) for k, ms in p.parts_ms.items()}, calibrated=p.calibrated, target=profile.name,
-        budget_ms=budget_ms, runtime=model.runtime or profile.runtime,
+        budget_ms=budget_ms, runtime=model.runtime or profile.runtime, source=p.source,
     )
 
 
@@ -211,6 +221,7 @@ def plan(request: PlanRequest) -> PlanReport:
         target=profile.name, budget_ms=request.budget, budget_stat=profile.budget_stat, calibrated=model.calibrated,
         source=model.source, teacher=teacher_name, recipe=cfg.recipe if cfg is not None else None, rows=rows,
         notes=notes, runtime=runtime,
+        sources={p: model.source_of(p) for p in wanted if model.source_of(p) != model.source},
     )
 
 
@@ -220,13 +231,70 @@ def largest_fit(rows: Sequence[PlanRow]) -> PlanRow | None:
     return max(fitting, key=lambda r: (r.gflops, -r.predicted_ms), default=None)
 
 
+def frontier(rows: Sequence[PlanRow]) -> list[PlanRow]:
+    """The accuracy-capacity frontier, fastest first: for each latency, the candidate with the most inference GFLOPs.
+
+    Latency is the high end of the range, which the verdict judges, so that the largest candidate that fits a
+    budget (:func:`largest_fit`) is on the frontier for every budget; a row stays when no other is both as fast
+    at its high end and bigger.
+    """
+    out: list[PlanRow] = []
+    for r in sorted(rows, key=lambda r: (r.predicted_range_ms[1], -r.gflops, r.predicted_ms)):
+        if not out or r.gflops > out[-1].gflops:
+            out.append(r)
+    return out
+
+
+def _name(r: PlanRow) -> str:
+    low, high = r.predicted_range_ms
+    return f"{r.student} at {r.img_size} px {r.precision}, {r.predicted_ms:.3g} ms ({low:.3g}-{high:.3g})"
+
+
+def answer(report: PlanReport) -> str:
+    """The plan's first line: the largest student whose whole range fits the budget, or the fastest when none does.
+
+    When the answer's precision is unvalidated (no published measurement checks it), the line says so and names
+    the largest that fits at a precision that is not.
+    """
+    budget = f"{report.budget_ms:g} ms"
+    best = largest_fit(report.rows)
+    if best is None:
+        if not report.rows:
+            return f"no candidate to plan for {budget}"
+        fastest = min(report.rows, key=lambda r: r.predicted_range_ms[1])
+        return (f"no student's whole range fits {budget}; the fastest is {_name(fastest)}: raise --budget-ms, lower "
+                f"--img-size or name a --student")
+    line = f"largest student whose whole range fits {budget}: {_name(best)}, {best.gflops:.3g} GFLOPs"
+    if "unvalidated" in best.source:
+        checked = largest_fit([r for r in report.rows if "unvalidated" not in r.source])
+        line += f"; {best.precision} is unvalidated on {report.target}"
+        if checked is not None:
+            line += f" (largest at a checked precision: {_name(checked)})"
+    return line
+
+
+def shown_rows(report: PlanReport, every: bool = False) -> list[PlanRow]:
+    """The rows a person reads, by predicted latency: the :func:`frontier`, or every row."""
+    if every:
+        return list(report.rows)
+    keep = {id(r) for r in frontier(report.rows)}
+    return [r for r in report.rows if id(r) in keep]
+
+
 _VERDICT_STYLE = {"fits": "green", "does not fit": "red", "too close to call": "yellow"}
 
 
-def plan_table(report: PlanReport) -> Table:
-    """One row per candidate: prediction and range, size, cost, verdict and training cost."""
-    caption = (f"Latency model of {report.runtime}, {report.source}. Prediction: median ms at batch 1 with its "
-               f"range; verdict: the range against the {report.budget_ms:g} ms budget.")
+def plan_table(report: PlanReport, every: bool = False) -> Table:
+    """One row per candidate on the frontier (``every``: per candidate): prediction and range, size, cost, verdict
+    and training cost."""
+    rows = shown_rows(report, every)
+    caption = (f"Latency model of {report.runtime}, {report.source}"
+               + "".join(f"; {p}: {s}" for p, s in report.sources.items())
+               + f". Prediction: median ms at batch 1 with its range; verdict: the range against the "
+               f"{report.budget_ms:g} ms budget.")
+    if not every and len(rows) < len(report.rows):
+        caption += (f" {len(rows)} of {len(report.rows)} candidates: the accuracy-capacity frontier (for each "
+                    f"latency, the largest student); --all shows every one.")
     if any(r.train_cost for r in report.rows):
         cost = next(r.train_cost for r in report.rows if r.train_cost)
         caption += (f" Training: {cost.epochs} epochs of {cost.images_per_epoch:,} images from {report.teacher}, "
@@ -237,7 +305,7 @@ def plan_table(report: PlanReport) -> Table:
                      title=f"leapkit plan: {report.target}, budget {report.budget_ms:g} ms", caption=caption,
                      right=("px", "predicted ms (range)", "params", "GFLOPs", "memory", "GPU-h LEAP / baseline",
                             "LEAP saving"))
-    for r in report.rows:
+    for r in rows:
         c = r.train_cost
         low, high = r.predicted_range_ms
         table.add(r.student, str(r.img_size), r.precision, f"{r.predicted_ms:.3g} ({low:.3g}-{high:.3g})",
