@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_export import make_run
+from helpers import make_run
 
 import leapkit.deploy.export as ex
 from leapkit.deploy.graph_precision import precision_from_name

@@ -13,17 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import run_cli
-from safetensors.torch import save_file
-from test_export import torchscript_export
+from helpers import make_run, run_cli, torchscript_export
 
 import leapkit.deploy.export as ex
 from leapkit import config
-from leapkit.config import load_config, resolve_config, save_config
+from leapkit.config import load_config, resolve_config
 from leapkit.deploy.folder import tmp_folder
 from leapkit.errors import ConfigError, Interrupted
-from leapkit.models import create_student
 from leapkit.profiles import load_target, targets_dir
 
 FAST = dict(precision="fp32", calib_images=16, parity_images=8, probe_images=100)
@@ -31,15 +27,6 @@ FAST_CLI = ["-p", "fp32", "--calibration-images", "16", "--parity-images", "8", 
 NAME_RULE = config.NAME_RULE
 DROP_CAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner",
              "--inh-caps", "-dac_override,-dac_read_search,-fowner"]
-
-
-def make_run(root: Path) -> Path:
-    """A finished demo run without training: the demo config at 32 px and a seeded random student."""
-    root.mkdir(parents=True)
-    save_config(resolve_config("demo", {"model": {"img_size": 32}}), root / "config.yaml")
-    torch.manual_seed(0)
-    save_file(create_student("leapkit_demo_student", 32).state_dict(), str(root / "student.safetensors"))
-    return root
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli
-from test_export import make_run
+from helpers import make_run, run_cli
 
 import leapkit.deploy.plan as plan_module
 import leapkit.latency.bench as bench_module

@@ -6,16 +6,14 @@ import importlib.util
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import run_cli
+from helpers import make_run, run_cli, torchscript_export
 from onnx import TensorProto, numpy_helper
-from safetensors.torch import save_file
 
 import leapkit.deploy.export as ex
 from leapkit.cli.main import main
@@ -28,9 +26,8 @@ from leapkit.deploy.parity import MAX_TOP1_DROP, MIN_COSINE
 from leapkit.deploy.plan import resolve_precisions
 from leapkit.deploy.summary import variants_table
 from leapkit.errors import CheckFailed, ExportError
-from leapkit.models import Backbone, create_student, load_weights
+from leapkit.models import create_student, load_weights
 from leapkit.profiles import load_target
-from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES
 from leapkit.runtimes.ort_runner import OrtRunner
 
 SMALL = dict(calib_images=32, parity_images=16, probe_images=200)
@@ -45,15 +42,6 @@ MANIFEST_KEYS = {
 VARIANT_KEYS = {"precision", "format", "file", "size_bytes", "status", "checked_with", "parity", "accuracy", "notes"}
 
 
-def make_run(root: Path, seed: int = 0) -> Path:
-    """A finished demo run without training: the demo config at 32 px and a seeded random student."""
-    root.mkdir(parents=True)
-    save_config(resolve_config("demo", {"model": {"img_size": 32}}), root / "config.yaml")
-    torch.manual_seed(seed)
-    save_file(create_student("leapkit_demo_student", 32).state_dict(), str(root / "student.safetensors"))
-    return root
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("export") / "run")
@@ -65,17 +53,6 @@ def exported(run_dir) -> ex.ExportResult:
     return ex.export(run_dir, target="jetson", precision="all", check=False, **SMALL)
 
 
-
-
-def torchscript_export(model, path, img_size, opset=OPSET):
-    """The TorchScript exporter: ~100x quicker than torch.export for tests that are not about the graph."""
-    axes = {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Backbone(model).eval(), (torch.zeros(2, 3, img_size, img_size),), str(path), dynamo=False,
-                          opset_version=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=axes)
-    return "torchscript (test)"
 
 
 def broken_fp16(model, *args, **kwargs):

@@ -13,8 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import yaml
-from helpers import run_cli
-from test_export import make_run
+from helpers import make_run, run_cli
 
 import leapkit.deploy.export as ex
 from leapkit.deploy.manifest import ExportManifest
