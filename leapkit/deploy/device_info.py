@@ -3,15 +3,19 @@
 Usage: python3 device_info.py OUT.json [--trtexec-log LOG] [--trtexec PATH] [--target NAME]
            [--tensorrt-expected V] [--jetpack-expected V] [--precision P] [--engine FILE] [--batch N]
 
-Records the Jetson module (/proc/device-tree/model), its L4T release, JetPack package and power
-mode, the GPU name from nvidia-smi where there is one, the TensorRT version and device trtexec
-printed in LOG, the host name and the date. Reads only: it never changes the power mode.
+Records the Jetson module (/proc/device-tree/model), its L4T release, JetPack package, power
+mode and clocks (GPU and CPU from sysfs, EMC from debugfs where readable, and whether
+jetson_clocks locked them), the GPU name from nvidia-smi where there is one, the TensorRT version
+and device trtexec printed in LOG, the host name and the date. Reads only: it never changes the
+power mode or the clocks.
 """
 # Copied into every TensorRT deploy bundle and run on the device by bench_engine.sh (python3 >= 3.8,
 # the standard library only): leapkit need not be installed there.
 import argparse
 import datetime
+import glob
 import json
+import os
 import platform
 import re
 import shutil
@@ -63,6 +67,52 @@ def power_mode():
     return mode_id, name
 
 
+# The GPU's devfreq node: <addr>.gpu (Nano, JetPack 6), <addr>.gv11b (Xavier), <addr>.ga10b (Orin, JetPack 5)
+_GPU_DEVFREQ = re.compile(r"\.(gpu|gv11b|ga10b|gp10b|gm20b)$")
+# The EMC clock in Hz: the BPMP's (Xavier, Orin) or the kernel's (Nano, TX2) debugfs; root only
+_EMC_RATE = ("sys/kernel/debug/bpmp/debug/clk/emc/rate", "sys/kernel/debug/clk/emc/clk_rate")
+_EMC_MAX = ("sys/kernel/debug/bpmp/debug/clk/emc/max_rate",)
+
+
+def _number(root, *paths):
+    """The first of ``paths`` under ``root`` that holds an integer, or None."""
+    for path in paths:
+        text = _read(os.path.join(root, path))
+        if text and text.split()[0].isdigit():
+            return int(text.split()[0])
+    return None
+
+
+def _mhz(value, per_mhz):
+    return round(value / per_mhz, 1) if value is not None else None
+
+
+def clocks(root="/"):
+    """GPU, EMC and CPU clocks in MHz and whether they are locked at their maximum, as ``jetson_clocks`` does.
+
+    The GPU's devfreq node gives its clock and range (jetson_clocks sets its minimum to its maximum), CPU 0's
+    cpufreq its range (likewise), the EMC's debugfs node its clock (readable by root only: None otherwise).
+    ``clocks_locked`` is True when every readable one is pinned at its maximum, None when none is readable.
+    """
+    gpu = next((d for d in sorted(glob.glob(os.path.join(root, "sys/class/devfreq/*"))) if _GPU_DEVFREQ.search(d)),
+               None)
+    gpu_hz = [_number(gpu, name) if gpu else None for name in ("cur_freq", "min_freq", "max_freq")]
+    cpu = "sys/devices/system/cpu/cpu0/cpufreq"
+    cpu_khz = [_number(root, f"{cpu}/{name}") for name in ("scaling_cur_freq", "scaling_min_freq", "cpuinfo_max_freq")]
+    emc_hz, emc_max_hz = _number(root, *_EMC_RATE), _number(root, *_EMC_MAX)
+    gpu_locked = gpu_hz[1] == gpu_hz[2] if None not in gpu_hz[1:] else None
+    cpu_locked = cpu_khz[1] == cpu_khz[2] if None not in cpu_khz[1:] else None
+    emc_locked = emc_hz == emc_max_hz if None not in (emc_hz, emc_max_hz) else None
+    known = [x for x in (gpu_locked, cpu_locked, emc_locked) if x is not None]
+    return {
+        "gpu_mhz": _mhz(gpu_hz[0], 1e6), "gpu_min_mhz": _mhz(gpu_hz[1], 1e6), "gpu_max_mhz": _mhz(gpu_hz[2], 1e6),
+        "cpu_mhz": _mhz(cpu_khz[0], 1e3), "cpu_min_mhz": _mhz(cpu_khz[1], 1e3), "cpu_max_mhz": _mhz(cpu_khz[2], 1e3),
+        "emc_mhz": _mhz(emc_hz, 1e6), "emc_max_mhz": _mhz(emc_max_hz, 1e6),
+        "gpu_locked": gpu_locked, "cpu_locked": cpu_locked, "emc_locked": emc_locked,
+        "clocks_locked": all(known) if known else None,
+    }
+
+
 def jetson():
     """Module, L4T, JetPack package and power mode; None on a machine that is not a Jetson."""
     release = _read("/etc/nv_tegra_release")
@@ -73,7 +123,7 @@ def jetson():
     line = release.splitlines()[0] if release else None
     return {"model": model, "l4t": line, "l4t_release": l4t_release(line),
             "jetpack": _run("dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"),
-            "power_mode_id": mode_id, "power_mode": mode}
+            "power_mode_id": mode_id, "power_mode": mode, "clocks": clocks()}
 
 
 def gpu():

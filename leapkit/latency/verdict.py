@@ -11,6 +11,11 @@ marked as failed fails the verdict whatever its latency.
 Away from the target (evidence ``estimated``) another machine's timings are never judged: the
 verdict is UNCONFIRMED, unless even the lower bound on the target (:mod:`leapkit.latency.cost`)
 exceeds the budget, which is a certain FAIL.
+
+An energy budget (mJ per inference) is judged the same way on the same result
+(:func:`decide_energy`): PASS or FAIL on the energy from the device's own tegrastats samples (mean
+board power x mean latency / batch, the board's whole draw, not the part above idle), UNCONFIRMED
+where no power was sampled or the figures are not the target's.
 """
 
 from __future__ import annotations
@@ -181,19 +186,47 @@ def decide_on_bound(
             gated)
 
 
+def decide_energy(gated: BenchResult | None, budget_mj: float, evidence: Evidence) -> tuple[Verdict, str]:
+    """The energy verdict on the result the latency verdict judged, and its reason in one line.
+
+    Args:
+        gated: :func:`decide`'s result.
+        budget_mj: the energy budget per inference.
+        evidence: ``estimated`` figures are never judged.
+    """
+    if evidence == "estimated":
+        return "UNCONFIRMED", ("energy is judged only on power sampled on the device, and these timings come from "
+                               "another machine; bench with --host, or --from-trtexec on the results folder")
+    if gated is None:
+        return "UNCONFIRMED", "no result ran, so no energy per inference to judge"
+    if gated.energy_mj is None:
+        why = gated.power.describe() if gated.power else ("no tegrastats samples came with its figures (tegrastats "
+                                                          "runs on a Jetson, in bench_engine.sh)")
+        return "UNCONFIRMED", f"{gated.label}: {why}"
+    power = gated.power
+    assert power is not None and power.mean_w is not None  # energy_mj is computed from them
+    within = gated.energy_mj <= budget_mj
+    return ("PASS" if within else "FAIL"), (
+        f"{gated.label} {gated.energy_mj:.4g} mJ per inference {'<=' if within else '>'} {budget_mj:g} mJ (mean "
+        f"board power {power.mean_w:.2f} W x mean latency {gated.mean_ms:.4g} ms / batch {gated.batch})")
+
+
 def version_matches(expected: str, actual: str) -> bool:
     """Whether ``actual`` (``10.3.0``) is the ``expected`` release (``10.3``, ``10.x``)."""
     want, have = expected.split("."), actual.split(".")
     return len(have) >= len(want) and all(w in ("x", h) for w, h in zip(want, have, strict=False))
 
 
-def setting_warnings(profile: TargetProfile, tensorrt: str | None, power_mode: str | None) -> list[str]:
-    """The device's TensorRT release and power mode against the profile's, one warning per mismatch.
+def setting_warnings(
+    profile: TargetProfile, tensorrt: str | None, power_mode: str | None, clocks_locked: bool | None = None
+) -> list[str]:
+    """The device's TensorRT release, power mode and clocks against the profile's, one warning per mismatch.
 
     Args:
         profile: the target.
         tensorrt: the TensorRT version the figures were timed with (None: not recorded).
         power_mode: the Jetson's nvpmodel mode name (None: not recorded, or not a Jetson).
+        clocks_locked: whether jetson_clocks held the clocks at their maximum (None: not recorded).
     """
     out = []
     if profile.tensorrt and tensorrt and not version_matches(profile.tensorrt, tensorrt):
@@ -202,6 +235,9 @@ def setting_warnings(profile: TargetProfile, tensorrt: str | None, power_mode: s
     if profile.power_modes and power_mode and power_mode not in profile.power_modes:
         out.append(f"the Jetson ran in power mode {power_mode}, but the profile {profile.name} assumes "
                    f"{' or '.join(profile.power_modes)} (`sudo nvpmodel -m <id>`, see `nvpmodel -q`)")
+    if clocks_locked is False:
+        out.append("the Jetson's clocks were not locked (`sudo jetson_clocks` was not run): the GPU and memory clocks "
+                   "followed the load, so latency and power vary more between runs")
     return out
 
 
