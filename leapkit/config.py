@@ -40,7 +40,8 @@ class DataConfig:
     augment: bool = True  # RandomResizedCrop (+ flip); False: resize and centre-crop only
     crop_scale: tuple[float, float] = (0.32, 1.0)
     hflip: float = 0.5
-    workers: int = 8
+    decode: Literal["fast", "pil"] = "fast"  # fast: crop box first, reduced-size JPEG decoding (leapkit.data)
+    workers: int | Literal["auto"] = 8  # auto: this process's share of the CPUs less one
     pin_memory: bool = True
 
 
@@ -136,7 +137,7 @@ class Config:
         need(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
         need(o.accum_steps >= 1, f"optim.accum_steps must be >= 1, got {o.accum_steps}")
         need(o.clip_grad is None or o.clip_grad > 0, f"optim.clip_grad must be > 0 or null, got {o.clip_grad}")
-        need(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
+        need(d.workers == "auto" or d.workers >= 0, f"data.workers must be >= 0 or auto, got {d.workers}")
         need(0.0 <= d.hflip <= 1.0, f"data.hflip must be in [0, 1], got {d.hflip}")
         need(0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0,
              f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(d.crop_scale)}")

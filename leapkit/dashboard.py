@@ -5,7 +5,7 @@ people follow training (``tensorboard --logdir runs``). With ``train.log`` (``--
 and the ``tensorboard`` package installed (``pip install 'leapkit[tensorboard]'``), or at
 ``tensorboard``, ``RUN/tensorboard/`` receives at every optimizer step:
 
-    train/loss, train/lr, train/images_per_s
+    train/loss, train/lr, train/images_per_s, train/data_wait_frac (the share of the step spent waiting for data)
     curriculum/cka and curriculum/ema_cka (cosine and ema_cosine with that metric), curriculum/target_block
     flops/run, flops/baseline   cumulative training FLOPs of the run and of its fixed-target baseline
     flops/saving_pct            the saving so far (negative while the calibration scan is not paid back)
@@ -42,6 +42,7 @@ SCALARS: dict[str, str] = {
     "loss": "train/loss",
     "lr": "train/lr",
     "images_per_s": "train/images_per_s",
+    "data_wait_frac": "train/data_wait_frac",
     "target_block": "curriculum/target_block",
     **{key: f"curriculum/{key}" for m in METRICS for key in (m, f"ema_{m}")},
 }

@@ -4,21 +4,38 @@ Unreadable images never crash a worker: the dataset returns an :class:`Unreadabl
 (its index, so that a file skipped every epoch is counted once), the collate function drops them and
 reports which it dropped, and the training loop counts them. A folder none of whose files can be read
 is refused before training by :meth:`ImageFolderDataset.check_readable`.
+
+Training images take one of two paths (``data.decode``). ``pil`` decodes the whole image with PIL
+and applies torchvision's RandomResizedCrop, flip and normalisation to it. ``fast``
+(:class:`CropDecoder`) draws the crop box from the file's header first, so that a JPEG is decoded
+at the smallest DCT scale (PIL's ``draft``: 1/2, 1/4, 1/8) that still leaves the crop at least the
+output size, and otherwise with libjpeg-turbo straight into a tensor (``torchvision.io.decode_jpeg``);
+it hands back uint8 images, and the training loop normalises the batch on its device
+(:class:`BatchNormalize`): a quarter of the bytes through the workers' shared memory and pinned
+copies, and no per-image float work in the workers. Both draw the box from the same distribution
+(area fraction uniform in ``crop_scale``, log aspect ratio uniform in [3/4, 4/3]):
+``tests/test_data.py`` compares them; ``benchmarks/data_pipeline.py`` times them.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from leapkit.errors import DataError
 
@@ -27,6 +44,14 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
+CROP_RATIO = (3 / 4, 4 / 3)
+"""RandomResizedCrop's aspect-ratio range (torchvision's default, Szegedy et al. 2015)."""
+DRAFT_SCALES = (8, 4, 2)
+"""The reductions libjpeg applies while decoding (in the DCT), the ones PIL's ``draft`` offers."""
+MAX_AUTO_WORKERS = 16
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeError)
+"""What PIL and torchvision raise for a file that is not a readable image (decode_jpeg: RuntimeError)."""
+DecodePath = Literal["fast", "pil"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,119 @@ def train_transform(img_size: int, mean, std, crop_scale=(0.32, 1.0), hflip: flo
     return T.Compose(ops)
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """A crop in pixels of the full-size image."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def sample_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float] = CROP_RATIO
+) -> CropBox:
+    """RandomResizedCrop's box: area fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``.
+
+    Up to ten draws are tried for a box that fits; after ten misses the box is the centre crop, its
+    aspect clamped to ``ratio`` (the rule of Szegedy et al. 2015 that torchvision implements too).
+    Draws come from torch's global generator, which the training loop seeds per epoch and the
+    loader per worker.
+    """
+    area, log_lo, log_hi = height * width, math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(2).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(height - h + 1, ()).item())
+            left = int(torch.randint(width - w + 1, ()).item())
+            return CropBox(top, left, h, w)
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return CropBox((height - h) // 2, (width - w) // 2, h, w)
+
+
+def draft_scale(box: CropBox, out: int) -> int:
+    """The largest DCT reduction (8, 4, 2, else 1) that leaves ``box`` at least ``out`` pixels on each side."""
+    return next((s for s in DRAFT_SCALES if min(box.height, box.width) >= out * s), 1)
+
+
+class CropDecoder:
+    """The fast training path: decode, RandomResizedCrop and flip from a file, as a uint8 (3, out, out) image.
+
+    The box is drawn from the header's size before any pixel is decoded (:func:`sample_crop_box`); a
+    JPEG is then decoded at the draft scale of :func:`draft_scale` by PIL when the crop allows a
+    reduction, else whole by libjpeg-turbo (``torchvision.io.decode_jpeg``); other formats go through
+    PIL. The crop is resized with antialiasing as the ``pil`` path resizes it. Normalisation is left
+    to :class:`BatchNormalize` on the training device.
+
+    Args:
+        img_size: the output side.
+        crop_scale: the crop's area fraction range.
+        hflip: the probability of a horizontal flip.
+    """
+
+    def __init__(self, img_size: int, crop_scale: tuple[float, float] = (0.32, 1.0), hflip: float = 0.5):
+        self.img_size, self.crop_scale, self.hflip = img_size, tuple(crop_scale), hflip
+
+    def box(self, height: int, width: int) -> tuple[CropBox, int]:
+        """The crop box in full-size pixels and the draft reduction it allows."""
+        box = sample_crop_box(height, width, self.crop_scale)
+        return box, draft_scale(box, self.img_size)
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            box, s = self.box(img.height, img.width)
+            if img.format == "JPEG" and img.mode in ("RGB", "L") and s == 1:
+                x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            else:
+                full_width = img.width
+                drafted = img.draft("RGB", (img.width // s, img.height // s)) if img.format == "JPEG" else None
+                s = round(full_width / drafted[1][2]) if drafted else 1  # the reduction libjpeg applies
+                img.load()
+                x = torch.from_numpy(np.array(_to_rgb(img))).permute(2, 0, 1)
+        top, left, h, w = (round(v / s) for v in (box.top, box.left, box.height, box.width))
+        x = TF.resized_crop(x, top, left, h, w, [self.img_size, self.img_size], antialias=True)
+        if self.hflip > 0 and torch.rand(()).item() < self.hflip:
+            x = TF.horizontal_flip(x)
+        return x
+
+
+class BatchNormalize:
+    """Turns a uint8 batch (N, 3, H, W) into the normalised float batch the models take, on its device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = torch.tensor(mean) * 255.0, torch.tensor(std) * 255.0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        mean = self.mean.to(images.device).view(1, -1, 1, 1)
+        std = self.std.to(images.device).view(1, -1, 1, 1)
+        return images.float().sub_(mean).div_(std)
+
+
+def resolve_workers(workers: int | Literal["auto"]) -> int:
+    """Loader worker processes: ``auto`` is this process's share of the CPUs less one for itself (at most 16).
+
+    Under torchrun the CPUs are shared by the node's processes (``LOCAL_WORLD_SIZE``).
+    """
+    if workers != "auto":
+        return int(workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, share - 1))
+
+
 def eval_transform(img_size: int, mean, std, crop_pct: float = 0.875) -> Callable:
     """Resize the short side to img_size / crop_pct, centre-crop, normalise."""
     return T.Compose([
@@ -102,10 +240,21 @@ class ImageFolderDataset(Dataset):
         root: the folder.
         transform: applied to the RGB PIL image.
         require_labels: raise when the images are not arranged in class folders.
+        decoder: reads each file itself instead (the fast path: decode, crop and flip in one); its
+            uint8 batches are normalised by ``batch_transform`` where the training loop runs.
+        batch_transform: what the training loop applies to each batch on its device.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None, require_labels: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable | None = None,
+        require_labels: bool = False,
+        decoder: CropDecoder | None = None,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.root = Path(root)
+        self.decoder, self.batch_transform = decoder, batch_transform
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}; pass an existing folder of images with --data")
         self.files = list_images(self.root)
@@ -134,8 +283,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | Unreadable:
         try:
+            if self.decoder is not None:
+                return self.decoder(self.files[i]), self.labels[i]
             img = self._open(i)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except READ_ERRORS as e:
             log.debug("skipping unreadable image %s: %s", self.files[i], e)
             return Unreadable(i)
         return (self.transform(img) if self.transform else img), self.labels[i]
@@ -151,7 +302,7 @@ class ImageFolderDataset(Dataset):
             try:
                 self._open(i)
                 return
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            except READ_ERRORS as e:
                 first = first or f"{path.name}: {e}"
         raise DataError(
             f"no readable image under {self.root}: none of its {len(self.files)} image files could be read (e.g. "
@@ -199,3 +350,45 @@ class DigitsDataset(Dataset):
         if self.augment is not None:
             x = self.augment(x)
         return self.normalize(x), self.labels[i]
+
+
+DATA_WAIT_WARN = 0.2
+"""The share of an epoch's step time spent waiting for the loader above which training warns (once)."""
+
+
+@dataclass
+class DataWait:
+    """Time the training loop waited for the loader, against the time of its steps, over one epoch."""
+
+    wait_s: float = 0.0
+    step_s: float = 0.0
+
+    def add(self, wait_s: float, step_s: float) -> None:
+        self.wait_s += wait_s
+        self.step_s += step_s
+
+    @property
+    def frac(self) -> float:
+        return self.wait_s / self.step_s if self.step_s > 0 else 0.0
+
+
+def data_wait_advice(frac: float, epoch: int, workers: int, decode: DecodePath | None) -> str:
+    """The warning for an epoch whose steps waited for data more than :data:`DATA_WAIT_WARN` of their time.
+
+    Args:
+        frac: the epoch's share of step time spent waiting for the loader.
+        epoch: the epoch (from 0).
+        workers: the loader workers the run has.
+        decode: the training images' decode path, or None where there is no file to decode (digits).
+    """
+    auto = resolve_workers("auto")
+    if workers == 0:
+        fix = f"the images are loaded in the training process: give it loader workers (--workers auto: {auto} here)"
+    else:
+        fix = f"raise --workers ({workers} now; --workers auto: {auto} here, one per CPU less one)"
+    if decode == "pil":
+        fix += ", and decode with the fast path (--set data.decode=fast)"
+    return (
+        f"the steps of epoch {epoch + 1} waited for data {frac:.0%} of their time (over {DATA_WAIT_WARN:.0%}): the "
+        f"loader, not the model, sets the pace; {fix}"
+    )

@@ -252,6 +252,8 @@ class RunSummary(Record):
     mfu_pct: float | None = None
     eval: EvalReport | None = None
     wall_seconds: float | None = None
+    data_wait_frac: float | None = None
+    """The share of rank 0's training step time spent waiting for the data loader."""
     unreadable_files: int = 0
     """Distinct image files that could not be read, over all epochs and ranks (left out of the file when 0)."""
 

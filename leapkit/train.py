@@ -27,7 +27,15 @@ from torch.utils.data import Dataset
 from leapkit import run as rundir
 from leapkit.config import Config, PlanConfig, load_config, resume_changes
 from leapkit.dashboard import backend
-from leapkit.data import DigitsDataset, ImageFolderDataset, eval_transform, resolve_split, train_transform
+from leapkit.data import (
+    BatchNormalize,
+    CropDecoder,
+    DigitsDataset,
+    ImageFolderDataset,
+    eval_transform,
+    resolve_split,
+    train_transform,
+)
 from leapkit.distributed import init_distributed, shutdown
 from leapkit.errors import ConfigError, RunError
 from leapkit.evidence import add_evidence
@@ -43,15 +51,23 @@ log = logging.getLogger(__name__)
 
 
 def build_train_set(cfg: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> Dataset:
-    """The training images the config names, with the training augmentation unless ``data.augment`` is off."""
+    """The training images the config names, with the training augmentation unless ``data.augment`` is off.
+
+    With ``data.decode: fast`` the augmentation reads the files itself (:class:`leapkit.data.CropDecoder`) and
+    the batches are normalised on the training device.
+    """
     size, d = cfg.model.img_size, cfg.data
     if d.source == "digits":
         return DigitsDataset("train", size, mean, std, augment=d.augment, crop_scale=d.crop_scale)
+    root = resolve_split(d.path, "train")
+    if d.augment and d.decode == "fast":
+        decoder = CropDecoder(size, d.crop_scale, d.hflip)
+        return ImageFolderDataset(root, decoder=decoder, batch_transform=BatchNormalize(mean, std))
     if d.augment:
         transform = train_transform(size, mean, std, d.crop_scale, d.hflip)
     else:
         transform = eval_transform(size, mean, std)
-    return ImageFolderDataset(resolve_split(d.path, "train"), transform)
+    return ImageFolderDataset(root, transform)
 
 
 def check_resume_overwrite(resume: bool, overwrite: bool) -> None:

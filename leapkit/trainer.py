@@ -12,7 +12,8 @@ A metrics.jsonl row holds ``step``, ``epoch`` (fractional), ``loss`` and the sco
 metric (``cka``/``ema_cka``, or ``cosine``/``ema_cosine``; both averaged over the step's
 micro-batches and ranks), ``target_block``, ``lr``, ``teacher_blocks_run`` (teacher blocks each
 image of the step went through: the target block, where the truncated teacher exits),
-``images`` (over all ranks) and ``images_per_s``.
+``images`` (over all ranks), ``images_per_s`` and ``data_wait_frac`` (the share of the step spent
+waiting for the loader; an epoch above :data:`~leapkit.data.DATA_WAIT_WARN` is warned about once).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from leapkit import __version__
 from leapkit.config import Config
 from leapkit.curriculum import METRICS, CurriculumController
 from leapkit.dashboard import Dashboard, NoDashboard, open_dashboard
-from leapkit.data import Batch, collate
+from leapkit.data import DATA_WAIT_WARN, Batch, DataWait, collate, data_wait_advice, resolve_workers
 from leapkit.distributed import Dist
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
 from leapkit.models import TruncatedTeacher, resize_tokens, student_tokens
@@ -165,6 +166,8 @@ class TrainState:
     unreadable: list[int] = field(default_factory=list)
     """The distinct dataset indices of unreadable files, over all ranks (merged at each checkpoint)."""
     seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+    """Of ``seconds``, the time this rank's steps waited for the loader."""
 
 
 class Trainer:
@@ -194,6 +197,7 @@ class Trainer:
         )
         self.metric_name, self.metric = c.metric, METRICS[c.metric]
 
+        self.workers = resolve_workers(cfg.data.workers)
         self.batches_per_epoch = len(self.loader(0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -204,6 +208,8 @@ class Trainer:
         self.state = TrainState()
         self.unreadable: set[int] = set()  # this rank's, since the last merge into the state
         self.dashboard: Dashboard = NoDashboard()
+        self.to_input = getattr(setup.train_set, "batch_transform", None) or (lambda x: x)  # uint8 -> normalised
+        self.data_wait, self.data_wait_warned = DataWait(), False
 
     # --- data and precision ---------------------------------------------------------------------
 
@@ -214,7 +220,7 @@ class Trainer:
             self.train_set,
             batch_size=cfg.train.batch_size,
             sampler=EpochSampler(n, cfg.train.seed, epoch, d.rank, d.world, skip=skip),
-            num_workers=cfg.data.workers,
+            num_workers=self.workers,
             collate_fn=collate,
             pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
             drop_last=n >= 2 * cfg.train.batch_size * d.world,
@@ -246,7 +252,7 @@ class Trainer:
         c, d = self.cfg.curriculum, self.dist
         if c.mode != "leap" or not c.calibrate:
             return self.controller.skip_start_scan()
-        x = first.images.to(self.device)
+        x = self.to_input(first.images.to(self.device))
         self.model.eval()
         with self.autocast():
             patch, _ = self.model(x)
@@ -267,6 +273,7 @@ class Trainer:
         cfg, d, s = self.cfg, self.dist, self.state
         tic = time.perf_counter()
         micro = [next(batches) for _ in range(micro_steps)]
+        wait = time.perf_counter() - tic
         s.epoch_samples += sum(len(b.images) + b.skipped for b in micro) * d.world
         s.skipped += sum(b.skipped for b in micro) * d.world
         self.unreadable.update(i for b in micro for i in b.unreadable)
@@ -280,7 +287,7 @@ class Trainer:
             group["lr"] = lr
         losses, scores, images, block_images = [], [], 0, 0
         for i, batch in enumerate(micro):
-            x = batch.images.to(self.device, non_blocking=True)
+            x = self.to_input(batch.images.to(self.device, non_blocking=True))
             with torch.no_grad(), self.autocast():
                 target = self.teacher(x.to(self.teacher_dtype), k)  # early exit: blocks k+1..L never run
             with self.sync(last=i == len(micro) - 1), self.autocast():
@@ -322,6 +329,8 @@ class Trainer:
             s.restart_step = s.step
         elapsed = time.perf_counter() - tic
         s.seconds += elapsed
+        s.data_wait_seconds += wait
+        self.data_wait.add(wait, elapsed)
         return {
             "step": s.step,
             "epoch": round(epoch_pos, 4),
@@ -333,6 +342,7 @@ class Trainer:
             "teacher_blocks_run": block_images // images,
             "images": images,
             "images_per_s": images / max(elapsed, 1e-9),
+            "data_wait_frac": round(wait / max(elapsed, 1e-9), 4),
         }
 
     # --- the loop -------------------------------------------------------------------------------
@@ -377,6 +387,7 @@ class Trainer:
                     self.writer.save_checkpoint(self.state_dict())
                     self.writer.save_curriculum(c.summary())
                     log.info("epoch %d/%d done: block %d, ema %.3f", epoch + 1, cfg.train.epochs, c.block, c.ema)
+                    self.check_data_wait(epoch)
         finally:
             self.writer.close()
             self.dashboard.close()
@@ -398,6 +409,14 @@ class Trainer:
         gathered = self.dist.gather(sorted(self.unreadable))
         self.state.unreadable = sorted(set(self.state.unreadable).union(*gathered))
         self.unreadable.clear()
+
+    def check_data_wait(self, epoch: int) -> None:
+        """Warn, once per run and on rank 0, when the epoch's steps waited for the loader over 20% of their time."""
+        frac, self.data_wait = self.data_wait.frac, DataWait()
+        if frac > DATA_WAIT_WARN and not self.data_wait_warned and self.dist.is_main:
+            decode = self.cfg.data.decode if self.cfg.data.source == "folder" and self.cfg.data.augment else None
+            log.warning(data_wait_advice(frac, epoch, self.workers, decode))
+            self.data_wait_warned = True
 
     def start_dashboard(self) -> Dashboard:
         """The dashboard ``train.log`` asks for, on rank 0; it continues from the current step."""
@@ -475,6 +494,7 @@ class Trainer:
             train_seconds=round(s.seconds, 2),
             images_seen=s.images,
             images_per_s=round(s.images / max(s.seconds, 1e-9), 1),
+            data_wait_frac=round(s.data_wait_seconds / max(s.seconds, 1e-9), 4),
             images_skipped=s.skipped,
             unreadable_files=len(s.unreadable),
             teacher_blocks=c.num_blocks,

@@ -43,6 +43,16 @@ FLAG_KEYS: dict[str, str] = {
 }
 """Each config flag of the command and the config key it sets; every other key is reached with --set."""
 
+def loader_workers(value: str | int) -> int | str:
+    """``--workers``: an integer >= 0 or ``auto`` (a typer parser; a ValueError becomes a usage error)."""
+    text = str(value).strip()
+    if text == "auto":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"must be an integer >= 0 or auto, got {value!r}")
+
+
 _SET_HELP = (
     "Any config key as section.key=value, repeatable (e.g. --set optim.accum_steps=4 --set data.hflip=0). "
     "Applied over the recipe; a key is given by its flag or by --set, not both."
@@ -109,7 +119,11 @@ def distill(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     amp: Annotated[Amp | None, typer.Option(help="Mixed precision on CUDA.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader worker processes.")] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(parser=loader_workers, metavar="N|auto",
+                     help="Data loader worker processes; auto: one per CPU of this process less one."),
+    ] = None,
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student forward.")
     ] = None,
