@@ -8,7 +8,7 @@ and the ``tensorboard`` package installed (``pip install 'leapkit[tensorboard]'`
     train/loss, train/lr, train/images_per_s, train/data_wait_frac (the share of the step spent waiting for data)
     curriculum/cka and curriculum/ema_cka (cosine and ema_cosine with that metric), curriculum/target_block
     flops/run, flops/baseline   cumulative training FLOPs of the run and of its fixed-target baseline
-    flops/saving_pct            the saving so far (negative while the calibration scan is not paid back)
+    flops/saving_pct            the saving so far (negative while the start-block scan is not paid back)
 
 and each level-up as text under ``curriculum/level_up``. The FLOPs are counted as
 :func:`leapkit.flops.cumulative_train_flops` counts them from metrics.jsonl, so the last point
@@ -98,7 +98,7 @@ class FlopsCurve:
     """Cumulative training MACs of a run and of its fixed-target baseline, one step at a time.
 
     Each step costs what :func:`leapkit.flops.train_macs` says it costs; the run's total starts
-    with the calibration scan, as in :func:`leapkit.flops.cumulative_train_flops`.
+    with the start-block scan, as in :func:`leapkit.flops.cumulative_train_flops`.
     """
 
     costs: StepCosts
@@ -108,13 +108,13 @@ class FlopsCurve:
     baseline: int = 0
 
     @classmethod
-    def start(cls, cfg: Config, calibration_images: int, rows: list[dict[str, Any]]) -> FlopsCurve:
+    def start(cls, cfg: Config, scan_images: int, rows: list[dict[str, Any]]) -> FlopsCurve:
         """The curve of ``cfg``'s model pair after the steps in ``rows`` (those before a resume)."""
         from leapkit.flops import step_costs, train_macs
 
         costs, _, _ = step_costs(cfg)
         mode, images = cfg.curriculum.mode, cfg.train.batch_size
-        run = train_macs(rows, costs, mode, calibration_images, default_images=images).total
+        run = train_macs(rows, costs, mode, scan_images, default_images=images).total
         baseline = train_macs(rows, costs, "baseline", default_images=images).total
         return cls(costs, mode, images, run, baseline)
 
@@ -168,7 +168,7 @@ class TensorBoardDashboard:
 
 
 def open_dashboard(
-    choice: LogBackend, run_dir: Path, cfg: Config, start_step: int, calibration_images: int
+    choice: LogBackend, run_dir: Path, cfg: Config, start_step: int, scan_images: int
 ) -> Dashboard:
     """The dashboard ``train.log`` asks for, continuing the log of a resumed run.
 
@@ -177,7 +177,7 @@ def open_dashboard(
         run_dir: the run directory; its metrics.jsonl holds the steps up to ``start_step``.
         cfg: the run's config (the model pair, for the FLOPs).
         start_step: the optimizer steps already taken.
-        calibration_images: images in the calibration scan (0 when there was none).
+        scan_images: images in the start-block scan (0 when there was none).
 
     Raises:
         MissingDependency: ``tensorboard`` was asked for and the package is not installed.
@@ -190,6 +190,6 @@ def open_dashboard(
 
     rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
     with torch.random.fork_rng(devices=[]):  # building the models to count them leaves training's random stream alone
-        flops = FlopsCurve.start(cfg, calibration_images, rows)
+        flops = FlopsCurve.start(cfg, scan_images, rows)
     log.info("TensorBoard log: %s (tensorboard --logdir %s)", run_dir / FOLDER, run_dir.parent)
     return TensorBoardDashboard(run_dir / FOLDER, flops, start_step)

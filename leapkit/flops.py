@@ -11,11 +11,11 @@ Training cost of a run, from what metrics.jsonl says was executed step by step (
   gradients with respect to activations and to weights each cost about one forward);
 - projection head (Linear D_s -> D_t on the student's patch tokens and CLS): forward + 2 x backward;
 - LEAP only: the per-step CKA on the (b * N, D_t) token matrices (3 products of D_t x D_t) and
-  the calibration scan before the first step (all teacher blocks, the student and head forward,
-  and one CKA per block on the calibration batch).
+  the start-block scan before the first step (all teacher blocks, the student and head forward,
+  and one CKA per block on the scan's batch).
 
 The baseline is the same run (same steps, same images) with a fixed target, the last block: all
-L teacher blocks every step, no calibration, no CKA.
+L teacher blocks every step, no start-block scan, no CKA.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Parts(Record):
     student: int = 0
     head: int = 0
     signal: int = 0  # the curriculum's CKA (or cosine)
-    calibration: int = 0
+    calibration: int = 0  # the start-block scan (its key in summary.json and curriculum.json)
 
     def total(self) -> int:
         return self.teacher + self.student + self.head + self.signal + self.calibration
@@ -198,28 +198,30 @@ def train_macs(
     Args:
         steps: metrics.jsonl records (``images``, ``teacher_blocks_run`` or ``target_block``).
         costs: per-image costs from :func:`step_costs`.
-        schedule: ``leap`` (the blocks each record says were run, plus the curriculum's CKA and
-            the calibration scan) or ``baseline`` (all L blocks every step, no calibration, no
-            CKA; a CKA that a baseline run logs for monitoring is not part of the method).
-        calibration_images: images in the calibration scan (``leap`` only).
+        schedule: a curriculum that climbs (the blocks each record says were run, plus the
+            start-block scan; plus the per-step CKA for ``leap`` and ``plateau``, whose level-ups
+            read it) or ``baseline`` (all L blocks every step, no start-block scan, no CKA). A CKA
+            that a run logs for monitoring only (``baseline``, ``progressive``) is not counted.
+        calibration_images: images in the start-block scan (0 for ``baseline``).
         default_images: images per step when a record does not say.
     """
-    L, fwd_bwd, leap = costs.num_blocks, 1 + BACKWARD_FACTOR, schedule == "leap"
+    L, fwd_bwd, climbs = costs.num_blocks, 1 + BACKWARD_FACTOR, schedule != "baseline"
+    gated = schedule in ("leap", "plateau")
     parts = Parts()
     per_step: list[int] = []
     for rec in steps:
         b = int(rec.get("images", default_images))
-        k = int(rec.get("teacher_blocks_run", rec.get("target_block", L))) if leap else L
+        k = int(rec.get("teacher_blocks_run", rec.get("target_block", L))) if climbs else L
         step = Parts(
             teacher=b * costs.teacher_upto[min(max(k, 0), L)],
             student=b * fwd_bwd * costs.student_fwd,
             head=b * fwd_bwd * costs.head_fwd,
-            signal=b * costs.signal if leap else 0,
+            signal=b * costs.signal if gated else 0,
         )
         for name, v in step.items():
             setattr(parts, name, getattr(parts, name) + v)
         per_step.append(step.total())
-    if leap:
+    if climbs:
         # One pass through all L blocks, the student and the head, and a CKA per block.
         parts.calibration = calibration_images * (
             costs.teacher_upto[L] + costs.student_fwd + costs.head_fwd + L * costs.signal
@@ -228,7 +230,7 @@ def train_macs(
 
 
 def _read_run(run: str | Path | None) -> tuple[Path, Config, list[dict[str, Any]], int]:
-    """The run directory, its config, its step records and the calibration scan's image count."""
+    """The run directory, its config, its step records and the start-block scan's image count."""
     from leapkit.run import CONFIG, CURRICULUM, METRICS, read_json, read_metrics, read_run_config, resolve_run
 
     run_dir = resolve_run(run, need=(CONFIG, METRICS))
@@ -239,8 +241,8 @@ def _read_run(run: str | Path | None) -> tuple[Path, Config, list[dict[str, Any]
             f"{run_dir / METRICS} records no steps; the run did not train, start it again with `leapkit distill`"
         )
     curriculum = read_json(run_dir / CURRICULUM) if (run_dir / CURRICULUM).is_file() else {}
-    calibration = curriculum.get("calibration") or {}
-    return run_dir, cfg, steps, int(calibration.get("images", 0))
+    scan = curriculum.get("calibration") or {}  # curriculum.json's key for the start-block scan
+    return run_dir, cfg, steps, int(scan.get("images", 0))
 
 
 def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool = True) -> FlopsReport:
@@ -265,7 +267,7 @@ def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool 
 
     if export_batch < 1:
         raise RunError(f"the export batch must be >= 1, got {export_batch}")
-    run_dir, cfg, steps, calibration_images = _read_run(run)
+    run_dir, cfg, steps, scan_images = _read_run(run)
     if write:
         from leapkit.paths import require_writable
         from leapkit.run import READ_ONLY_FIX
@@ -273,9 +275,9 @@ def run_flops(run: str | Path | None = None, export_batch: int = 1, write: bool 
         require_writable(run_dir, "flops.json", READ_ONLY_FIX)
     costs, teacher, student = step_costs(cfg)
     mode = cfg.curriculum.mode
-    executed = train_macs(steps, costs, mode, calibration_images, default_images=cfg.train.batch_size)
+    executed = train_macs(steps, costs, mode, scan_images, default_images=cfg.train.batch_size)
     baseline = train_macs(steps, costs, "baseline", default_images=cfg.train.batch_size)
-    leap = executed.total if mode == "leap" else None
+    leap = executed.total if mode != "baseline" else None  # the curriculum's, whichever climbs
     saving = None if leap is None else round(100.0 * (1 - leap / baseline.total), 3)
     with torch.device("meta"):
         meta_student = create_student(cfg.model.student, cfg.model.img_size)
@@ -323,11 +325,11 @@ def cumulative_train_flops(run: str | Path | None = None) -> dict[str, list[int]
     """Cumulative training FLOPs after each step for the run and its baseline (for plots).
 
     Returns ``step``, ``run`` and ``baseline`` lists of equal length; the run's curve includes the
-    calibration scan from its first point.
+    start-block scan from its first point.
     """
-    _, cfg, steps, calibration_images = _read_run(run)
+    _, cfg, steps, scan_images = _read_run(run)
     costs, _, _ = step_costs(cfg)
-    executed = train_macs(steps, costs, cfg.curriculum.mode, calibration_images, default_images=cfg.train.batch_size)
+    executed = train_macs(steps, costs, cfg.curriculum.mode, scan_images, default_images=cfg.train.batch_size)
     baseline = train_macs(steps, costs, "baseline", default_images=cfg.train.batch_size)
     run_curve = list(accumulate(executed.per_step, initial=executed.parts.calibration))[1:]
     return {
@@ -343,7 +345,7 @@ _LABELS = {
     "teacher": "teacher forward",
     "student": "student forward + backward",
     "head": "head forward + backward",
-    "calibration": "calibration scan",
+    "calibration": "start-block scan",
 }
 
 

@@ -121,18 +121,18 @@ def plot_curriculum(run_dir: Path, out: Path | None = None) -> Path:
     top.set_ylim(0.5, num_blocks + 0.5)
     top.set_yticks(range(1, num_blocks + 1, max(1, math.ceil(num_blocks / 12))))
     top.set_ylabel(f"teacher block (of {num_blocks})")
-    calibration = cur.get("calibration") or {}
-    start = calibration.get("start_block") if calibration.get("scores") else None
+    scan = cur.get("calibration") or {}  # curriculum.json's key for the start-block scan
+    start = scan.get("start_block") if scan.get("scores") else None
     mode = cur.get("mode", cfg.curriculum.mode)
     for ev in level_ups:
         top.annotate(f"{ev['from_block']}{ARROW.strip()}{ev['to_block']}", (ev["step"], ev["to_block"]),
                      textcoords="offset points", xytext=(3, 3), fontsize=7, color=_LEVEL_UP_COLOR)
     _mark_level_ups(top, level_ups, label=True)
     top.legend(loc="lower right", fontsize=8)
-    if mode == "leap":
+    if mode != "baseline":
         visited = ARROW.join(map(str, cur.get("blocks_visited", []))) or "-"
-        picked = f" (calibration picked block {start})" if start is not None else ""
-        title = f"LEAP curriculum: blocks {visited}{picked}"
+        picked = f" (the start-block scan picked block {start})" if start is not None else ""
+        title = f"{'LEAP' if mode == 'leap' else mode} curriculum: blocks {visited}{picked}"
     else:
         title = f"fixed-target baseline: block {num_blocks} every step ({metric} logged for monitoring only)"
     top.set_title(title, fontsize=10)
@@ -175,7 +175,7 @@ def plot_train_flops(run_dir: Path, out: Path | None = None) -> Path:
     mode = cur.get("mode", "leap")
     factor, prefix = _scale(curves["baseline"] + curves["run"])
     step = curves["step"]
-    run_y = [v / factor for v in curves["run"]]  # includes the calibration scan from the first step
+    run_y = [v / factor for v in curves["run"]]  # includes the start-block scan from the first step
     base_y = [v / factor for v in curves["baseline"]]
 
     fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
@@ -183,10 +183,10 @@ def plot_train_flops(run_dir: Path, out: Path | None = None) -> Path:
             label="fixed-target baseline (all blocks every step)")
     ax.plot(step, run_y, color="tab:blue", linewidth=2, label=f"this run ({mode}, as executed)")
     below = [r < b for r, b in zip(run_y, base_y, strict=True)]
-    if mode == "leap" and any(below):
+    if mode != "baseline" and any(below):
         ax.fill_between(step, run_y, base_y, where=below, color="tab:blue", alpha=0.12, label="saved")
     _mark_level_ups(ax, cur.get("level_ups", []), label=True)
-    if mode != "leap":
+    if mode == "baseline":
         verdict = "this run is the baseline"
     else:
         saving = 100.0 * (1 - curves["run"][-1] / curves["baseline"][-1])

@@ -121,10 +121,17 @@ def _settings_table(cfg: Config) -> Table:
         data = "embedded digits (scikit-learn): 1,437 train / 360 held-out"
     else:
         data = f"folder `{d.path}`"
-    if c.mode == "leap":
+    gate = {
+        "leap": f"LEAP: {c.metric} threshold {c.threshold:g}, EMA alpha {c.ema_alpha:g}, at most "
+                f"{c.max_epochs_per_block:g} epochs per block",
+        "plateau": f"plateau: level up when the {c.metric}'s mean over the last {c.plateau_window} steps gains less "
+                   f"than {c.plateau_tolerance:g} (relative) over the {c.plateau_window} before, EMA alpha "
+                   f"{c.ema_alpha:g}, at most {c.max_epochs_per_block:g} epochs per block",
+        "progressive": "progressive: an equal share of the epochs per block, no gate",
+    }
+    if c.mode in gate:
         curriculum = (
-            f"LEAP: {c.metric} threshold {c.threshold:g}, EMA alpha {c.ema_alpha:g}, at most "
-            f"{c.max_epochs_per_block:g} epochs per block, calibration {'on' if c.calibrate else 'off'}"
+            f"{gate[c.mode]}, start-block scan {'on' if c.calibrate else 'off'}"
             + (f", snap to last at block {c.snap_to_last_at}" if c.snap_to_last_at else "")
         )
     else:
@@ -185,13 +192,14 @@ def _curriculum_section(
         visited = ARROW.join(map(str, cur["blocks_visited"]))
         lines.append(f"- Blocks visited: {visited} (of {cur['num_blocks']}); "
                      f"the run ended on block {cur['final_block']}.")
-        cal = cur.get("calibration") or {}
+        cal = cur.get("calibration") or {}  # curriculum.json's key for the start-block scan
         if cal.get("scores"):
             scores = ", ".join(f"{i}: {s:.3f}" for i, s in enumerate(cal["scores"], 1))
-            lines.append(f"- Calibration on {cal['images']} images started at block {cal['start_block']} "
+            lines.append(f"- The start-block scan on {cal['images']} images started the run at block "
+                         f"{cal['start_block']} "
                          f"({metric} per block {scores}).")
-        elif cur["mode"] == "leap":
-            lines.append("- Calibration was off: the run started at block 1.")
+        elif cur["mode"] != "baseline":
+            lines.append("- The start-block scan was off: the run started at block 1.")
         if summary is not None:
             lines.append(
                 f"- Teacher-block evaluations (images x blocks run): {summary.teacher_block_images:,} against "
@@ -242,7 +250,7 @@ def _flops_section(run_dir: Path, plots: dict[str, str]) -> Section:
         lines.append(
             f"The teacher's forward is {100 * share:.1f}% of the baseline's cost, so skipping {100 * skipped:.1f}% of "
             f"the teacher's FLOPs saves {100 * share * skipped:.1f}% of the total, less {100 * overhead:.1f}% for the "
-            f"per-step {f.metric} and the calibration scan."
+            f"per-step {f.metric} and the start-block scan."
         )
     lines += ["", inference_table(f).to_markdown(), ""]
     lines += _images(plots, ("train_flops",))
@@ -320,7 +328,7 @@ def _export_section(run_dir: Path, q: str) -> Section:
 
 def _bench_section(run_dir: Path, q: str) -> Section:
     from leapkit.latency.records import BenchReport
-    from leapkit.latency.render import latency_table, latency_title
+    from leapkit.latency.render import energy_sentence, latency_table, latency_title, power_table
 
     files = sorted((run_dir / "bench").glob("*.json")) if (run_dir / "bench").is_dir() else []
     command = f"leapkit bench {q} --target T"
@@ -338,6 +346,9 @@ def _bench_section(run_dir: Path, q: str) -> Section:
                   f"from {b.budget_source}. The lower bound column is a bound for the target, not a measurement."]
         if b.choice:
             lines += ["", f"Judged: {b.choice}."]
+        power, energy = power_table(b), energy_sentence(b)
+        lines += ["", energy] if energy else []
+        lines += ["", f"{power.title}:", "", power.to_markdown()] if power else []
         if b.warnings:
             lines += ["", *[f"- warning: {w}" for w in b.warnings]]
         lines.append("")

@@ -170,7 +170,7 @@ def test_tables_render_the_same_rows_to_rich_and_markdown(tmp_path):
     md = train.to_markdown()
     assert f"| **total** | **{si(res.train_flops_run)}** | **{si(res.train_flops_baseline)}** |" in md
     assert f"| **saving** | **{res.train_flops_saving_pct:.1f} %** |" in md
-    assert "| curriculum cka |" in md and "| calibration scan |" in md
+    assert "| curriculum cka |" in md and "| start-block scan |" in md
     assert f"| student | {si(res.student_params)} | {si(res.student_inference_macs)} |" in infer.to_markdown()
     console = Console(record=True, width=200)
     console.print(train.to_rich())

@@ -19,7 +19,7 @@ from leapkit.macs import model_flops
 from leapkit.models import create_student
 from leapkit.planning import workload
 from leapkit.planning.candidates import candidates, sizes
-from leapkit.planning.fit_file import MIN_RANGE, Calibration, Sample, default_path, fit, now
+from leapkit.planning.fit_file import MIN_RANGE, LatencyFit, Sample, default_path, fit, now
 from leapkit.planning.latency_model import Efficiencies, LatencyModel
 from leapkit.planning.plan import PlanRequest, choose_student, largest_fit, plan, verdict
 from leapkit.planning.shape import VitShape, of_model, of_onnx, of_timm
@@ -188,7 +188,7 @@ def test_without_a_calibration_the_model_is_the_published_one_and_says_so():
 
 def test_a_calibration_file_is_found_by_target_and_checked(tmp_path, monkeypatch):
     e = Efficiencies(90.0, 40.0, 12.0, 0.4, 0.2, 0.3, 25.0, 150.0)
-    cal = Calibration(target="x86-cpu", created=now(), environment={"host": "box"}, runtime="onnxruntime",
+    cal = LatencyFit(target="x86-cpu", created=now(), environment={"host": "box"}, runtime="onnxruntime",
                       threads=2, efficiencies={"fp32": e}, ranges={"fp32": 1.1})
     path = default_path("x86-cpu")
     assert path == tmp_path / "config" / "leapkit" / "calibration" / "x86-cpu.json"

@@ -19,9 +19,9 @@ import pytest
 from leapkit.errors import ConfigError
 from leapkit.latency.machine import TargetMatch
 from leapkit.planning import device_timing
-from leapkit.planning import fit as calibrate_module
-from leapkit.planning.fit import CalibratePlan, calibrate
-from leapkit.planning.fit_file import Calibration
+from leapkit.planning import fit as fit_module
+from leapkit.planning.fit import FitRequest, fit_latency_model
+from leapkit.planning.fit_file import LatencyFit
 from leapkit.planning.microbench import GRID, QUICK_GRID, Micro
 from leapkit.planning.shape import of_timm
 from leapkit.planning.target_model import model_for
@@ -54,7 +54,7 @@ def test_calibrate_a_cpu_target_through_the_entry_point(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cal = Calibration.read(out)
+    cal = LatencyFit.read(out)
     assert cal.target == "x86-cpu" and cal.runtime == "onnxruntime" and cal.threads == 2
     assert "fastest of 2 interleaved rounds" in cal.method
     assert cal.environment["cpu"] and cal.environment["host"] and cal.created[:2] == "20"
@@ -68,17 +68,17 @@ def test_calibrate_a_cpu_target_through_the_entry_point(tmp_path):
 def test_calibrating_elsewhere_than_on_the_target_is_refused(monkeypatch):
     monkeypatch.setattr("leapkit.latency.machine.target_match",
                         lambda profile, env: TargetMatch(False, "nothing on vm matches 'Jetson Orin Nano'", "vm"))
-    plan = CalibratePlan(load_target("jetson-orin-nano"), grid=QUICK_GRID)
+    plan = FitRequest(load_target("jetson-orin-nano"), grid=QUICK_GRID)
     with pytest.raises(ConfigError, match=r"this machine is not jetson-orin-nano \(nothing on vm matches 'Jetson Orin "
                                           r"Nano'\); calibrate on --host \[user@\]device to time them on the device"):
-        calibrate(plan)
+        fit_latency_model(plan)
 
 
 def test_host_is_for_tensorrt_targets_and_precisions_must_be_the_targets():
     with pytest.raises(ConfigError, match="--host times TensorRT engines on a device, but x86-cpu runs onnxruntime"):
-        calibrate(CalibratePlan(load_target("x86-cpu"), host="pi@box"))
+        fit_latency_model(FitRequest(load_target("x86-cpu"), host="pi@box"))
     with pytest.raises(ConfigError, match="target x86-cpu does not run fp16; its precisions are fp32, int8"):
-        calibrate(CalibratePlan(load_target("x86-cpu"), precisions=("fp16",)))
+        fit_latency_model(FitRequest(load_target("x86-cpu"), precisions=("fp16",)))
 
 
 def test_the_device_script_uses_the_bundles_trtexec_flags():
@@ -96,11 +96,11 @@ def test_the_device_script_uses_the_bundles_trtexec_flags():
 @needs_samples
 @pytest.mark.slow
 def test_calibrate_a_tensorrt_target_on_the_device_itself(tmp_path, monkeypatch):
-    monkeypatch.setattr(calibrate_module, "_check_here", lambda profile: {"host": "orin", "device_model": "stand-in"})
+    monkeypatch.setattr(fit_module, "_check_here", lambda profile: {"host": "orin", "device_model": "stand-in"})
     monkeypatch.setenv("TRTEXEC", str(FIXTURES / "trtexec"))
     monkeypatch.setenv("LEAPKIT_TRTEXEC_FIXTURES", str(SAMPLES))
     assert os.access(FIXTURES / "trtexec", os.X_OK)
-    cal, path = calibrate(CalibratePlan(load_target("jetson-orin-nano"), precisions=("fp16",), grid=QUICK_GRID,
+    cal, path = fit_latency_model(FitRequest(load_target("jetson-orin-nano"), precisions=("fp16",), grid=QUICK_GRID,
                                         out=tmp_path / "orin.json", progress=False))
     assert path == tmp_path / "orin.json" and cal.runtime == "tensorrt" and cal.threads is None
     # the replayed RTX A5000 log times every graph alike: its median GPU compute time

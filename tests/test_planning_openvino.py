@@ -19,8 +19,8 @@ from leapkit.host import cpu_bf16
 from leapkit.latency.forecast import Forecaster
 from leapkit.latency.records import BenchResult
 from leapkit.planning.candidates import check_precisions, modelled_precisions
-from leapkit.planning.fit import CalibratePlan
-from leapkit.planning.fit_file import Calibration, default_path, now
+from leapkit.planning.fit import FitRequest
+from leapkit.planning.fit_file import LatencyFit, default_path, now
 from leapkit.planning.latency_model import Efficiencies
 from leapkit.planning.microbench import QUICK_GRID
 from leapkit.planning.plan import PlanRequest, plan, plan_table
@@ -38,10 +38,10 @@ def no_user_calibration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def openvino_calibration(precisions: tuple[str, ...] = ("fp32", "bf16", "int8")) -> Calibration:
+def openvino_calibration(precisions: tuple[str, ...] = ("fp32", "bf16", "int8")) -> LatencyFit:
     """An OpenVINO calibration of x86-cpu in the user's folder: bf16 twice as fast as fp32, int8 four times."""
     speed = {"fp32": 1.0, "bf16": 2.0, "int8": 4.0}
-    cal = Calibration(
+    cal = LatencyFit(
         target="x86-cpu", created=now(), environment={"host": "box"}, runtime="openvino", threads=2,
         efficiencies={p: Efficiencies(90.0 * speed[p], 40.0, 12.0, 0.4, 0.2, 0.3, 25.0, 150.0) for p in precisions},
         ranges={p: 1.2 for p in precisions}, method="OpenVINO CPU",
@@ -147,14 +147,14 @@ def test_bf16_calibration_needs_a_cpu_with_bf16(monkeypatch, caplog):
     with pytest.raises(ConfigError, match=r"^this CPU has no bf16 arithmetic \(AVX512-BF16 or AMX\), so OpenVINO "
                                           r"would run bf16 in fp32; calibrate bf16 on a CPU of x86-cpu that has it, "
                                           r"or pass -p fp32$"):
-        CalibratePlan(x86, precisions=("bf16",), runtime="openvino").chosen_precisions()
+        FitRequest(x86, precisions=("bf16",), runtime="openvino").chosen_precisions()
     with caplog.at_level(logging.INFO, logger="leapkit.planning.fit"):
-        assert CalibratePlan(x86, runtime="openvino").chosen_precisions() == ("fp32", "int8")
+        assert FitRequest(x86, runtime="openvino").chosen_precisions() == ("fp32", "int8")
     assert [r.message for r in caplog.records if r.name == "leapkit.planning.fit"] == [
         "bf16 left out: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), where OpenVINO runs it in fp32"]
     monkeypatch.setattr("leapkit.host.cpu_bf16", lambda: "avx512_bf16")
-    assert CalibratePlan(x86, runtime="openvino").chosen_precisions() == ("fp32", "bf16", "int8")
-    assert CalibratePlan(x86).chosen_precisions() == ("fp32", "int8")  # ONNX Runtime: never bf16
+    assert FitRequest(x86, runtime="openvino").chosen_precisions() == ("fp32", "bf16", "int8")
+    assert FitRequest(x86).chosen_precisions() == ("fp32", "int8")  # ONNX Runtime: never bf16
 
 
 def result(runtime: str, precision: str) -> BenchResult:
@@ -212,7 +212,7 @@ def test_calibrate_openvino_through_the_entry_point(tmp_path):
     path = config / "leapkit" / "calibration" / "x86-cpu-openvino.json"
     assert f"calibration: {path}" in proc.stdout.replace("\n", "")
     assert not (config / "leapkit" / "calibration" / "x86-cpu.json").exists()  # ONNX Runtime's file untouched
-    cal = Calibration.read(path)
+    cal = LatencyFit.read(path)
     precisions = ("fp32", "bf16", "int8") if cpu_bf16() else ("fp32", "int8")
     assert cal.target == "x86-cpu" and cal.runtime == "openvino" and cal.threads == 2
     assert tuple(cal.efficiencies) == precisions and set(cal.ranges) == set(precisions)

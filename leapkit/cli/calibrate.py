@@ -2,7 +2,7 @@
 
 A CPU target is timed on this machine (which must be the target), in its profile's runtime or another
 it deploys with (``--runtime openvino``); a TensorRT target on this machine when it is the device, else
-over SSH with ``--host``. The calibration file goes to ``~/.config/leapkit/calibration/<target>.json``
+over SSH with ``--host``. The fit's file goes to ``~/.config/leapkit/calibration/<target>.json``
 (``<target>-<runtime>.json`` for a runtime other than the profile's; or ``--out``), where ``leapkit plan``
 and ``leapkit bench`` find it.
 """
@@ -38,7 +38,7 @@ def calibrate_command(
     ] = None,
     precision: PrecisionsOpt = None,
     out: Annotated[
-        Path | None, typer.Option(help="Calibration file (default ~/.config/leapkit/calibration/<target>.json, "
+        Path | None, typer.Option(help="The fit's file (default ~/.config/leapkit/calibration/<target>.json, "
                                        "<target>-<runtime>.json for another runtime than the profile's).",
                                   show_default=False)
     ] = None,
@@ -56,28 +56,28 @@ def calibrate_command(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (CPU); each microbenchmark keeps its fastest "
                                                     "round's median.")] = 9,
     quick: Annotated[
-        bool, typer.Option("--quick", help="A small grid that calibrates in seconds; its fit is rough.")
+        bool, typer.Option("--quick", help="A small grid that fits in seconds; its fit is rough.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
-    """Time the latency model's microbenchmarks on the target and write its calibration."""
+    """Time the latency model's microbenchmarks on the target and write its latency-model fit."""
     from rich.console import Console
 
-    from leapkit.planning.fit import CalibratePlan, calibrate
-    from leapkit.planning.fit_file import calibration_table
+    from leapkit.planning.fit import FitRequest, fit_latency_model
+    from leapkit.planning.fit_file import fit_table
     from leapkit.planning.latency_model import check_runtime
     from leapkit.planning.microbench import GRID, QUICK_GRID
     from leapkit.profiles import load_target
 
     profile = load_target(target)
-    plan = CalibratePlan(
+    plan = FitRequest(
         profile=profile, precisions=tuple(split_choices(precision, PRECISIONS, "--precision") or ()),
         grid=QUICK_GRID if quick else GRID, out=out, host=host,
         ssh_options=tuple(arg for item in ssh_option or () for arg in shlex.split(item)),
         threads=threads, warmup_s=warmup, duration_s=duration, rounds=rounds, progress=progress,
         runtime=check_runtime(profile, runtime),
     )
-    calibration, path = calibrate(plan)
+    fitted, path = fit_latency_model(plan)
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80
-    console.print(calibration_table(calibration).to_rich())
-    console.print(f"calibration: {path}")
+    console.print(fit_table(fitted).to_rich())
+    console.print(f"latency-model fit: {path}")

@@ -6,7 +6,7 @@
     leapkit plan ... --runtime openvino                                   another of the target's runtimes
 
 Offline and in seconds: models are counted on the meta device and predicted with the target's
-latency model for the runtime (its calibration, else for the profile's runtime the published
+latency model for the runtime (its fit from leapkit calibrate, else for the profile's runtime the published
 efficiencies, which the output says). The table opens with one line, the largest student whose
 whole range fits the budget, and shows the accuracy-capacity frontier (``--all``: every candidate);
 ``--format json`` gives every candidate.
@@ -69,7 +69,7 @@ def plan_command(
                                   show_default=False)
     ] = None,
     calibration: Annotated[
-        Path | None, typer.Option(help="Calibration file (default: the target's, from leapkit calibrate).",
+        Path | None, typer.Option(help="A latency-model fit (default: the target's, from leapkit calibrate).",
                                   show_default=False)
     ] = None,
     gpu: Annotated[str, typer.Option(help="GPU the training hours are for.")] = "A100",

@@ -1,8 +1,8 @@
-"""Planning before training: a latency model per target, calibrated on the target, and `leapkit plan`.
+"""Planning before training: a latency model per target, fitted on the target, and `leapkit plan`.
 
 - :mod:`~leapkit.planning.shape`, :mod:`~leapkit.planning.workload`: a ViT's shape and the work of its layers;
 - :mod:`~leapkit.planning.latency_model`: efficiencies, predictions with a range;
-- :mod:`~leapkit.planning.target_model`: which model a target gets (its calibration, else published), and
+- :mod:`~leapkit.planning.target_model`: which model a target gets (its latency-model fit, else published), and
   :func:`predict_onnx`;
 - :mod:`~leapkit.planning.microbench`, :mod:`~leapkit.planning.device_timing`, :mod:`~leapkit.planning.fit_file`,
   :mod:`~leapkit.planning.fit`: the microbenchmarks, timed on the target, and the latency-model fit

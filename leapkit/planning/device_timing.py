@@ -1,11 +1,11 @@
 """Timing the microbenchmarks with trtexec on a TensorRT target, on this machine or over SSH.
 
-The microbenchmark graphs are exported here and copied with one POSIX sh script, ``calibrate.sh``,
+The microbenchmark graphs are exported here and copied with one POSIX sh script, ``fit.sh``,
 that probes the device (:data:`leapkit.device.probe.PROBE`), then builds and times each graph with the
 trtexec flags of the deploy bundle (:func:`leapkit.trtexec.flags.precision_flags` and
 :func:`~leapkit.trtexec.flags.steady_timing_flags` for the profile's TensorRT version) and leaves one log
 per graph in ``logs/``. The logs are read back with :func:`leapkit.trtexec.log.read_log`; a graph's time is
-trtexec's median GPU compute time. Over SSH the folder is ``${XDG_CACHE_HOME:-~/.cache}/leapkit/calibration/<target>``
+trtexec's median GPU compute time. Over SSH the folder is ``${XDG_CACHE_HOME:-~/.cache}/leapkit/latency-fit/<target>``
 on the device, and the link is :class:`leapkit.device.ssh.Connection` (the user's ssh config and keys, never a
 prompt).
 """
@@ -30,7 +30,7 @@ from leapkit.types import Precision
 
 log = logging.getLogger(__name__)
 
-SCRIPT = "calibrate.sh"
+SCRIPT = "fit.sh"
 LOGS = "logs"
 WARMUP_MS = 200
 DURATION_S = 2
@@ -71,7 +71,7 @@ def trtexec_args(graph: Graph, version: str, workspace_mb: int | None) -> list[s
 
 
 def script(graphs: Sequence[Graph], version: str | None, workspace_mb: int | None) -> str:
-    """``calibrate.sh``: every graph built and timed in turn; exits non-zero when one failed (the rest still run)."""
+    """``fit.sh``: every graph built and timed in turn; exits non-zero when one failed (the rest still run)."""
     lines = [_HEAD]
     for g in graphs:
         args = " ".join(shlex.quote(a) for a in trtexec_args(g, version or DEFAULT_TENSORRT, workspace_mb))
@@ -101,7 +101,7 @@ def read_times(folder: Path, graphs: Sequence[Graph]) -> dict[str, float]:
 
 
 def run_here(folder: Path, graphs: Sequence[Graph]) -> tuple[dict[str, float], dict[str, str]]:
-    """Run ``calibrate.sh`` in ``folder`` on this machine: the times per graph and the device facts."""
+    """Run ``fit.sh`` in ``folder`` on this machine: the times per graph and the device facts."""
     proc = subprocess.run(["sh", str(folder / SCRIPT)], capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         raise LeapkitError(f"{SCRIPT} failed (exit {proc.returncode}: {last_line(proc.stderr)}); the logs are in "
@@ -121,14 +121,14 @@ def reach(host: str, ssh_options: Sequence[str]) -> None:
 
 def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: Sequence[str],
                 target: str) -> tuple[dict[str, float], dict[str, str]]:
-    """Copy ``folder`` to ``host``, run ``calibrate.sh`` there, copy the logs back: times per graph and device facts.
+    """Copy ``folder`` to ``host``, run ``fit.sh`` there, copy the logs back: times per graph and device facts.
 
     Raises:
         ConfigError: bad ``--host`` or ssh options.
         HostError: the device is unreachable, refuses the key, lacks trtexec, or a graph fails there.
     """
     conn = Connection.to(host, ssh_options)
-    where = f"${{XDG_CACHE_HOME:-$HOME/.cache}}/leapkit/calibration/{target}"
+    where = f"${{XDG_CACHE_HOME:-$HOME/.cache}}/leapkit/latency-fit/{target}"
     made = conn.run(f'mkdir -p "{where}" && cd "{where}" && rm -rf {LOGS} && pwd')
     remote_dir = made.stdout.strip().splitlines()[-1] if made.returncode == 0 and made.stdout.strip() else ""
     if not remote_dir:
@@ -137,8 +137,8 @@ def run_on_host(folder: Path, graphs: Sequence[Graph], host: str, ssh_options: S
     log.info("copying %d microbenchmark files to %s:%s", len(files), conn.host, remote_dir)
     conn.copy(files, conn.host.remote(remote_dir + "/"), f"the microbenchmarks to {conn.host}")
     log.info("building and timing %d engines on %s (minutes: each engine is built first)", len(graphs), conn.host)
-    proc = conn.run('exec sh "$1/calibrate.sh"', remote_dir)
-    with tempfile.TemporaryDirectory(prefix="leapkit-calibrate-") as tmp:
+    proc = conn.run('exec sh "$1/fit.sh"', remote_dir)
+    with tempfile.TemporaryDirectory(prefix="leapkit-fit-") as tmp:
         conn.copy([conn.host.remote(f"{remote_dir}/{LOGS}")], tmp, f"the logs back from {conn.host}")
         if proc.returncode != 0:
             raise HostError(f"{SCRIPT} failed on {conn.host} (exit {proc.returncode}: {last_line(proc.stderr)}); its "

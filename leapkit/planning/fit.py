@@ -1,11 +1,11 @@
 """The latency-model fit (`leapkit calibrate`): time the microbenchmarks on the target and fit its efficiencies.
 
-A CPU target is calibrated on this machine, which must be the target (its ``device_match``), with
+A CPU target is fitted on this machine, which must be the target (its ``device_match``), with
 the profile's thread count, in ONNX Runtime or in another runtime the target deploys with (OpenVINO:
 the IRs the export writes, bf16 the fp32 IR with the bf16 hint where the CPU has bf16 arithmetic).
-A TensorRT target is calibrated on the device: on this machine when it is the device, else over SSH
+A TensorRT target is fitted on the device: on this machine when it is the device, else over SSH
 with ``host`` (:mod:`leapkit.planning.device_timing`). The result is a
-:class:`~leapkit.planning.fit_file.Calibration` written to the user's configuration folder (or
+:class:`~leapkit.planning.fit_file.LatencyFit` written to the user's configuration folder (or
 ``out``), one file per runtime, which every later prediction for the target and runtime reads.
 """
 
@@ -23,7 +23,7 @@ from leapkit.errors import ConfigError
 from leapkit.paths import require_writable_file
 from leapkit.planning import device_timing
 from leapkit.planning.candidates import check_precisions
-from leapkit.planning.fit_file import Calibration, Sample, default_path, fit, now
+from leapkit.planning.fit_file import LatencyFit, Sample, default_path, fit, now
 from leapkit.planning.latency_model import check_runtime
 from leapkit.planning.microbench import GRID, Micro, export_graphs, time_graph
 from leapkit.profiles import TargetProfile
@@ -36,14 +36,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CalibratePlan:
+class FitRequest:
     """What ``leapkit calibrate`` does.
 
     Args:
         profile: the target.
         precisions: the precisions to fit (default: the profile's that the runtime's model covers).
         grid: the microbenchmarks.
-        out: the calibration file (default: :func:`~leapkit.planning.fit_file.default_path`).
+        out: the fit's file (default: :func:`~leapkit.planning.fit_file.default_path`).
         host: ``[user@]host[:port]`` of the device for a TensorRT target; None: this machine.
         ssh_options: extra ssh/scp options for ``host``.
         threads: CPU runtime threads (default: the profile's).
@@ -109,8 +109,8 @@ def _check_here(profile: TargetProfile) -> dict:
     return env
 
 
-def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
-    """Time the grid on the target, fit each precision, write the calibration; returns it and its path.
+def fit_latency_model(plan: FitRequest) -> tuple[LatencyFit, Path]:
+    """Time the grid on the target, fit each precision, write the fit; returns it and its path.
 
     Raises:
         ConfigError: a runtime the target does not deploy with, this machine is not the target (without
@@ -133,9 +133,9 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
     if runtime == "openvino":
         from leapkit.runtimes.openvino_runner import import_openvino
 
-        import_openvino(f"calibrating the OpenVINO latency model of {profile.name}")
+        import_openvino(f"fitting the OpenVINO latency model of {profile.name}")
     out = plan.out or default_path(profile.name, None if runtime == profile.runtime else runtime)
-    require_writable_file(out, "the calibration", "pass --out a file you can write to")
+    require_writable_file(out, "the latency-model fit", "pass --out a file you can write to")
     if plan.host is not None:  # an unreachable device is known in seconds, not after exporting every graph
         device_timing.reach(plan.host, plan.ssh_options)
     env = None if plan.host is not None else _check_here(profile)
@@ -176,16 +176,16 @@ def calibrate(plan: CalibratePlan) -> tuple[Calibration, Path]:
     for precision in precisions:
         mine = [s for s in samples if s.precision == precision]
         efficiencies[precision], ranges[precision] = fit(mine, precision)
-    calibration = Calibration(
+    fitted = LatencyFit(
         target=profile.name, created=now(), environment=env or {}, runtime=runtime, threads=threads,
         efficiencies=efficiencies, ranges=ranges, samples=samples, method=method,
     )
-    path = calibration.save(out)
-    return calibration, path
+    path = fitted.save(out)
+    return fitted, path
 
 
 def _cpu_runtime(runtime: TargetRuntime, precisions: tuple[Precision, ...]) -> str:
-    """The CPU runtime as the calibration's method names it (OpenVINO: its release and hint per precision)."""
+    """The CPU runtime as the fit's method names it (OpenVINO: its release and hint per precision)."""
     if runtime != "openvino":
         return "ONNX Runtime CPU"
     from leapkit.deploy.openvino_ir import OPENVINO_HINTS
@@ -196,7 +196,7 @@ def _cpu_runtime(runtime: TargetRuntime, precisions: tuple[Precision, ...]) -> s
 
 
 def _time_in_rounds(
-    graphs: list[tuple[Micro, Precision, Path]], plan: CalibratePlan, runtime: TargetRuntime, threads: int | None,
+    graphs: list[tuple[Micro, Precision, Path]], plan: FitRequest, runtime: TargetRuntime, threads: int | None,
     steps: Steps,
 ) -> dict[tuple[str, Precision], float]:
     """Each graph's fastest median over ``plan.rounds`` rounds, every round in its own shuffled order.

@@ -1,4 +1,4 @@
-"""The latency-model fit's file (a target's calibration): efficiencies fitted to microbenchmarks, the machine, the date.
+"""The latency-model fit's file: a target's efficiencies fitted to microbenchmarks, the machine, the date.
 
     ~/.config/leapkit/calibration/<target>.json             the profile's runtime
     ~/.config/leapkit/calibration/<target>-<runtime>.json   another of the target's runtimes (openvino)
@@ -60,7 +60,7 @@ class Sample(Record):
 
 
 @dataclass
-class Calibration(Record):
+class LatencyFit(Record):
     """``<target>.json``: the fitted efficiencies of a target and runtime, per precision, and how they were made.
 
     Args:
@@ -90,11 +90,11 @@ class Calibration(Record):
     leapkit_version: str = __version__
 
     @classmethod
-    def read(cls, path: Path) -> Calibration:
-        """Load a calibration file.
+    def read(cls, path: Path) -> LatencyFit:
+        """Load a latency-model fit.
 
         Raises:
-            ConfigError: the file is missing or is not a calibration.
+            ConfigError: the file is missing or is not a latency-model fit.
         """
         if not Path(path).is_file():
             raise ConfigError(f"calibration file {path} not found; run leapkit calibrate --target TARGET")
@@ -165,24 +165,24 @@ def fit(samples: list[Sample], precision: Precision) -> tuple[Efficiencies, floa
     return Efficiencies.from_coefficients(tuple(theta), precision), max(MIN_RANGE, math.exp(spread))
 
 
-def calibration_table(calibration: Calibration) -> Table:
+def fit_table(fitted: LatencyFit) -> Table:
     """Per precision: the fitted rates and fixed costs, and how well they reproduce the microbenchmarks."""
-    env = calibration.environment
+    env = fitted.environment
     table = Table.of(
         "precision", "GEMM GFLOP/s", "attention GFLOP/s", "weights GB/s", "ns / element (token, hidden, score)",
         "us / block", "us / inference", "leave-one-out error (median, max)", "range",
-        title=f"calibration of {calibration.target} ({calibration.runtime}) on {env.get('host') or 'the device'} "
-              f"({calibration.created[:10]})",
-        caption=f"{len(calibration.samples)} microbenchmark timings; {calibration.method}. Range: the leave-one-out "
+        title=f"latency-model fit of {fitted.target} ({fitted.runtime}) on {env.get('host') or 'the device'} "
+              f"({fitted.created[:10]})",
+        caption=f"{len(fitted.samples)} microbenchmark timings; {fitted.method}. Range: the leave-one-out "
                 f"error's {RANGE_QUANTILE}th percentile, as a factor either side of a prediction.",
         right=("GEMM GFLOP/s", "attention GFLOP/s", "weights GB/s", "ns / element (token, hidden, score)",
                "us / block", "us / inference", "range"),
     )
-    for precision, e in calibration.efficiencies.items():
-        errors = [abs(s.loo_ms / s.measured_ms - 1) for s in calibration.samples
+    for precision, e in fitted.efficiencies.items():
+        errors = [abs(s.loo_ms / s.measured_ms - 1) for s in fitted.samples
                   if s.precision == precision and s.loo_ms is not None and s.measured_ms > 0]
         spread = f"{100 * np.median(errors):.0f} %, {100 * max(errors):.0f} %" if errors else "-"
         table.add(precision, fmt(e.gemm_gflops, ".1f"), fmt(e.attention_gflops, ".1f"), fmt(e.weight_gbs, ".1f"),
                   f"{e.token_ns:.3g}, {e.hidden_ns:.3g}, {e.score_ns:.3g}", f"{e.block_us:.1f}",
-                  f"{e.inference_us:.1f}", spread, f"x{calibration.ranges.get(precision, 0):.2f}")
+                  f"{e.inference_us:.1f}", spread, f"x{fitted.ranges.get(precision, 0):.2f}")
     return table

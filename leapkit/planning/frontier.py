@@ -76,7 +76,7 @@ def figure(report: PlanReport) -> Any:
     ax.set_yscale("log")
     ax.set_xlabel("predicted latency, ms (bar: range)")
     ax.set_ylabel("inference GFLOPs per image")
-    kind = "calibrated" if report.calibrated else "not calibrated"
+    kind = "fitted on the device" if report.calibrated else "not fitted on the device"
     ax.set_title(f"leapkit plan: {report.target} ({kind}); o fits, s too close, x does not fit", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, which="both", alpha=0.2)

@@ -19,7 +19,7 @@ A model describes one runtime: the profile's ``runtime`` by default; another of 
 (OpenVINO on a CPU target) has its own calibration (``leapkit calibrate --target T --runtime openvino``)
 and no published fallback.
 
-The range is the calibration's leave-one-out error on its microbenchmarks, or the profile's stated
+The range is the fit's leave-one-out error on its microbenchmarks, or the profile's stated
 factor; it is the spread a prediction is expected to land within, not a bound.
 """
 
@@ -117,7 +117,7 @@ class Prediction(Record):
         ms: the prediction.
         low_ms: the low end of the range.
         high_ms: the high end.
-        calibrated: from a calibration on the target (else from the profile's published efficiencies).
+        calibrated: from a latency-model fit on the target (else from the profile's published efficiencies).
         source: where the efficiencies come from, in one line.
         target: the target profile's name.
         precision: the precision predicted for.

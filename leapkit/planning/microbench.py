@@ -1,11 +1,11 @@
-"""The microbenchmarks a target is calibrated on: small ViTs of one to four blocks, exported and timed.
+"""The microbenchmarks a target's latency model is fitted to: small ViTs of one to four blocks, exported and timed.
 
 Each microbenchmark is a timm VisionTransformer (random weights) exported by leapkit's own export
 pieces (:func:`leapkit.deploy.onnx_graph.export_onnx`, :func:`leapkit.deploy.onnx_fp16.convert_fp16`,
 :func:`leapkit.deploy.onnx_int8.quantize_int8` in the target runtime's layout, and for OpenVINO
 :func:`leapkit.deploy.openvino_ir.write_ir`), so that the graphs hold the ops, fusions and layouts of a
 real export. The grid spans widths 64-1024, 5-785 tokens, one to four blocks, patch 14 and 16, with
-and without LayerScale; it leaves out the widths of ViT-Ti/S/B (192, 384, 768), so a calibration never
+and without LayerScale; it leaves out the widths of ViT-Ti/S/B (192, 384, 768), so a fit never
 sees the models it is judged on.
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_IMAGES = 4  # Q/DQ ranges only; a graph's speed does not depend on them
+RANGE_IMAGES = 4  # Q/DQ ranges only; a graph's speed does not depend on them
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ QUICK_GRID: tuple[Micro, ...] = (
     Micro(160, 1, 56, 8),
     Micro(64, 1, 64, 16),
 )
-"""A grid that calibrates in seconds, for trying the command (its fit is rough)."""
+"""A grid that fits in seconds, for trying the command (its fit is rough)."""
 
 
 def export_graphs(micro: Micro, precisions: Sequence[Precision], folder: Path,
@@ -149,7 +149,7 @@ def export_graphs(micro: Micro, precisions: Sequence[Precision], folder: Path,
             else:
                 out[precision] = folder / f"{micro.name}_int8.onnx"
                 images = np.random.default_rng(0).standard_normal(
-                    (CALIBRATION_IMAGES, 3, micro.img_size, micro.img_size)).astype(np.float32)
+                    (RANGE_IMAGES, 3, micro.img_size, micro.img_size)).astype(np.float32)
                 quantize_int8(fp32, out[precision], images, method="minmax", runtime=runtime)
         return openvino_irs(micro.name, out, folder) if runtime == "openvino" else out
 

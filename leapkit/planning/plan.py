@@ -57,8 +57,8 @@ class PlanRequest:
         train_images: training images per epoch (default: the recipe's dataset).
         gpu: the GPU the training hours are for.
         utilisation: the MFU assumed for them.
-        calibration: a calibration file (default: the target's own for the runtime, else its published
-            efficiencies).
+        calibration: a latency-model fit, the file of ``leapkit calibrate`` (default: the target's own for the
+            runtime, else its published efficiencies).
         runtime: the runtime whose latency model plans, one of the target's (default: the profile's).
     """
 

@@ -1,10 +1,10 @@
-"""Which latency model a target gets: its calibration file when there is one, else its profile's published
+"""Which latency model a target gets: its latency-model fit when there is one, else its profile's published
 efficiencies; and a prediction for an exported graph or a model with it.
 
     model_for(profile, calibration=None, runtime=None) -> LatencyModel
     predict_onnx(model.onnx | nn.Module, profile) -> Prediction
 
-The model's maths is :mod:`leapkit.planning.latency_model`; the calibration file, fitted by ``leapkit
+The model's maths is :mod:`leapkit.planning.latency_model`; the fit's file, written by ``leapkit
 calibrate``, is :mod:`leapkit.planning.fit_file`.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 from leapkit.deploy.graph_precision import graph_precision
 from leapkit.errors import ConfigError
-from leapkit.planning.fit_file import Calibration, default_path
+from leapkit.planning.fit_file import LatencyFit, default_path
 from leapkit.planning.latency_model import LatencyModel, Prediction, check_runtime, published_model
 from leapkit.planning.shape import of_model, of_onnx
 from leapkit.types import Precision
@@ -26,22 +26,23 @@ if TYPE_CHECKING:
     from leapkit.profiles import TargetProfile
 
 
-def fitted_model(calibration: Calibration) -> LatencyModel:
-    """A calibration file's fitted efficiencies as a model."""
-    host = calibration.environment.get("host") or "unknown host"
-    source = f"calibrated on {host}, {calibration.created[:10]}"
-    return LatencyModel(calibration.target, dict(calibration.efficiencies), dict(calibration.ranges), True, source,
-                        calibration.runtime)
+def fitted_model(fitted: LatencyFit) -> LatencyModel:
+    """A latency-model fit's efficiencies as a model."""
+    host = fitted.environment.get("host") or "unknown host"
+    source = f"calibrated on {host}, {fitted.created[:10]}"
+    return LatencyModel(fitted.target, dict(fitted.efficiencies), dict(fitted.ranges), True, source,
+                        fitted.runtime)
 
 
 def model_for(profile: TargetProfile, calibration: Path | str | None = None, runtime: str | None = None
               ) -> LatencyModel:
-    """The latency model of a target and runtime: its calibration when there is one, else (for the profile's own
+    """The latency model of a target and runtime: its latency-model fit when there is one, else (for the profile's own
     runtime only) the profile's published efficiencies.
 
     Args:
         profile: the target.
-        calibration: a calibration file; default: the user's file for the target and runtime
+        calibration: a latency-model fit's file (``leapkit calibrate``); default: the user's file for the target
+            and runtime
             (:func:`leapkit.planning.fit_file.default_path`), when it exists.
         runtime: one of the target's runtimes (default: the profile's ``runtime``).
 
@@ -54,7 +55,7 @@ def model_for(profile: TargetProfile, calibration: Path | str | None = None, run
     own = chosen == profile.runtime
     path = Path(calibration) if calibration is not None else default_path(profile.name, None if own else chosen)
     if calibration is not None or path.is_file():
-        cal = Calibration.read(path)
+        cal = LatencyFit.read(path)
         if cal.target != profile.name:
             raise ConfigError(f"{path} calibrates target {cal.target}, not {profile.name}; pass that target or "
                               f"calibrate {profile.name} with leapkit calibrate --target {profile.name}")
@@ -93,7 +94,7 @@ def predict_onnx(
             profile's precision for a model.
         img_size: for a model, the input size (default: the model's).
         batch: images per inference (default: the profile's batch).
-        calibration: a calibration file (default: the target's, else the profile's published efficiencies).
+        calibration: a latency-model fit's file (default: the target's, else the profile's published efficiencies).
         runtime: the runtime that runs it, one of the target's (default: the profile's); an OpenVINO IR is
             predicted from the ONNX graph it was converted from, with its precision given (bf16 runs the
             fp32 graph).
