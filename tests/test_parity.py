@@ -21,6 +21,8 @@ from leapkit.deploy.parity import (
     device_tolerances,
     overall_status,
     parity_verdict,
+    probe_agreement,
+    ridge_probe,
 )
 
 
@@ -141,6 +143,7 @@ def test_probe_runs_the_student_once_across_calls():
         return {"cls": x.reshape(len(x), -1)[:, :8]}
 
     probe = Probe(data, probe_images=40, seed=0, reference=pytorch)
+    assert probe.classifier() is None  # nothing judged yet: no features to fit the bundle's probe on
     first = Variant(precision="int8", format="onnx", file="model_int8.onnx", status="ok")
     second = Variant(precision="int8", format="onnx", file="model_int8.onnx", status="ok")
     probe.judge([first], {"int8": lambda x: {"cls": x.reshape(len(x), -1)[:, :8]}})
@@ -149,6 +152,10 @@ def test_probe_runs_the_student_once_across_calls():
     assert seen == 60 and sum(calls) == seen  # 40 train + 20 val images, once
     assert first.accuracy["drop_top1"] == 0.0 and second.accuracy["pytorch_top1"] == first.accuracy["pytorch_top1"]
     assert probe.unavailable is None
+    weight, bias = probe.classifier()  # the bundle's probe, fit on the train features already computed
+    assert weight.shape == (8, 2) and sum(calls) == seen
+    val_x = torch.stack(val.images).numpy()
+    assert ((pytorch(val_x)["cls"] @ weight + bias).argmax(1) == np.asarray(val.labels)).mean() > 0.9
 
 
 def test_check_accuracy_needs_labels():
@@ -169,11 +176,32 @@ def test_overall_status():
 
 
 def test_device_tolerances():
+    """Four times what ONNX Runtime's variant deviates, never below the floors; the floors alone where it is exact
+    or was not exported."""
     x = np.zeros((1, 3, 4, 4), np.float32)
-    reference = {"cls": np.linspace(1, 2, 16, dtype=np.float32)[None]}
-    off = {"cls": reference["cls"] + np.float32(0.1)}
-    tol = device_tolerances(reference, {"fp32": lambda _: reference, "int8": lambda _: off}, x)
-    assert tol["fp32"] == {"first_max_abs": 0.01, "l2_rel": 0.005}  # exact: the floors
-    assert tol["fp16"] == {"first_max_abs": 0.05, "l2_rel": 0.01}  # not exported: the floors
-    assert tol["int8"]["first_max_abs"] == pytest.approx(0.4, abs=1e-5)  # 4x the deviation, above the 0.25 floor
-    assert tol["int8"]["l2_rel"] == pytest.approx(0.2562, abs=1e-4)  # 4x the 6.4% longer vector
+    v = np.linspace(1, 2, 16)
+    reference = {"cls": v[None].astype(np.float32)}
+    off = {"cls": v[::-1][None].astype(np.float32)}  # the int8 variant: every value moved
+    probe = (np.stack([v - 1.5, 1.5 - v], 1), np.zeros(2))  # class 0 on the reference, 1 on the reversed vector
+    tol = device_tolerances(reference, {"fp32": lambda _: reference, "int8": lambda _: off}, x, probe)
+    floors = {"min_cosine_image": 0.99999, "min_cosine_token": 0.9999, "max_abs_rel": 0.01,
+              "min_probe_agreement": 0.99}
+    assert {k: tol["fp32"][k] for k in floors} == floors  # exact: the floors
+    assert tol["fp32"]["measured_with_onnxruntime"]["probe_agreement"] == 1.0
+    assert tol["fp16"]["measured_with_onnxruntime"] is None and tol["fp16"]["min_cosine_image"] == 0.999
+    cos = v @ v[::-1] / (v @ v)
+    assert tol["int8"]["min_cosine_image"] == pytest.approx(1 - 4 * (1 - cos), abs=1e-6)
+    assert tol["int8"]["min_cosine_token"] == tol["int8"]["min_cosine_image"]  # one token: the same figure
+    assert tol["int8"]["max_abs_rel"] == pytest.approx(4 * 1.0 / np.sqrt(np.mean(v**2)), rel=1e-5)
+    assert tol["int8"]["min_probe_agreement"] == 0.0  # ONNX Runtime's int8 already disagrees on the only image
+
+
+def test_ridge_probe_separates_classes_and_folds_the_standardisation():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    centres = rng.normal(0, 5, (3, 8))
+    features = centres[labels] + rng.normal(0, 1, (120, 8)) + 100  # an offset the folded bias must absorb
+    weight, bias = ridge_probe(features, labels)
+    assert weight.shape == (8, 3) and bias.shape == (3,) and weight.dtype == np.float32
+    assert ((features @ weight + bias).argmax(1) == labels).mean() > 0.95
+    assert probe_agreement((weight, bias), features, features) == 1.0

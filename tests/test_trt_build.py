@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import sys
 from types import SimpleNamespace
@@ -62,6 +63,7 @@ class FakeTensorRT(SimpleNamespace):
 
     def __init__(self, parses: bool = False) -> None:
         loggers: list = []
+        configs: list = []
 
         class Logger:
             INFO, WARNING = 3, 2
@@ -78,7 +80,10 @@ class FakeTensorRT(SimpleNamespace):
                 return SimpleNamespace(flags=flags)
 
             def create_builder_config(self):
-                return SimpleNamespace(add_optimization_profile=lambda profile: -1)
+                flags = {"TF32"}  # TensorRT's default: fp32 layers may use TF32
+                configs.append(SimpleNamespace(add_optimization_profile=lambda profile: -1, flags=flags,
+                                               clear_flag=flags.discard, set_flag=flags.add))
+                return configs[-1]
 
             def create_optimization_profile(self):
                 return SimpleNamespace(set_shape=lambda name, lo, opt, hi: None)
@@ -96,7 +101,8 @@ class FakeTensorRT(SimpleNamespace):
                 return "unsupported op FakeOp"
 
         super().__init__(__version__="10.3.0", Logger=Logger, Builder=Builder, OnnxParser=OnnxParser,
-                         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0), loggers=loggers)
+                         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0), loggers=loggers,
+                         BuilderFlag=SimpleNamespace(TF32="TF32"), configs=configs)
 
 
 @pytest.mark.parametrize("level,severity", [(logging.DEBUG, "INFO"), (logging.INFO, "WARNING")])
@@ -121,6 +127,21 @@ def test_a_refused_optimisation_profile_stops_the_build(tmp_path, monkeypatch):
         tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
                         precision="fp32")
     assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("precision,tf32", [("fp32", False), ("fp16", True), ("int8", True)])
+def test_fp32_engines_are_built_without_tf32(precision, tf32, tmp_path, monkeypatch):
+    """TF32 is TensorRT's default for fp32 layers and rounds matmul inputs to 10 bits: an fp32 engine clears it.
+
+    Checks the contract with TensorRT's builder config (a fake), not the device."""
+    fake = FakeTensorRT(parses=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tb, "_require_gpu", lambda: None)
+    with pytest.raises(ExportError, match="rejected the optimisation profile"):
+        tb.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", input_name="images", chw=CHW, batch=BATCH,
+                        precision=precision)
+    (config,) = fake.configs
+    assert ("TF32" in config.flags) == tf32
 
 
 def test_cli_verbose_flag_raises_tensorrt_log_to_info():
@@ -164,6 +185,7 @@ def test_build_and_run_engine(tmp_path):
                            batch=BatchRange(1, 2, 4), precision="fp32", workspace_mb=256,
                            timing_cache=tmp_path / "timing.cache")
     assert (tmp_path / "model.engine.json").is_file() and (tmp_path / "timing.cache").is_file()
+    assert info.tf32 is False and json.loads((tmp_path / "model.engine.json").read_text())["tf32"] is False
     assert info.gpu and info.compute_capability and tb.timing_cache_name().startswith("timing-trt")
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     got = TensorRTRunner(tmp_path / "model.engine")(x)

@@ -6,16 +6,25 @@ from the bundle folder, they write ``results/PRECISION/`` (trtexec.log, times.js
 device.json, check.json): one folder to copy back for ``leapkit bench --from-trtexec``. The trtexec
 command lines in the scripts, and what each TensorRT version needs in them, come from
 :mod:`leapkit.trtexec.flags`.
+
+The reference the check compares with (:func:`write_reference`) is a batch of real held-out images,
+already normalised, as one raw float32 file per trtexec run (batch 1, then the profile's batch), the
+PyTorch student's full outputs for them as .npy files and, where the run has labels, a linear probe
+on the CLS feature (.npz); numpy reads all of it without leapkit.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from leapkit.device.tegrastats import SAMPLE_POWER_SH
 from leapkit.trtexec.flags import (
     DEFAULT_TENSORRT,
     TIMING_CACHE,
@@ -32,7 +41,8 @@ if TYPE_CHECKING:
     from leapkit.deploy.manifest import ExportManifest, Variant
     from leapkit.profiles import TargetProfile
 
-REFERENCE_INPUT = "reference_input.bin"
+REFERENCE_IMAGES = 8  # the fewest reference images a bundle holds (rounded up to a multiple of the batch)
+REFERENCE_PROBE = "reference_probe.npz"
 RESULTS = "results"  # results/PRECISION/: what bench_engine.sh and check_engine.sh leave for leapkit to read
 LOGS = "logs"  # logs/PRECISION/: build and check logs, engine outputs (not trtexec timing runs)
 TRTEXEC_LOG, TIMES, PROFILE, DEVICE, CHECK = "trtexec.log", "times.json", "profile.json", "device.json", "check.json"
@@ -78,6 +88,63 @@ def _trtexec(args: Sequence[str], indent: str = "    ") -> str:
     """A trtexec command line that runs the trtexec the script found (``$TRTEXEC``), one argument a line."""
     more = " \\\n" + indent + "    "
     return indent + '"$TRTEXEC"' + more + more.join(shlex.quote(a) for a in args[1:])
+
+
+# --- the reference -------------------------------------------------------------------------------------------
+
+
+def reference_image_count(batch: int) -> int:
+    """How many reference images a bundle holds: :data:`REFERENCE_IMAGES`, rounded up to whole batches."""
+    return batch * math.ceil(REFERENCE_IMAGES / batch)
+
+
+def reference_runs(images: int, batch: int) -> list[dict[str, Any]]:
+    """The check's trtexec runs: batch 1 on the first image, then every image in batches of ``batch``.
+
+    Each run is ``{"name", "batch", "file", "images"}``; ``file`` is its raw input (trtexec's ``--loadInputs``
+    takes a file of exactly the shape's size, so one file per run).
+    """
+    starts = range(0, images, batch)
+    runs = [] if batch == 1 else [(1, 0)]
+    runs += [(batch, s) for s in starts]
+    return [{"name": f"b{b}_{s}", "batch": b, "file": f"reference_input_b{b}_{s}.bin",
+             "images": list(range(s, min(s + b, images)))} for b, s in runs]
+
+
+def write_reference(
+    out: Path,
+    images: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    batch: int,
+    probe: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Any]:
+    """Write the check's reference files into ``out``; returns the manifest's ``reference`` (without tolerances).
+
+    Args:
+        out: the bundle folder.
+        images: the reference images, normalised, float32 (N, 3, H, W), N a multiple of ``batch``.
+        outputs: the PyTorch student's outputs for ``images``.
+        batch: the profile's batch, the engine's opt shape.
+        probe: (weight (D, C), bias (C,)) of a linear probe on the CLS feature, or None.
+    """
+    runs = reference_runs(len(images), batch)
+    for run in runs:
+        np.ascontiguousarray(images[run["images"]], dtype="<f4").tofile(out / run["file"])
+    written = {}
+    for name, values in outputs.items():
+        values = np.asarray(values, dtype="<f4")
+        np.save(out / f"reference_{name}.npy", values)
+        written[name] = {"file": f"reference_{name}.npy", "shape": list(values.shape),
+                         "rms": float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))}
+    reference: dict[str, Any] = {
+        "images": len(images), "input_shape": list(images.shape[1:]), "input_dtype": "float32 little-endian",
+        "runs": runs, "outputs": written, "outputs_from": "the PyTorch student (fp32)", "probe": None,
+    }
+    if probe is not None:
+        weight, bias = probe
+        np.savez(out / REFERENCE_PROBE, weight=np.asarray(weight, "<f4"), bias=np.asarray(bias, "<f4"))
+        reference["probe"] = {"file": REFERENCE_PROBE, "feature": "cls", "classes": int(weight.shape[1])}
+    return reference
 
 
 # --- the scripts --------------------------------------------------------------------------------
@@ -148,6 +215,20 @@ _NEED_ENGINE = """test -f "$ENGINE" || {
 """
 
 
+# The sidecar tells `leapkit bench` the engine's precision, and check_engine.sh the GPU and TensorRT it was built with
+# (trtexec's banner code and device line in the build log); the device-built engine is not in manifest.json.
+_SIDECAR = r"""LOG="{logs}/$PRECISION/build.log"
+TRT_CODE="$(sed -n 's/.*\[TensorRT v\([0-9][0-9]*\)\].*/\1/p' "$LOG" | head -n 1 || true)"
+GPU="$(sed -n 's/.*Selected Device: *//p' "$LOG" | head -n 1 | tr -d '"\\' || true)"
+{{
+    printf '{{"engine": "%s", "onnx": "%s", "precision": "%s", "built_by": "build_engine.sh", ' \
+        "$ENGINE" "$ONNX" "$PRECISION"
+    printf '"tensorrt_expected": "{version}", "tensorrt_code": "%s", "gpu": "%s", "created": "%s"}}\n' \
+        "$TRT_CODE" "$GPU" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+}} > "$ENGINE.json"
+"""
+
+
 def build_script(
     variants: Sequence[BundleVariant], spec: ScriptSpec, batch: BatchRange, workspace_mb: int | None
 ) -> str:
@@ -163,12 +244,7 @@ def build_script(
         lines.append(f"  {v.precision})\n{_trtexec(args)} \\\n        2>&1 | tee {LOGS}/{v.precision}/build.log\n"
                      f"    ;;\n")
     lines.append("esac\n")
-    # The sidecar tells `leapkit bench` the engine's precision; the device-built engine is not in manifest.json.
-    lines.append(
-        f"printf '{{\"engine\": \"%s\", \"onnx\": \"%s\", \"precision\": \"%s\", \"built_by\": \"build_engine.sh\", "
-        f"\"tensorrt_expected\": \"{spec.version}\", \"created\": \"%s\"}}\\n' \\\n"
-        f'    "$ENGINE" "$ONNX" "$PRECISION" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$ENGINE.json"\n'
-    )
+    lines.append(_SIDECAR.format(logs=LOGS, version=spec.version))
     lines.append(f'echo "$ENGINE built (timing cache {TIMING_CACHE} $CACHE); check it with ./check_engine.sh '
                  f'$PRECISION and time it with ./bench_engine.sh $PRECISION"\n')
     return "".join(lines)
@@ -181,8 +257,12 @@ def bench_script(variants: Sequence[BundleVariant], spec: ScriptSpec, batch: int
     if spec.jetson:
         lines.append(_POWER_MODE.format(modes=" or ".join(spec.power_modes) or "see its notes"))
     lines.append(f'OUT="{RESULTS}/$PRECISION"\nmkdir -p "$OUT" "{LOGS}/$PRECISION"\n'
-                 f'rm -f "$OUT/{TRTEXEC_LOG}" "$OUT/{TIMES}" "$OUT/{PROFILE}" "$OUT/{DEVICE}"\n'
-                 'case "$PRECISION" in\n')
+                 f'rm -f "$OUT/{TRTEXEC_LOG}" "$OUT/{TIMES}" "$OUT/{PROFILE}" "$OUT/{DEVICE}"\n')
+    if spec.jetson:
+        lines.append(SAMPLE_POWER_SH)
+    lines.append('case "$PRECISION" in\n')
+    marked = " | marking" if spec.jetson else ""
+    stop = "    stop_power\n" if spec.jetson else ""
     for v in variants:
         out = f"{RESULTS}/{v.precision}"
         timing = trtexec_bench_args(v.engine_file, input_name=spec.input_name, chw=spec.chw, batch=batch,
@@ -192,7 +272,7 @@ def bench_script(variants: Sequence[BundleVariant], spec: ScriptSpec, batch: int
         profile_log = f"{LOGS}/{v.precision}/profile.log"
         lines.append(
             f"  {v.precision})\n    # the timing run: its log holds the performance summary\n"
-            f"{_trtexec(timing)} \\\n        2>&1 | tee {out}/{TRTEXEC_LOG}\n"
+            f"{_trtexec(timing)} \\\n        2>&1 | tee {out}/{TRTEXEC_LOG}{marked}\n{stop}"
             f"    # the profiling run, apart: a profiler in the timed loop slows it down\n"
             f"    if ! {_trtexec(profile).lstrip()} \\\n        > {profile_log} 2>&1; then\n"
             f'        echo "the profiling run failed (see {profile_log}); the timing stands" >&2\n    fi\n    ;;\n'
@@ -212,23 +292,28 @@ def bench_script(variants: Sequence[BundleVariant], spec: ScriptSpec, batch: int
     return "".join(lines)
 
 
-def check_script(variants: Sequence[BundleVariant], spec: ScriptSpec, input_file: str = REFERENCE_INPUT) -> str:
-    """check_engine.sh: runs an engine on the reference input and compares with manifest.json (results/P/check.json)."""
+def check_script(variants: Sequence[BundleVariant], spec: ScriptSpec, runs: Sequence[Mapping[str, Any]]) -> str:
+    """check_engine.sh: runs an engine on every reference input file and compares all its outputs with PyTorch's.
+
+    Each run of ``runs`` (:func:`reference_runs`) is one trtexec call; check_outputs.py then compares every
+    value and writes results/PRECISION/check.json, also when trtexec failed (a missing output is a failure).
+    """
     what = "Check a built engine against the PyTorch reference outputs: ./check_engine.sh [PRECISION]"
+    log = f'{LOGS}/$PRECISION'
     lines = [_head(what, variants, spec), _select(variants), _NEED_ENGINE,
-             f'OUT="{RESULTS}/$PRECISION"\nmkdir -p "$OUT" "{LOGS}/$PRECISION"\n'
-             f'rm -f "$OUT/{CHECK}" "{LOGS}/$PRECISION/engine_output.json"\n',
-             'case "$PRECISION" in\n']
-    for v in variants:
-        log = f"{LOGS}/{v.precision}"
-        args = trtexec_check_args(v.engine_file, input_name=spec.input_name, chw=spec.chw, input_file=input_file,
-                                  output_file=f"{log}/engine_output.json")
-        lines.append(f"  {v.precision})\n    if ! {_trtexec(args).lstrip()} \\\n        > {log}/check.log 2>&1; then\n"
-                     f'        echo "trtexec could not run $ENGINE: see {log}/check.log" >&2\n    fi\n    ;;\n')
-    lines.append("esac\n")
+             f'OUT="{RESULTS}/$PRECISION"\nmkdir -p "$OUT" "{log}"\n'
+             f'rm -f "$OUT/{CHECK}" "{log}"/engine_output_*.json "{log}"/check_*.log\n']
+    for run in runs:
+        name = run["name"]
+        args = trtexec_check_args("@ENGINE@", input_name=spec.input_name, chw=spec.chw, input_file=run["file"],
+                                  output_file=f"@LOG@/engine_output_{name}.json", batch=run["batch"])
+        command = _trtexec(args, indent="").lstrip().replace("@ENGINE@", '"$ENGINE"').replace("@LOG@", f'"{log}"')
+        lines.append(f'if ! {command} \\\n        > "{log}/check_{name}.log" 2>&1; then\n'
+                     f'    echo "trtexec could not run $ENGINE on {run["file"]} (batch {run["batch"]}): see '
+                     f'{log}/check_{name}.log" >&2\nfi\n')
     # check_outputs.py reports a missing or unreadable output as a failure, so a failed run still leaves check.json
-    lines.append(f'python3 {CHECK_OUTPUTS} "{LOGS}/$PRECISION/engine_output.json" manifest.json "$PRECISION" '
-                 f'"$OUT/{CHECK}"\n')
+    lines.append(f'python3 {CHECK_OUTPUTS} manifest.json "$PRECISION" "{log}" --engine "$ENGINE" '
+                 f'--report "$OUT/{CHECK}"\n')
     return "".join(lines)
 
 
@@ -250,7 +335,8 @@ def write_scripts(out: Path, manifest: ExportManifest, profile: TargetProfile) -
     batch = BatchRange(**manifest.batch)
     scripts = {
         "build_engine.sh": build_script(variants, spec, batch, profile.workspace_mb),
-        "check_engine.sh": check_script(variants, spec),
+        "check_engine.sh": check_script(variants, spec, manifest.reference.get("runs") or reference_runs(
+            reference_image_count(batch.opt), batch.opt)),
         "bench_engine.sh": bench_script(variants, spec, batch.opt),
     }
     for name, text in scripts.items():
@@ -276,8 +362,8 @@ def _device_section(manifest: ExportManifest, profile: TargetProfile) -> list[st
         "",
         "```sh",
         f"./build_engine.sh {p}     # trtexec: ONNX -> {engine} (timing cache {TIMING_CACHE}, reused when present)",
-        f"./check_engine.sh {p}     # runs it on {REFERENCE_INPUT}, compares with manifest.json -> "
-        f"{RESULTS}/{p}/{CHECK}",
+        f"./check_engine.sh {p}     # runs it on the reference images, compares every output value with PyTorch's "
+        f"-> {RESULTS}/{p}/{CHECK}",
         f"./bench_engine.sh {p}     # timing run, per-layer profile and device fingerprint -> {RESULTS}/{p}/",
         "```",
         "",

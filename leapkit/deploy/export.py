@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leapkit import __version__
-from leapkit.deploy.bundle import REFERENCE_INPUT, engine_file, readme, write_scripts
+from leapkit.deploy.bundle import engine_file, readme, reference_image_count, write_reference, write_scripts
+from leapkit.deploy.check_outputs import check as check_engine_outputs
 from leapkit.deploy.export_data import ExportData, export_data, stack_images
 from leapkit.deploy.folder import build_folder, swap_in
 from leapkit.deploy.int8_calibration import CALIBRATION_CACHE
@@ -62,7 +63,7 @@ from leapkit.deploy.progress import Steps
 from leapkit.deploy.request import ExportRequest
 from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
 from leapkit.errors import CheckFailed, Interrupted, ModelError, RunError
-from leapkit.host import cpu_bf16
+from leapkit.host import cpu_bf16, import_cudart
 from leapkit.models import normalization
 from leapkit.paths import require_writable
 from leapkit.planning.shape import of_model
@@ -71,7 +72,7 @@ from leapkit.run import CONFIG, STUDENT, point_latest, read_run_config, resolve_
 from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES, Outputs, Runner, run_batched
 from leapkit.runtimes.openvino_runner import OpenVINORunner, openvino_version
 from leapkit.runtimes.ort_runner import OrtRunner
-from leapkit.runtimes.tensorrt_runner import TensorRTRunner
+from leapkit.runtimes.tensorrt_runner import TensorRTRunner, tensorrt_installed
 from leapkit.runtimes.torch_runner import TorchRunner
 from leapkit.trtexec.flags import DEFAULT_TENSORRT, BatchRange
 from leapkit.types import Precision
@@ -137,12 +138,15 @@ def export(run: str | Path | None = None, target: str | TargetProfile = "x86-cpu
         RunError: no run, a run without weights, an existing export without ``overwrite``.
         NotWritable: the run's export folder is not writable (checked before any work).
         Interrupted: Ctrl-C; the old export is untouched and the partial one removed.
-        MissingDependency: --slim without onnxslim, --build-engine without tensorrt, an OpenVINO target or
-            bf16 named without openvino.
+        MissingDependency: --slim without onnxslim, --build-engine without tensorrt, tensorrt without
+            cuda-python for a TensorRT target, an OpenVINO target or bf16 named without openvino.
         CheckFailed: a variant failed parity or accuracy (only with ``check``).
     """
     request = replace(request or ExportRequest(), **options)
     profile = load_target(target)
+    if profile.runtime == "tensorrt" and request.build_engine is not False and tensorrt_installed():
+        # engines are built at the end, after the ONNX and INT8 work: find a missing cuda-python before it
+        import_cudart("building this export's TensorRT engines (tensorrt is installed; --no-build-engine skips them)")
     precisions = resolve_precisions(request.precision, profile)
     runtimes, precisions = resolve_runtimes(profile, precisions, "bf16" in request.named)
     run_dir = resolve_run(run, need=(CONFIG, STUDENT))
@@ -227,6 +231,8 @@ class _Export:
         self.int8: Int8Report | None = None
         self.probe: Probe | None = None
         self.engines: list[dict[str, Any]] = []
+        self.reference: dict[str, Any] = {}  # the device check's reference (TensorRT targets)
+        self.reference_x: np.ndarray | None = None
 
     def run(self) -> ExportManifest:
         exporter = self.fp32_graph()
@@ -249,6 +255,8 @@ class _Export:
         if self.probe.unavailable:
             self.not_run.append(self.probe.unavailable)
         self.steps.done()
+        if self.plan.tensorrt:
+            self.reference_files(data, parity_x, reference)
         if self.plan.build_engine:
             self.tensorrt_engines(parity_x, reference)
         elif self.plan.tensorrt:
@@ -260,7 +268,7 @@ class _Export:
                 "engine latency: time it on the device with bench_engine.sh or `leapkit bench`",
             ]
         self.steps.step("writing the bundle")
-        manifest = self.bundle(exporter, data, parity_x)
+        manifest = self.bundle(exporter, data)
         self.steps.done()
         return manifest
 
@@ -389,27 +397,39 @@ class _Export:
             runner = TensorRTRunner(self.out / engine)
             try:
                 check_parity(ev, runner, reference, parity_x, batch_size=plan.batch.max)
+                self.engine_check(ev, runner)
             finally:
                 runner.close()
             self.variants.append(ev)
             self.engines.append(info.to_dict())
             self.steps.done()
 
-    def bundle(self, exporter: str, data: ExportData, parity_x: np.ndarray) -> ExportManifest:
-        """The reference input, the manifest, the scripts (TensorRT targets) and the README."""
-        ref_x = np.ascontiguousarray(parity_x[:1])  # a real image: int8 ranges are calibrated for real data
-        ref_x.astype("<f4").tofile(self.out / REFERENCE_INPUT)
-        ref_torch = self.torch(ref_x)
-        reference = {
-            "input": {"file": REFERENCE_INPUT, "shape": [1, 3, self.plan.input_size, self.plan.input_size],
-                      "dtype": "float32 little-endian",
-                      "description": f"the first parity image (val split of {data.source}), already normalised"},
-            "outputs": {name: {"shape": list(v.shape), "first": [float(f) for f in v.ravel()[:8]],
-                               "l2": float(np.linalg.norm(v))} for name, v in ref_torch.items()},
-            "outputs_from": "the PyTorch student (fp32)",
-            "tolerance": device_tolerances(ref_torch, self.ort, ref_x),
-        }
-        manifest = self.manifest(exporter, data, reference)
+    def reference_files(self, data: ExportData, parity_x: np.ndarray, reference: Outputs) -> None:
+        """The device check's reference: the first parity images (real, held out: int8 ranges are calibrated for
+        real data), PyTorch's outputs for them, the probe, and each precision's tolerance."""
+        count = reference_image_count(self.plan.batch.opt)
+        pick = np.arange(count) % len(parity_x)  # repeats images only when the split has fewer
+        self.reference_x = np.ascontiguousarray(parity_x[pick])
+        outputs = {name: values[pick] for name, values in reference.items()}
+        probe = self.probe.classifier() if self.probe is not None else None
+        self.reference = write_reference(self.out, self.reference_x, outputs, self.plan.batch.opt, probe)
+        self.reference["description"] = (f"the first {len(set(pick.tolist()))} parity images (val split of "
+                                         f"{data.source}), already normalised")
+        self.reference["tolerance"] = device_tolerances(outputs, self.ort, self.reference_x, probe)
+
+    def engine_check(self, variant: Variant, runner: Runner) -> None:
+        """The device's check (check_outputs.py) on an engine built here: every output of the reference runs."""
+        assert self.reference_x is not None
+        got = {run["name"]: runner(self.reference_x[run["images"]]) for run in self.reference["runs"]}
+        report = check_engine_outputs(str(self.out), {"reference": self.reference}, variant.precision, got)
+        variant.check = {k: report[k] for k in ("passed", "outputs", "probe", "problems")}
+        if not report["passed"]:
+            variant.status = "failed"
+            variant.notes.append(f"reference check: {report['problems'][0]}")
+
+    def bundle(self, exporter: str, data: ExportData) -> ExportManifest:
+        """The manifest, the scripts (TensorRT targets) and the README."""
+        manifest = self.manifest(exporter, data, self.reference)
         if self.plan.tensorrt:
             write_scripts(self.out, manifest, self.plan.profile)
         (self.out / "README.md").write_text(readme(manifest, self.plan.profile))

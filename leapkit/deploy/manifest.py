@@ -7,6 +7,13 @@ OpenVINO IR may back two: its fp32 variant and its bf16 one, told apart by ``pre
 ``inference_precision``, the hint each was checked with). INT8
 exports add ``calibration`` (method, images, cache, Q/DQ layout) and ``int8`` (the error per block,
 worst first, and the fallback's steps: :class:`leapkit.deploy.int8_report.Int8Report`).
+
+TensorRT bundles add ``reference``, what the device check compares with (:mod:`leapkit.deploy.check_outputs`):
+``images`` (how many), ``input_shape``, ``runs`` (name, batch, raw input file, image indices: one trtexec
+run each), ``outputs`` (name -> .npy file, shape, RMS), ``probe`` (an .npz with the CLS probe's weight and
+bias, or null) and ``tolerance`` (per precision: ``min_cosine_image``, ``min_cosine_token``,
+``max_abs_rel``, ``min_probe_agreement``, and what ONNX Runtime measured, ``measured_with_onnxruntime``).
+Engines built on the workstation are listed in ``engines`` (GPU, TensorRT version) and never sent to a device.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ class Variant(Record):
     """One exported artefact and the evidence that it computes what the student computes.
 
     ``inference_precision`` is set for OpenVINO variants only (and written only there): the precision
-    hint the IR runs with, ``f32`` or ``bf16``.
+    hint the IR runs with, ``f32`` or ``bf16``. ``check`` is set for engines built on this machine only: the
+    device check (check_outputs.py) run on them here, every figure and its problems.
     """
 
     precision: Precision
@@ -50,11 +58,13 @@ class Variant(Record):
     accuracy: dict[str, Any] | None = None  # linear-probe top-1 of its CLS features against PyTorch's
     notes: list[str] = field(default_factory=list)
     inference_precision: OpenVINOHint | None = None
+    check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        if self.inference_precision is None:
-            del data["inference_precision"]
+        for key in ("inference_precision", "check"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @property

@@ -94,6 +94,7 @@ class EngineInfo:
     workspace_mb: int | None
     strongly_typed: bool
     timing_cache: str | None
+    tf32: bool = False  # whether fp32 layers may round their matmul inputs to TF32 (off for fp32 engines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +132,8 @@ def build_engine(
 ) -> EngineInfo:
     """Build and save a TensorRT engine from an ONNX file, with a ``.json`` metadata file beside it.
 
-    The network is strongly typed, so the ONNX types (fp32, fp16, or Q/DQ int8) set the precision.
+    The network is strongly typed, so the ONNX types (fp32, fp16, or Q/DQ int8) set the precision; fp32
+    engines are built with TF32 off, so that fp32 means the fp32 their tolerance was measured in.
     TensorRT's log goes through a logger at INFO under ``leapkit -v``, else at WARNING.
 
     Args:
@@ -160,6 +162,9 @@ def build_engine(
     builder = trt.Builder(logger)
     network, _parser = _network(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
+    tf32 = precision != "fp32"
+    if not tf32:  # TF32 is on by default; the fp32 tolerance is for true fp32 (trtexec: --noTF32)
+        config.clear_flag(trt.BuilderFlag.TF32)
     if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     profile = builder.create_optimization_profile()
@@ -186,6 +191,7 @@ def build_engine(
         engine=engine_path.name, onnx=onnx_path.name, precision=precision, tensorrt_version=trt.__version__,
         gpu=gpu, compute_capability=capability, batch=asdict(batch),
         workspace_mb=workspace_mb, strongly_typed=True, timing_cache=str(cache_path) if cache_path else None,
+        tf32=tf32,
     )
     engine_path.with_suffix(engine_path.suffix + ".json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
     return info

@@ -9,10 +9,12 @@ password prompt) through five steps:
    and report the device's trtexec, TensorRT version, L4T release, module and tegrastats;
 2. check the TensorRT version against the profile (another major version is refused, another minor one is a
    warning);
-3. copy the bundle there: the manifest's files, with only the ONNX variant of the chosen precision;
-4. run ``./build_engine.sh P``, ``./check_engine.sh P`` and ``./bench_engine.sh P`` in that folder, with
-   tegrastats sampling power during the benchmark where the device has it; an engine that fails the parity
-   check is not timed (CheckFailed, exit 1), since its latency would be no evidence;
+3. copy the bundle there: the manifest's files, with only the ONNX variant of the chosen precision and no engine
+   built on the workstation;
+4. run ``./build_engine.sh P``, ``./check_engine.sh P`` and ``./bench_engine.sh P`` in that folder; on a Jetson
+   the benchmark samples power with the tegrastats the probe found (an idle baseline, then the timing run, marked
+   in ``tegrastats_marks.txt``); an engine that fails the parity check is not timed (CheckFailed, exit 1), since
+   its latency would be no evidence;
 5. copy ``results/P/`` back into the local output folder, also when a step failed.
 
 The folder persists on the device, so its ``timing.cache`` serves every later build of any export of that run and
@@ -38,6 +40,9 @@ from leapkit.deploy.bundle import CHECK, DEVICE, PROFILE, RESULTS, TIMES, TRTEXE
 from leapkit.deploy.manifest import ExportManifest
 from leapkit.device.probe import FALLBACK_TRTEXEC, PROBE, check_versions, device_fingerprint, facts, installed_tensorrt
 from leapkit.device.ssh import Connection, HostError, last_line
+from leapkit.device.tegrastats import LOG as POWER_LOG
+from leapkit.device.tegrastats import MARKS as POWER_MARKS
+from leapkit.device.tegrastats import PowerSummary, read_power
 from leapkit.errors import CheckFailed, ConfigError
 from leapkit.profiles import TargetProfile
 from leapkit.records import Record, read_json
@@ -46,6 +51,7 @@ from leapkit.types import Precision
 log = logging.getLogger(__name__)
 
 SCRIPTS = ("build_engine.sh", "check_engine.sh", "bench_engine.sh")
+ENGINE_FILES = (".engine", ".plan", ".trt")  # engines (and their .json sidecars) never go to the device
 TEGRASTATS_INTERVAL_MS = 100
 
 # POSIX sh, run on the device with the bundle's folder name as $1: the folder made, then the probe's findings.
@@ -58,30 +64,17 @@ echo "leapkit:dir=$(pwd)"
 exit 0
 """
 # $1 the bundle's folder, $2 trtexec, $3 the precision; for the benchmark $4 tegrastats (empty: none) and $5 its
-# sampling interval in ms. The engine and its results are made afresh; tegrastats samples power during the benchmark.
+# sampling interval in ms. The engine and its results are made afresh; bench_engine.sh samples power with tegrastats
+# (an idle baseline, then the timing run, marked: leapkit.device.tegrastats).
 _BUILD = 'cd "$1" && export TRTEXEC="$2" && rm -rf "results/$3" && exec ./build_engine.sh "$3"'
 _CHECK = 'cd "$1" && export TRTEXEC="$2" && exec ./check_engine.sh "$3"'
-_BENCH = r"""
-cd "$1" && export TRTEXEC="$2" || exit 3
-log="tegrastats_$3.txt"
-rm -f "$log"
-if [ -n "$4" ]; then
-    "$4" --interval "$5" --logfile "$log" >/dev/null 2>&1 &
-    sampler=$!
-fi
-./bench_engine.sh "$3"
-status=$?
-if [ -n "$4" ]; then
-    kill "$sampler" 2>/dev/null
-    mkdir -p "results/$3" && mv -f "$log" "results/$3/tegrastats.txt" 2>/dev/null
-fi
-exit $status
-"""
+_BENCH = ('cd "$1" && export TRTEXEC="$2" TEGRASTATS="$4" LEAPKIT_TEGRASTATS_INTERVAL_MS="$5" && '
+          'exec ./bench_engine.sh "$3"')
 
 
 _STEPS = (("build_engine", _BUILD), ("check_engine", _CHECK), ("bench_engine", _BENCH))
-# What the device's results/PRECISION/ may hold (the bundle's scripts write all but the power samples).
-RESULT_FILES = (TRTEXEC_LOG, TIMES, PROFILE, DEVICE, CHECK, "tegrastats.txt")
+# What the device's results/PRECISION/ may hold.
+RESULT_FILES = (TRTEXEC_LOG, TIMES, PROFILE, DEVICE, CHECK, POWER_LOG, POWER_MARKS)
 
 
 @dataclass
@@ -92,7 +85,8 @@ class HostRun(Record):
     :func:`leapkit.trtexec.read.read_trtexec`; ``check`` is check_engine.sh's check.json; ``logs`` are the
     scripts' own output and the tegrastats samples, kept beside them. ``timing_cache_reused`` says whether the
     device had a timing cache before the build; ``device`` is what the probe found, merged with the bundle's
-    device.json.
+    device.json; ``power`` is the timing run's power from the tegrastats samples (None where tegrastats did not
+    run).
     """
 
     host: str
@@ -103,6 +97,7 @@ class HostRun(Record):
     warnings: list[str] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     remote_dir: str = ""
+    power: PowerSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +133,9 @@ class Bundle:
             raise ConfigError(f"{folder} holds no {precision} model (it has {', '.join(onnx) or 'none'}); pass "
                               f"--precision {' or '.join(onnx)} or export with -p {precision}")
         other = {f for p, f in onnx.items() if p != precision}
+        # Engines built on the workstation stay there: the device builds its own (TensorRT engines do not move).
+        other |= {n for n in manifest.files if n.endswith(ENGINE_FILES) or n.removesuffix(".json").endswith(
+            ENGINE_FILES)}
         names = ["manifest.json", *(n for n in manifest.files if n not in other)]
         absent = [n for n in names if not (folder / n).is_file()]
         if absent:
@@ -242,7 +240,7 @@ def bench_on_host(
     run = HostRun(host=str(conn.host), files=[f for f in files if f != check], check=check,
                   timing_cache_reused=probe.timing_cache,
                   device={**probe.device, **_device_json(files)}, warnings=warnings, logs=logs + extra,
-                  remote_dir=probe.dir)
+                  remote_dir=probe.dir, power=read_power(out_dir))
     if failed is not None:
         _raise_step(*failed, run, out_dir, precision)
     return run

@@ -96,6 +96,12 @@ def precision_flags(version: str, precision: Precision) -> list[str]:
     return {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[precision]
 
 
+def tf32_flags(precision: Precision) -> list[str]:
+    """``--noTF32`` for fp32 engines: TensorRT (every version, trtexec and the builder alike) lets fp32 matmuls
+    round their inputs to TF32's 10-bit mantissa by default, which is not the fp32 the parity was measured in."""
+    return ["--noTF32"] if precision == "fp32" else []
+
+
 def steady_timing_flags(version: str) -> list[str]:
     """CUDA graph, spin-wait, no host/device copies: the defaults of 11.x, flags before it."""
     return [] if parse_version(version)[0] >= 11 else ["--useCudaGraph", "--useSpinWait", "--noDataTransfers"]
@@ -138,6 +144,7 @@ def trtexec_build_args(
         f"--optShapes={_shape(input_name, batch.opt, chw)}",
         f"--maxShapes={_shape(input_name, batch.max, chw)}",
         *precision_flags(version, precision),
+        *tf32_flags(precision),
     ]
     if workspace_mb is not None:
         args.append(f"--memPoolSize=workspace:{int(workspace_mb)}")  # MiB; 10.0 cannot parse a unit suffix
@@ -192,13 +199,14 @@ def trtexec_layer_profile_args(
 
 
 def trtexec_check_args(
-    engine_file: str, *, input_name: str, chw: Sequence[int], input_file: str, output_file: str
+    engine_file: str, *, input_name: str, chw: Sequence[int], input_file: str, output_file: str, batch: int = 1
 ) -> list[str]:
-    """The trtexec arguments that run an engine once on a raw float32 input file and dump the outputs."""
+    """The trtexec arguments that run an engine once on a raw float32 input file of ``batch`` images and dump the
+    outputs (trtexec refuses an input file whose size is not the shape's)."""
     return [
         "trtexec",
         f"--loadEngine={engine_file}",
-        f"--shapes={_shape(input_name, 1, chw)}",
+        f"--shapes={_shape(input_name, batch, chw)}",
         f"--loadInputs={input_name}:{input_file}",
         f"--exportOutput={output_file}",
         "--iterations=1",
