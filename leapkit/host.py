@@ -1,10 +1,11 @@
 """This machine: its CPU features, whether it is a Jetson, its CUDA GPUs, and the torch device a stage runs on.
 
 Every question about the host the code runs on is answered here, once: the CPU's features and the
-one that gives bf16 arithmetic (/proc/cpuinfo), a Jetson (L4T's release file), the CUDA GPUs
-(cuda-python, so that a Jetson venv with a CPU build of torch still sees its GPU), the torch device
-``--device NAME`` means and a GPU's peak for MFU. torch and cuda-python are imported only by the
-functions that need them: the TensorRT runner uses this module without torch.
+one that gives bf16 arithmetic (/proc/cpuinfo), a Jetson (L4T's release file) and the CUDA its JetPack
+ships, the CUDA GPUs (cuda-python, so that a Jetson venv with a CPU build of torch still sees its GPU;
+its errors named with the driver's and runtime's CUDA versions), the torch device ``--device NAME``
+means, the precision training takes on it and a GPU's peak for MFU. torch and cuda-python are imported
+only by the functions that need them: the TensorRT runner uses this module without torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from leapkit.errors import ConfigError, MissingDependency, ModelError
+from leapkit.errors import ConfigError, MissingDependency
+from leapkit.types import Amp
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 CPU_INFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 JETSON_RELEASE = Path("/etc/nv_tegra_release")  # L4T's release file: present on every Jetson
+# The CUDA each JetPack release ships (NVIDIA's JetPack release notes): the `jetson` extra pins cuda-python to it.
+JETPACK_CUDA: dict[str, str] = {"6.0": "12.2", "6.1": "12.6", "6.2": "12.6"}
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) from NVIDIA's datasheets, for model FLOP utilisation.
 # Longer names first: "H100 PCIe" must not match "H100".
@@ -102,35 +106,83 @@ def import_cudart(purpose: str = "running a TensorRT engine") -> Any:
         raise MissingDependency("cuda-python", tensorrt_extra(), purpose) from e
 
 
+class CudaError(ConfigError):
+    """A CUDA runtime call failed: the message names CUDA's error and the driver's and runtime's CUDA versions."""
+
+
+def _cuda_version(value: int) -> str:
+    """``12060`` -> ``12.6``: CUDA's integer version as major.minor."""
+    return f"{value // 1000}.{value % 1000 // 10}"
+
+
+def cuda_versions(cudart: Any) -> tuple[str | None, str | None]:
+    """The CUDA version the driver supports and the one cuda-python's runtime is (``12.6``); None where unknown.
+
+    The driver's is 0 (None here) where no NVIDIA driver is installed.
+    """
+    versions: list[str | None] = []
+    for call in (cudart.cudaDriverGetVersion, cudart.cudaRuntimeGetVersion):
+        try:
+            err, value = call()
+        except Exception:  # cuda-python raises when it cannot load the driver library at all
+            versions.append(None)
+            continue
+        ok = err == cudart.cudaError_t.cudaSuccess and int(value) > 0
+        versions.append(_cuda_version(int(value)) if ok else None)
+    return versions[0], versions[1]
+
+
+def cuda_error(cudart: Any, err: Any, what: str) -> CudaError:
+    """The error of a failed cudart call: CUDA's name for it, the driver's and runtime's CUDA versions, a fix."""
+    try:
+        name = cudart.cudaGetErrorName(err)[1]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # an error code this cuda-python does not know
+        name = f"CUDA error {int(err)}"
+    driver, runtime = cuda_versions(cudart)
+    versions = f"driver supports CUDA {driver or 'unknown'}, cuda-python's runtime is CUDA {runtime or 'unknown'}"
+    if name == "cudaErrorInsufficientDriver":
+        fix = (f"install the cuda-python of the driver's CUDA (pip install 'leapkit[{tensorrt_extra()}]' pins "
+               f"JetPack's on a Jetson) or update the driver")
+    else:
+        fix = "check the GPU with nvidia-smi (tegrastats on a Jetson)"
+    return CudaError(f"CUDA failed {what}: {name} ({versions}); {fix}")
+
+
 def cuda_call(cudart: Any, result: tuple[Any, ...], what: str) -> Any:
     """The value of a cuda-python call that returns ``(error, value...)``.
 
     Raises:
-        ModelError: the call failed; the message names CUDA's error.
+        CudaError: the call failed; the message names CUDA's error and the CUDA versions.
     """
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
-        name = cudart.cudaGetErrorName(err)[1]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        raise ModelError(f"CUDA failed {what}: {name}; check the GPU with nvidia-smi (tegrastats on a Jetson)")
+        raise cuda_error(cudart, err, what)
     return values[0] if len(values) == 1 else None
 
 
 def cuda_device_count() -> int | None:
-    """How many CUDA GPUs are visible (cuda-python, else torch); None when neither is installed."""
+    """How many CUDA GPUs cuda-python sees; None when cuda-python is not installed (torch is not asked).
+
+    No NVIDIA driver at all (a CPU machine with cuda-python installed) is 0 GPUs; any other failure is an error.
+
+    Raises:
+        CudaError: cuda-python cannot load the driver library, or cudaGetDeviceCount fails with another
+            error than "no device" on a machine with a driver (e.g. a driver older than cuda-python's runtime).
+    """
     try:
         cudart = import_cudart()
     except MissingDependency:
-        try:
-            import torch
-        except ImportError:
-            return None
-        return torch.cuda.device_count()
+        return None
     try:
         err, count = cudart.cudaGetDeviceCount()
-    except Exception:  # cuda-python raises when it cannot load the driver library at all
+    except Exception as e:  # cuda-python raises when it cannot load the driver library at all
+        raise CudaError(f"cuda-python cannot load the CUDA driver ({e}); check the driver with nvidia-smi") from e
+    if err == cudart.cudaError_t.cudaSuccess:
+        return int(count)
+    if err == cudart.cudaError_t.cudaErrorNoDevice or cuda_versions(cudart)[0] is None:
         return 0
-    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
+    raise cuda_error(cudart, err, "counting the GPUs")
 
 
 def cuda_device() -> tuple[str, str]:
@@ -138,7 +190,7 @@ def cuda_device() -> tuple[str, str]:
 
     Raises:
         MissingDependency: cuda-python is not installed.
-        ModelError: no CUDA device answers.
+        CudaError: no CUDA device answers.
     """
     cudart = import_cudart("naming the GPU")
     prop = cuda_call(cudart, cudart.cudaGetDeviceProperties(0), "reading the GPU's properties")
@@ -147,10 +199,11 @@ def cuda_device() -> tuple[str, str]:
 
 
 def require_cuda(what: str) -> None:
-    """Refuse to go on without a CUDA GPU, found through cuda-python (torch only where cuda-python is missing).
+    """Refuse to go on without a CUDA GPU, found through cuda-python.
 
     Raises:
-        MissingDependency: neither cuda-python nor torch is installed to look for a GPU.
+        MissingDependency: cuda-python is not installed (the extra that brings it is named).
+        CudaError: cuda-python fails to count the GPUs (its error and the CUDA versions are named).
         ConfigError: no CUDA GPU is visible.
     """
     count = cuda_device_count()
@@ -198,6 +251,25 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
             f"device '{device}' requested but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
         )
     return device
+
+
+BF16_NATIVE_CAPABILITY = (8, 0)
+"""Ampere and later compute bf16 on their tensor cores; earlier GPUs (T4, V100) only emulate it, slowly."""
+
+
+def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training on ``device``: bf16 or fp16 on CUDA, None (float32) elsewhere or when off.
+
+    ``auto`` takes bf16 only where it is native (compute capability 8.0 and later), else fp16, whose loss the
+    trainer scales (GradScaler). ``torch.cuda.is_bf16_supported()`` is no test: it is true where bf16 is emulated.
+    """
+    import torch
+
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and torch.cuda.get_device_capability(device) < BF16_NATIVE_CAPABILITY):
+        return torch.float16
+    return torch.bfloat16
 
 
 def gpu_peak_tflops(device: torch.device) -> float | None:

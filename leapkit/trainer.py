@@ -42,10 +42,10 @@ from leapkit.dashboard import Dashboard, NoDashboard, open_dashboard
 from leapkit.data import DATA_WAIT_WARN, Batch, DataWait, collate, data_wait_advice, resolve_workers
 from leapkit.distributed import Dist
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
+from leapkit.host import amp_dtype
 from leapkit.models import TruncatedTeacher, resize_tokens, student_tokens
 from leapkit.optim import build_optimizer, lr_at, scaled_lr
 from leapkit.run import RunSummary, RunWriter
-from leapkit.types import Amp
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.n // self.world - self.skip)
-
-
-def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the student: bf16 or fp16 on CUDA, None (float32) elsewhere or when off."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
 
 
 @dataclass
@@ -268,7 +259,7 @@ class Trainer:
         """One optimizer step over the next ``micro_steps`` batches; returns its metrics row.
 
         Loss and score are averaged over the step's micro-batches and over ranks. Returns None when
-        every image of the step was unreadable (no step is taken).
+        every image of the step was unreadable, on this rank or on another (no rank takes the step).
         """
         cfg, d, s = self.cfg, self.dist, self.state
         tic = time.perf_counter()
@@ -278,7 +269,11 @@ class Trainer:
         s.skipped += sum(b.skipped for b in micro) * d.world
         self.unreadable.update(i for b in micro for i in b.unreadable)
         micro = [b for b in micro if b.images.numel() > 0]
-        if not micro:
+        # Under DDP every rank must take the step or none: a rank that skipped it alone would leave the others
+        # waiting in the gradient all-reduce until the process group times out.
+        if d.any(not micro, self.device):
+            if micro:
+                log.warning("step %d skipped: another rank had no readable image in it", s.step + 1)
             return None
 
         k = self.controller.block

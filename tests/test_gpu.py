@@ -1,16 +1,38 @@
 """CUDA paths: AMP (bf16 and fp16 with a grad scaler), the teacher in half precision, MFU.
 
-Skipped without a CUDA GPU; `bash benchmarks/gpu_check.sh` runs them on a GPU machine.
+The training tests are skipped without a CUDA GPU; `bash benchmarks/gpu_check.sh` runs them on a GPU
+machine. The choice of ``amp: auto`` is checked everywhere, on the compute capability torch reports
+(set by the test): it checks the rule, not the device.
 """
 
 import pytest
 import torch
 
+from leapkit.host import amp_dtype
 from leapkit.train import distill
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.mark.parametrize("capability, dtype", [
+    ((7, 0), torch.float16),   # V100: bf16 only emulated
+    ((7, 5), torch.float16),   # T4
+    ((8, 0), torch.bfloat16),  # A100
+    ((8, 7), torch.bfloat16),  # Jetson Orin
+    ((9, 0), torch.bfloat16),  # H100
+])
+def test_amp_auto_takes_bf16_only_where_it_is_native(monkeypatch, capability, dtype):
+    """``is_bf16_supported`` is true on pre-Ampere GPUs too (emulation): the capability decides."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    assert amp_dtype("auto", cuda) == dtype
+    assert amp_dtype("fp16", cuda) == torch.float16 and amp_dtype("bf16", cuda) == torch.bfloat16
+    assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", cuda) is None
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_training_on_cuda(tiny_config, tmp_path, amp):
     import json
@@ -26,6 +48,8 @@ def test_amp_training_on_cuda(tiny_config, tmp_path, amp):
     assert bool(scaler) == (amp == "fp16")
 
 
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("amp", ["off", "fp16"])
 def test_cuda_resume_matches(tiny_config, tmp_path, monkeypatch, amp):
     """Killed after the first epoch's checkpoint and resumed: the same weights as one run (loss scale included)."""

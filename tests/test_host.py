@@ -1,17 +1,22 @@
-"""leapkit.host: the CPU's features read from a given /proc/cpuinfo, a Jetson, and one device resolver.
+"""leapkit.host: the CPU's features read from a given /proc/cpuinfo, a Jetson, one device resolver, and the CUDA
+that the `jetson` and `trt` extras pin cuda-python to.
 
 The CPU tests read a cpuinfo text written here, never this machine's: each expects a fixed answer.
 """
 
 import importlib.util
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import run_cli
+from packaging.requirements import Requirement
 
 from leapkit import host
 from leapkit.errors import ConfigError
 from leapkit.host import cpu_bf16, cpu_features, gpu_peak_tflops, is_jetson, resolve_device
+from leapkit.profiles import list_targets, load_target
 
 NO_CUDA = "device 'cuda' requested but CUDA is not available; use --device cpu"
 
@@ -104,3 +109,34 @@ def test_distill_cuda_without_gpu_is_the_same_line(no_cuda, teacher_file, image_
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and err.strip() == f"error: {NO_CUDA}"
     assert not (tmp_path / "out").exists()
+
+
+# --- the CUDA the extras pin -------------------------------------------------------------------------------
+
+
+def extra_requirements(name: str) -> dict[str, Requirement]:
+    """The requirements of one extra of pyproject.toml, by package name."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    reqs = [Requirement(r) for r in pyproject["project"]["optional-dependencies"][name]]
+    return {r.name: r for r in reqs}
+
+
+def test_jetson_extra_pins_cuda_python_to_the_jetpack_of_the_profiles():
+    """cuda-python's runtime needs a driver of its CUDA: a later one fails on JetPack ("driver insufficient")."""
+    cuda_python = extra_requirements("jetson")["cuda-python"].specifier
+    jetpacks = {load_target(name).jetpack for name in list_targets() if load_target(name).family == "jetson"}
+    assert jetpacks and None not in jetpacks
+    for jetpack in jetpacks:
+        major, minor = (int(p) for p in host.JETPACK_CUDA[jetpack].split("."))
+        assert cuda_python.contains(f"{major}.{minor}.0"), (jetpack, str(cuda_python))
+        assert not cuda_python.contains(f"{major}.{minor + 1}.0") and not cuda_python.contains(f"{major + 1}.0.0")
+
+
+def test_trt_extra_pins_cuda_python_to_the_cuda_major_of_the_tensorrt_wheel():
+    reqs = extra_requirements("trt")
+    (wheel,) = [name for name in reqs if name.startswith("tensorrt")]
+    major = int(re.fullmatch(r"tensorrt-cu(\d+)", wheel).group(1))  # NVIDIA's wheel for one CUDA major
+    cuda_python = reqs["cuda-python"].specifier
+    assert cuda_python.contains(f"{major}.0.0") and cuda_python.contains(f"{major}.9.0")
+    assert not cuda_python.contains(f"{major + 1}.0.0") and not cuda_python.contains(f"{major - 1}.8.0")

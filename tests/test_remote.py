@@ -1,8 +1,9 @@
 """leapkit bench --host (leapkit.device): a bundle built, checked and timed on a "device" over a real sshd.
 
 The device is this machine behind its own sshd (host and client keys in a temporary folder, loopback only). Only
-trtexec is a stand-in there (tests/fixtures/trtexec), replaying a real published log from ../shared/trtexec-samples;
-ssh, scp, the bundle's scripts, check_outputs.py and the parsing are the real ones.
+trtexec and tegrastats are stand-ins there (tests/fixtures/trtexec, tests/fixtures/tegrastats), replaying real
+published output from ../shared/trtexec-samples and ../shared/tegrastats-samples; ssh, scp, the bundle's scripts,
+check_outputs.py and the parsing are the real ones. The tests check the contract with these tools, not a device.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ from leapkit.models import create_student
 from leapkit.profiles import load_target
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
+POWER_SAMPLES = SAMPLES.parent / "tegrastats-samples"
+POWER_LOG = "orin-nano-super-jp6.2.2-hokwangchoi.txt"  # an Orin Nano Super from idle to full load
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STAND_IN = FIXTURES / "trtexec"
 SSHD = Path("/usr/sbin/sshd")
 LOG_10_3 = "trt10.3.0-rtxa5000-resnet50-fp16-full.log"
 LOG_8_6 = "trt8.6.3-rtx3090-resnet-cifar10-int8-verbose-full.log.gz"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"trtexec samples not found at {SAMPLES}")
+needs_power_samples = pytest.mark.skipif(not POWER_SAMPLES.is_dir(),
+                                         reason=f"tegrastats samples not found at {POWER_SAMPLES}")
 
 
 # --- units ---------------------------------------------------------------------------------------------------------
@@ -168,7 +173,8 @@ def sshd(tmp_path_factory) -> Iterator[Loopback]:
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
         "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "AcceptEnv TRTEXEC TEGRASTATS LEAPKIT_TRTEXEC_* XDG_CACHE_HOME", "Subsystem sftp internal-sftp", "",
+        "AcceptEnv TRTEXEC TEGRASTATS LEAPKIT_TRTEXEC_* LEAPKIT_TEGRASTATS_* XDG_CACHE_HOME",
+        "Subsystem sftp internal-sftp", "",
     ]))
     with (root / "sshd.log").open("w") as err:
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(root / "sshd_config")], stderr=err)
@@ -242,17 +248,41 @@ def test_round_trip_reads_the_replayed_log_and_reuses_the_timing_cache(sshd, bun
     assert {f.name for f in second.files} == names
 
 
+def _power_options(sshd: Loopback) -> list[str]:
+    """The device with a tegrastats that replays real lines: a 1 s idle baseline and a 2 s timing run."""
+    return sshd.options(TEGRASTATS=str(FIXTURES / "tegrastats"), LEAPKIT_TEGRASTATS_FIXTURES=str(POWER_SAMPLES),
+                        LEAPKIT_TEGRASTATS_LOG=POWER_LOG, LEAPKIT_TEGRASTATS_IDLE_S="1",
+                        LEAPKIT_TRTEXEC_INFERENCE_S="2")
+
+
+def _vdd_in_w(lines: list[str]) -> list[float]:
+    """VDD_IN of each line, in W, read another way than leapkit.device.tegrastats reads it."""
+    return [int(line.split(" VDD_IN ")[1].split("mW/")[0]) / 1000 for line in lines]
+
+
 @pytest.mark.slow
-def test_power_samples_come_back_where_tegrastats_exists(sshd, bundle, tmp_path):
-    # tegrastats is a stand-in too here (this device is no Jetson): the test is of its start, stop and copy.
-    run = bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO,
-                        ssh_options=sshd.options(TEGRASTATS=str(FIXTURES / "tegrastats")))
-    assert tmp_path / "tegrastats.txt" in run.logs
-    assert "sample 0" in (tmp_path / "tegrastats.txt").read_text()
+@needs_power_samples
+def test_power_comes_back_from_the_replayed_tegrastats_lines(sshd, bundle, tmp_path):
+    run = bench_on_host(bundle, sshd.host, "fp16", tmp_path, profile=ORIN_NANO, ssh_options=_power_options(sshd))
+    lines = (tmp_path / "tegrastats.txt").read_text().splitlines()
+    real = (POWER_SAMPLES / POWER_LOG).read_text().splitlines()
+    assert lines and all(line in real for line in lines)  # the stand-in's lines are the real ones, unedited
+    marks = [line.split() for line in (tmp_path / "tegrastats_marks.txt").read_text().splitlines()]
+    assert [m[0] for m in marks] == ["idle_end", "inference_start", "inference_end", "timing_end"]
+    idle_end, start, end, _ = (int(m[1]) for m in marks)
+    assert 0 < idle_end <= start < end <= len(lines)  # the baseline, then samples inside the timing run
+
+    power = run.power
+    assert power is not None and power.window == "timing run" and power.lines_skipped == 0
+    assert (power.idle_samples, power.samples) == (idle_end, end - start)
+    assert power.mean_w == pytest.approx(sum(_vdd_in_w(lines[start:end])) / (end - start), rel=1e-12)
+    assert power.idle_w == pytest.approx(sum(_vdd_in_w(lines[:idle_end])) / idle_end, rel=1e-12)
+    assert power.peak_w == max(_vdd_in_w(lines[start:end]))
+    assert power.board_power_source == "VDD_IN" and set(power.rails_mean_w) == {"VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"}
     on_device = Path(run.remote_dir) / "results" / "fp16" / "tegrastats.txt"
     size = on_device.stat().st_size
     time.sleep(0.3)
-    assert on_device.stat().st_size == size  # stopped with the benchmark
+    assert on_device.stat().st_size == size  # stopped with the timing run
 
 
 @pytest.mark.slow
@@ -337,3 +367,29 @@ def test_cli_bench_host_writes_a_measured_report(sshd, bundle, monkeypatch, caps
     assert result["p99_ms"] == pytest.approx(6.44324, rel=1e-6)
     assert (bundle / "results" / "fp16" / "trtexec.log").is_file()  # the device's results, kept beside the bundle
 
+
+
+@pytest.mark.slow
+@needs_power_samples
+@pytest.mark.skipif(not _cli_has_host(), reason="leapkit bench has no --host flag yet (cli/bench.py)")
+def test_cli_bench_host_reports_power_and_fails_an_energy_budget(sshd, bundle, tmp_path, monkeypatch, capsys):
+    from helpers import run_cli
+
+    args = ["bench", str(bundle.parents[1]), "--target", "jetson-orin-nano", "--host", sshd.host, "--out",
+            str(tmp_path), "--budget-mj", "0.5"]  # the Orin Nano Super at ~10-21 W: far more than 0.5 mJ an image
+    for option in _power_options(sshd):
+        args += ["--ssh-option", shlex.quote(option)]
+    code, err = run_cli(args, monkeypatch, capsys)
+    report = json.loads((tmp_path / "bench" / "jetson-orin-nano.json").read_text())
+    assert report["verdict"] == "PASS" and report["energy_verdict"] == "FAIL" and code == 1, err
+    (result,) = report["results"]
+    power = result["power"]
+    assert power["samples"] >= 1 and power["idle_samples"] >= 1 and power["board_power_source"] == "VDD_IN"
+    assert 6.0 < power["idle_w"] <= power["peak_w"] <= 21.507  # within the replayed lines' VDD_IN
+    assert result["energy_mj"] == pytest.approx(power["mean_w"] * result["mean_ms"] / result["batch"], rel=1e-9)
+    assert result["energy_above_idle_mj"] == pytest.approx(
+        (power["mean_w"] - power["idle_w"]) * result["mean_ms"] / result["batch"], rel=1e-9)
+    assert report["energy_verdict_reason"].startswith(f"TensorRT engine fp16 {result['energy_mj']:.4g} mJ per "
+                                                      f"inference > 0.5 mJ")
+    md = (tmp_path / "bench" / "jetson-orin-nano.md").read_text()
+    assert "## Power" in md and "**Energy: FAIL**" in md

@@ -1,31 +1,38 @@
 """The Runner protocol: PyTorch and ONNX Runtime runners agree, timed() runs, TensorRT runs without torch.
 
 The TensorRT tests below run against fakes of TensorRT and cuda-python's runtime (FakeTensorRT,
-FakeCudart): they are contract tests, which check leapkit's use of the TensorRT/cudart API against a
-fake, not the device. A change in TensorRT or cuda-python that the fakes do not mirror passes here;
-the runner itself runs only where a GPU and TensorRT exist (tests/test_trt_build.py, marked trt).
+FakeCudart), the ONNX Runtime GPU tests against a fake of a GPU build of onnxruntime (FakeOrt): they are
+contract tests, which check leapkit's use of those APIs against a fake, not the device. A change in
+TensorRT, cuda-python or ONNX Runtime that the fakes do not mirror passes here; the runners themselves
+run on a GPU only where one and TensorRT exist (tests/test_trt_build.py, marked trt).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from leapkit import host
-from leapkit.errors import ConfigError, MissingDependency, ModelError
+from leapkit.errors import ConfigError, MissingDependency, ModelError, RunError
+from leapkit.latency.artifacts import Artifact
+from leapkit.latency.measure import measure
+from leapkit.latency.timing import Method
 from leapkit.models import Backbone, create_student
 from leapkit.runtimes import tensorrt_runner
 from leapkit.runtimes.base import INPUT_NAME, OUTPUT_NAMES, run_batched
 from leapkit.runtimes.openvino_runner import OpenVINORunner
-from leapkit.runtimes.ort_runner import OrtRunner, ort_providers
+from leapkit.runtimes.ort_runner import TIMED_ON_DEVICE, OrtRunner, device_resident_run, ort_providers
 from leapkit.runtimes.tensorrt_runner import TensorRTRunner
 from leapkit.runtimes.torch_runner import TorchRunner
 
@@ -128,20 +135,32 @@ class FakeCudart:
     """cuda-python's runtime API as the runner uses it: calls return (error, value...); copies are recorded."""
 
     class cudaError_t:  # noqa: N801 (cuda-python's spelling)
-        cudaSuccess, cudaErrorNoDevice = 0, 100
+        cudaSuccess, cudaErrorInsufficientDriver, cudaErrorNoDevice = 0, 35, 100
 
     class cudaMemcpyKind:  # noqa: N801
         cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
 
-    def __init__(self, devices: int = 1) -> None:
+    NAMES = {35: b"cudaErrorInsufficientDriver", 100: b"cudaErrorNoDevice"}
+
+    def __init__(self, devices: int = 1, error: int | None = None, driver: int = 12060, runtime: int = 12060) -> None:
+        """``error``: what cudaGetDeviceCount fails with; ``driver``: the driver's CUDA (0: no driver installed)."""
         self.devices, self.calls, self.next_ptr = devices, [], 0x1000
+        self.error, self.driver, self.runtime = error, driver, runtime
 
     def cudaGetDeviceCount(self):  # noqa: N802
+        if self.error is not None:
+            return self.error, 0
         ok = self.devices > 0
         return (self.cudaError_t.cudaSuccess if ok else self.cudaError_t.cudaErrorNoDevice), self.devices
 
     def cudaGetErrorName(self, err):  # noqa: N802
-        return self.cudaError_t.cudaSuccess, b"cudaErrorNoDevice"
+        return self.cudaError_t.cudaSuccess, self.NAMES[err]
+
+    def cudaDriverGetVersion(self):  # noqa: N802
+        return self.cudaError_t.cudaSuccess, self.driver
+
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return self.cudaError_t.cudaSuccess, self.runtime
 
     def cudaStreamCreate(self):  # noqa: N802
         return self.cudaError_t.cudaSuccess, 7
@@ -227,9 +246,9 @@ def engine_file(tmp_path):
     return path
 
 
-def stand_ins(monkeypatch, accepts_shape: bool = True, devices: int = 1) -> FakeCudart:
+def stand_ins(monkeypatch, accepts_shape: bool = True, devices: int = 1, **cuda: int) -> FakeCudart:
     """TensorRT and cuda-python stand-ins, and no torch at all: the runner must not need it."""
-    cudart = FakeCudart(devices)
+    cudart = FakeCudart(devices, **cuda)
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(accepts_shape))
     monkeypatch.setitem(sys.modules, "torch", None)
     for module in (host, tensorrt_runner):  # the runner's own calls, and require_cuda's device count
@@ -310,3 +329,240 @@ def test_openvino_runner_without_openvino_names_the_extra(tmp_path, monkeypatch)
     with pytest.raises(MissingDependency, match=r"running model.xml needs the 'openvino' package: "
                                                 r"pip install 'leapkit\[openvino\]'"):
         OpenVINORunner(tmp_path / "model.xml")
+
+
+# --- ONNX Runtime's GPU providers: per-variant options and device-resident I/O, against a fake --------------
+
+
+class FakeOrt(SimpleNamespace):
+    """onnxruntime as a GPU build answers OrtRunner: providers with their options, IOBinding, OrtValues.
+
+    Sessions record the providers they were given; bindings record where inputs and outputs were bound and how
+    many runs went through them; ``session.run`` (host I/O) is counted apart.
+    """
+
+    def __init__(self) -> None:
+        fake = self
+        self.uploads: list[tuple[tuple[int, ...], str, int]] = []
+        self.sessions: list[Any] = []
+
+        class Binding:
+            def __init__(self) -> None:
+                self.inputs, self.outputs, self.rebound, self.runs = {}, {}, {}, 0
+
+            def bind_ortvalue_input(self, name, value):
+                self.inputs[name] = value
+
+            def bind_output(self, name, device_type="cpu", device_id=0, element_type=None, shape=None,
+                            buffer_ptr=None):
+                self.outputs[name] = (device_type, device_id)
+
+            def get_outputs(self):
+                return [f"device buffer of {name}" for name in self.outputs]
+
+            def bind_ortvalue_output(self, name, value):
+                self.rebound[name] = value
+
+        class Session:
+            def __init__(self, path, so, providers):
+                self.specs, self.host_runs, self.bindings = providers, 0, []
+                fake.sessions.append(self)
+
+            def get_providers(self):
+                return [p if isinstance(p, str) else p[0] for p in self.specs]
+
+            def get_inputs(self):
+                return [SimpleNamespace(name="images", type="tensor(float)", shape=["batch", 3, 16, 16])]
+
+            def get_outputs(self):
+                return [SimpleNamespace(name=n) for n in OUTPUT_NAMES]
+
+            def run(self, names, feed):
+                self.host_runs += 1
+
+            def io_binding(self):
+                self.bindings.append(Binding())
+                return self.bindings[-1]
+
+            def run_with_iobinding(self, binding, run_options=None):
+                binding.runs += 1
+
+        class OrtValue:
+            @staticmethod
+            def ortvalue_from_numpy(x, device_type="cpu", device_id=0):
+                fake.uploads.append((x.shape, device_type, device_id))
+                return f"{device_type}:{device_id} copy of the input"
+
+        class SessionOptions:
+            def add_session_config_entry(self, key, value):
+                pass
+
+        super().__init__(SessionOptions=SessionOptions, InferenceSession=Session, OrtValue=OrtValue,
+                         GraphOptimizationLevel=SimpleNamespace(ORT_ENABLE_ALL=99),
+                         ExecutionMode=SimpleNamespace(ORT_SEQUENTIAL=0))
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@pytest.fixture
+def variants(onnx_file, tmp_path):
+    """The fp32 graph under the export's variant names: leapkit names each variant's precision in its file."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx"):
+        shutil.copy(onnx_file, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("name, fp16, int8", [("model.onnx", False, False), ("model_fp16.onnx", True, False),
+                                              ("model_int8.onnx", True, True)])
+def test_tensorrt_provider_gets_the_variants_options(variants, monkeypatch, name, fp16, int8):
+    """Precision flags, engine and timing caches beside the model, the profile's shapes; CUDA gets its device.
+
+    Contract test: checks leapkit's use of ONNX Runtime's provider options against a fake, not the device.
+    """
+    fake = FakeOrt()
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    runner = OrtRunner(variants / name, threads=1, providers=GPU_PROVIDERS, batch=8)
+    trt, cuda, cpu = fake.sessions[0].specs
+    cache = variants / "ort_trt_cache"
+    assert trt == ("TensorrtExecutionProvider", {
+        "device_id": 0, "trt_fp16_enable": fp16, "trt_int8_enable": int8,
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / Path(name).stem),
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": "images:1x3x16x16", "trt_profile_opt_shapes": "images:8x3x16x16",
+        "trt_profile_max_shapes": "images:8x3x16x16",
+    })
+    assert cuda == ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"})
+    assert cpu == "CPUExecutionProvider" and (cache / Path(name).stem).is_dir()
+    assert runner.device == "cuda" and runner.providers == list(GPU_PROVIDERS)
+
+
+def test_cpu_providers_get_no_options(onnx_file, monkeypatch):
+    fake = FakeOrt()
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    runner = OrtRunner(onnx_file, threads=1)
+    assert fake.sessions[0].specs == ["CPUExecutionProvider"] and runner.timing is None
+    assert not (onnx_file.parent / "ort_trt_cache").exists()
+
+
+def test_gpu_timed_loop_keeps_input_and_outputs_on_the_device(variants, monkeypatch):
+    """The input goes to the GPU once; every timed run goes through the binding, none through session.run.
+
+    Contract test: checks leapkit's use of ONNX Runtime's IOBinding API against a fake, not the device.
+    """
+    fake = FakeOrt()
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    runner = OrtRunner(variants / "model_fp16.onnx", threads=1, providers=GPU_PROVIDERS[1:], batch=4)
+    run = runner.timed(np.zeros((4, 3, 16, 16), dtype=np.float32))
+    for _ in range(3):
+        run()
+    session = fake.sessions[0]
+    (binding,) = session.bindings
+    assert fake.uploads == [((4, 3, 16, 16), "cuda", 0)] and binding.inputs == {"images": "cuda:0 copy of the input"}
+    assert binding.outputs == dict.fromkeys(OUTPUT_NAMES, ("cuda", 0))
+    assert binding.rebound == {n: f"device buffer of {n}" for n in OUTPUT_NAMES}  # later runs reuse the buffers
+    assert binding.runs == 1 + 3 and session.host_runs == 0
+    assert runner.timing == TIMED_ON_DEVICE and "trtexec's GPU compute time" in runner.timing
+
+
+def test_device_resident_run_with_real_onnxruntime(onnx_file):
+    """The same binding code on ONNX Runtime's CPU device: its outputs are the session's."""
+    runner = OrtRunner(onnx_file, threads=1)
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    run = device_resident_run(runner.session, runner.input.name, runner.output_names, x, device_type="cpu")
+    run()
+    ref = runner(x)
+    for name, got in zip(runner.output_names, run.binding.copy_outputs_to_cpu(), strict=True):
+        np.testing.assert_array_equal(got, ref[name])
+
+
+def test_bench_records_what_a_gpu_figure_includes(variants, monkeypatch):
+    """measure() on ONNX Runtime's CUDA provider beside a torch without CUDA: timed on the device, labelled.
+
+    Contract test: checks leapkit's use of ONNX Runtime against a fake, not the device.
+    """
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt())
+    art = Artifact(format="onnx", precision="fp16", path=variants / "model_fp16.onnx")
+    method = Method(batch=2, threads=1, warmup_s=0.0, iterations=3, providers=GPU_PROVIDERS[1:])
+    result, _ = measure(art, method, img_size=16)
+    assert result.status == "ok" and result.device == "cuda" and result.peak_cuda_mb is None
+    assert result.to_dict()["timing"] == TIMED_ON_DEVICE
+    cpu, _ = measure(Artifact(format="onnx", precision="fp32", path=variants / "model.onnx"),
+                     replace(method, providers=("CPUExecutionProvider",)), img_size=16)
+    assert "timing" not in cpu.to_dict()
+
+
+# --- GPU environment errors by name ------------------------------------------------------------------------
+
+
+def no_cuda_python(monkeypatch) -> None:
+    """cuda-python not installed: both of its module layouts fail to import."""
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_no_cuda_python_is_not_hidden_by_torch(monkeypatch):
+    """A CUDA torch must not stand in for cuda-python: the count is None, and require_cuda names the extra."""
+    no_cuda_python(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert host.cuda_device_count() is None
+    with pytest.raises(MissingDependency, match=r"^a TensorRT engine needs the 'cuda-python' package: "
+                                                r"pip install 'leapkit\[trt\]'$"):
+        host.require_cuda("a TensorRT engine")
+
+
+def test_a_cudart_error_is_named_with_the_cuda_versions(monkeypatch):
+    """A driver older than cuda-python's runtime is an error naming both versions, not "no GPU".
+
+    Contract test: checks leapkit's use of cuda-python's runtime API against a fake, not the device.
+    """
+    stand_ins(monkeypatch, error=35, driver=12060, runtime=12090)
+    with pytest.raises(host.CudaError) as e:
+        host.cuda_device_count()
+    message = str(e.value)
+    assert message.startswith("CUDA failed counting the GPUs: cudaErrorInsufficientDriver (driver supports CUDA 12.6, "
+                              "cuda-python's runtime is CUDA 12.9); install the cuda-python of the driver's CUDA")
+    assert "\n" not in message and e.value.exit_code == 2
+    with pytest.raises(host.CudaError, match="cudaErrorInsufficientDriver"):
+        host.require_cuda("running model.engine")
+
+
+def test_no_driver_and_no_device_are_zero_gpus(monkeypatch):
+    """A CPU machine with cuda-python (no NVIDIA driver: version 0) and a driver without a GPU both count 0.
+
+    Contract test: checks leapkit's use of cuda-python's runtime API against a fake, not the device.
+    """
+    stand_ins(monkeypatch, error=35, driver=0, runtime=12090)
+    assert host.cuda_device_count() == 0
+    stand_ins(monkeypatch, devices=0)
+    assert host.cuda_device_count() == 0
+
+
+def test_a_failed_cuda_call_in_the_runner_names_the_error(engine_file, monkeypatch):
+    """A cudart call failing inside the TensorRT runner: CUDA's name for it and the versions, one line.
+
+    Contract test: checks leapkit's use of cuda-python's runtime API against a fake, not the device.
+    """
+    cudart = stand_ins(monkeypatch, driver=12020, runtime=12060)
+    cudart.cudaStreamCreate = lambda: (cudart.cudaError_t.cudaErrorInsufficientDriver, None)
+    with pytest.raises(host.CudaError, match=r"^CUDA failed creating a stream: cudaErrorInsufficientDriver \(driver "
+                                             r"supports CUDA 12.2, cuda-python's runtime is CUDA 12.6\)"):
+        TensorRTRunner(engine_file)
+
+
+def test_export_finds_a_missing_cuda_python_before_any_work(tmp_path, monkeypatch):
+    """TensorRT installed, cuda-python not: the export of a TensorRT target stops first, naming the extra."""
+    from leapkit.deploy import export as export_module
+
+    no_cuda_python(monkeypatch)
+    monkeypatch.setattr(export_module, "tensorrt_installed", lambda: True)
+    monkeypatch.setattr(export_module, "export_plan", lambda plan: pytest.fail("the export started its work"))
+    with pytest.raises(MissingDependency) as e:
+        export_module.export(tmp_path / "run", target="jetson-orin-nano")
+    assert str(e.value) == ("building this export's TensorRT engines (tensorrt is installed; --no-build-engine skips "
+                            "them) needs the 'cuda-python' package: pip install 'leapkit[trt]'")
+    with pytest.raises(RunError):  # --no-build-engine: no engines, no cuda-python needed
+        export_module.export(tmp_path / "run", target="jetson-orin-nano", build_engine=False)

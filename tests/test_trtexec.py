@@ -306,7 +306,8 @@ def test_summary_with_nan_inf_exponents_and_interleaved_warning(tmp_path):
     assert run.gpu_compute_ms == {"min": 2.0, "mean": 2.5, "p50": 2.25, "p90": None, "p95": None, "p99": 3.9,
                                   "max": 4.0}
     assert run.throughput_qps is None and run.cv is None and run.walltime_s == 3.0
-    assert (run.tensorrt, run.device, run.precision, run.batch) == ("11.1.0", "Orin", "fp16", 8)
+    # a loaded engine's file name is no evidence of its precision (issue 22: model-FP32.plan built with --fp16)
+    assert (run.tensorrt, run.device, run.precision, run.batch) == ("11.1.0", "Orin", None, 8)
     assert run.warnings == ["GPU compute time is unstable, with coefficient of variance = inf%. If not already in use, "
                             "locking GPU clock frequency may improve the stability."]
     assert imp.warnings == [f"{path}: trtexec printed {what} as {token}; recorded as null" for what, token in (
@@ -381,7 +382,9 @@ def test_times_with_nan_tokens_and_concatenated_arrays(tmp_path):
     assert imp.runs[1].gpu_compute_ms["mean"] == 6.0
     assert imp.runs[0].throughput_qps == pytest.approx(4 / 4 * 1000)  # 4 queries from 300 ms to 304 ms
     assert imp.warnings == [f"{path} (array 1): 1 queries with a non-finite time left out",
-                            f"{path} (array 2): 1 queries with a non-finite time left out"]
+                            f"{path} (array 2): 1 queries with a non-finite time left out",
+                            f"{path} (array 1): batch not stated, assumed 1: pass --batch N",
+                            f"{path} (array 2): batch not stated, assumed 1: pass --batch N"]
 
 
 def test_trtexec_statistics_rules():
@@ -399,7 +402,7 @@ def test_versions_and_precisions():
         "8.5.2", "8.2.5", "8.6.3", "10.3.0", "11.1.0"]
     assert precision_of("trtexec --onnx=m.onnx --int8 --fp16") == "int8"
     assert precision_of("trtexec --onnx=m.onnx --best") == "int8"
-    assert precision_of("trtexec --loadEngine=model_fp16.engine --useCudaGraph") == "fp16"
+    assert precision_of("trtexec --loadEngine=model_fp16.engine --useCudaGraph") is None  # not from the name
     assert precision_of("trtexec --loadEngine=model.engine") is None
     assert precision_of("trtexec --onnx=model.onnx --saveEngine=model.engine") == "fp32"
     assert precision_of("trtexec --onnx=model.onnx --stronglyTyped") is None

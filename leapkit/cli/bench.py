@@ -19,6 +19,7 @@ from leapkit.cli.options import (
     NON_NEGATIVE_SECONDS,
     POSITIVE_SECONDS,
     BudgetOpt,
+    FiniteFloat,
     OptionalTargetOpt,
     PrecisionsOpt,
     RuntimesOpt,
@@ -56,7 +57,8 @@ ThreadsOpt = Annotated[
                  "4, ... cores per format (default: the target's, else all cores).", show_default=False),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option("--batch", help="Batch size (default: the target's).", show_default=False)
+    int | None, typer.Option("--batch", help="Batch size (default: the target's); with --from-trtexec, the images "
+                             "per query of trtexec runs whose files do not state it.", show_default=False)
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="Run the PyTorch student through torch.compile.")]
 OutOpt = Annotated[
@@ -108,6 +110,12 @@ AllowOtherDeviceOpt = Annotated[
     typer.Option("--allow-other-device", help="With --from-trtexec: judge the budget on figures that name another "
                  "device than the target's (otherwise the verdict is UNCONFIRMED)."),
 ]
+BudgetMjOpt = Annotated[
+    float | None,
+    typer.Option("--budget-mj", parser=FiniteFloat(what="number of mJ"), metavar="MJ",
+                 help="Energy budget per inference in mJ (mean board power x mean latency / batch, from the device's "
+                      "tegrastats samples; default: the target's energy_budget_mj, if any).", show_default=False),
+]
 VERDICT_COLOUR = {"PASS": "green", "FAIL": "red", "UNCONFIRMED": "yellow"}
 
 
@@ -122,6 +130,7 @@ def bench_cmd(
     model: ModelArg = None,
     target: OptionalTargetOpt = None,
     budget_ms: BudgetOpt = None,
+    budget_mj: BudgetMjOpt = None,
     stat: StatOpt = None,
     runtime: RuntimesOpt = None,
     precision: PrecisionsOpt = None,
@@ -156,7 +165,7 @@ def bench_cmd(
 
     precisions = split_choices(precision, PRECISIONS, "--precision")
     request = BenchRequest(
-        runtimes=_runtimes(runtime), budget_ms=budget_ms, stat=stat,
+        runtimes=_runtimes(runtime), budget_ms=budget_ms, budget_mj=budget_mj, stat=stat,
         precisions=None if precisions == list(PRECISIONS) else precisions, batch=batch, threads=threads,
         warmup_s=warmup, iterations=iterations, duration_s=duration, compile=compile, ort_provider=ort_provider,
         out_dir=out, check=False, from_trtexec=from_trtexec, host=host,
@@ -171,6 +180,10 @@ def bench_cmd(
     console.print(f"[bold {colour}]{report.verdict}[/]: {escape(report.verdict_reason)}", highlight=False)
     if report.choice:
         console.print(f"judged: {escape(report.choice)}", highlight=False)
+    if report.energy_verdict:
+        colour = VERDICT_COLOUR[report.energy_verdict]
+        console.print(f"[bold {colour}]energy {report.energy_verdict}[/]: {escape(report.energy_verdict_reason or '')}",
+                      highlight=False)
     if report.baseline:
         colour = "red" if report.baseline.regressions else "green"
         console.print(f"[{colour}]vs baseline[/] {escape(report.baseline.path)}: {report.baseline.counts()}",

@@ -98,7 +98,8 @@ class BenchPlan:
         return cls(
             model=model, profile=profile,
             runtimes=None if not wanted or "all" in wanted else cast(list[Runtime], wanted),
-            budget=Budget.of(profile, request.budget_ms, request.stat), precisions=tuple(request.precisions or ()),
+            budget=Budget.of(profile, request.budget_ms, request.stat, request.budget_mj),
+            precisions=tuple(request.precisions or ()),
             method=method, ort_provider=request.ort_provider, out_dir=request.out,
         )
 

@@ -6,8 +6,10 @@
                                                                  (evidence measured, the host named)
 
 The report has the keys of a local bench: ``p50_ms``..``max_ms`` and ``mean_ms`` are trtexec's
-"Latency" (host latency: H2D + GPU compute + D2H), ``throughput`` its qps, ``gpu_compute_ms`` its
-"GPU Compute Time"; with the export's ONNX known, each run carries the target's latency-model
+"Latency" (host latency: H2D + GPU compute + D2H; an excerpt without it is judged on its GPU compute
+time, ``latency_of`` says which), ``throughput`` images/s (trtexec's qps times the batch), ``qps`` its
+queries per second, ``batch_source`` where the batch was read, ``gpu_compute_ms`` its "GPU Compute
+Time"; with the export's ONNX known, each run carries the target's latency-model
 prediction (:mod:`leapkit.latency.forecast`). The device trtexec and device.json name, the TensorRT
 release and the Jetson power mode are checked against the profile; a mismatch is a warning in the
 report, and imported figures from another device leave the verdict UNCONFIRMED (a budget is never
@@ -23,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from leapkit.deploy.manifest import ExportManifest
 from leapkit.device.round_trip import bench_on_host
+from leapkit.device.tegrastats import read_power
 from leapkit.errors import ConfigError, TrtexecError
 from leapkit.latency.artifacts import resolve_model
 from leapkit.latency.forecast import GRAPH, Forecaster
@@ -31,12 +35,12 @@ from leapkit.latency.records import BenchReport, BenchResult, Budget, Decision, 
 from leapkit.latency.render import TRTEXEC_NOTE, write_bench_report
 from leapkit.latency.request import BenchRequest
 from leapkit.latency.timing import NOISY_CV
-from leapkit.latency.verdict import decide, setting_warnings, warnings
+from leapkit.latency.verdict import decide, decide_energy, setting_warnings, warnings
 from leapkit.paths import require_writable
 from leapkit.profiles import TargetProfile
 from leapkit.run import CONFIG
 from leapkit.trtexec.layers import aggregate_profile, onnx_nodes
-from leapkit.trtexec.read import TrtexecImport, TrtexecRun, read_trtexec
+from leapkit.trtexec.read import NOT_STATED, TrtexecImport, TrtexecRun, read_trtexec
 from leapkit.types import Precision, Stat
 
 log = logging.getLogger(__name__)
@@ -44,18 +48,41 @@ log = logging.getLogger(__name__)
 EXPORT = "export"
 
 
+HOST_LATENCY, GPU_COMPUTE = "host latency", "GPU compute time"
+
+
 def _result(run: TrtexecRun) -> BenchResult:
-    """One trtexec run as a bench result (an engine timed by trtexec on the device)."""
-    lat = run.latency_ms
+    """One trtexec run as a bench result (an engine timed by trtexec on the device).
+
+    The statistics are the host latency; a run that printed none (a ``grep`` excerpt of the GPU
+    Compute section) is judged on its GPU compute time, and says so in ``latency_of`` and its label.
+    """
+    gpu_only = not run.has_latency and run.has_gpu_compute
+    lat = run.gpu_compute_ms if gpu_only else run.latency_ms
     ran = any(v is not None for v in lat.values())
+    label = ", ".join(p for p in (run.label, "GPU compute only" if gpu_only else None) if p) or None
     return BenchResult(
         runtime="tensorrt", format="engine", precision=run.precision or "unknown", batch=run.batch, file=run.source,
         device=run.device, min_ms=lat.get("min"), mean_ms=lat.get("mean"), p50_ms=lat.get("p50"),
         p90_ms=lat.get("p90"), p95_ms=lat.get("p95"), p99_ms=lat.get("p99"), max_ms=lat.get("max"), cv=run.cv,
-        throughput=_images_per_s(run), iterations=run.iterations,
+        throughput=_images_per_s(run), qps=_qps(run), iterations=run.iterations,
         noisy=run.cv > NOISY_CV if run.cv is not None else None, gpu_compute_ms=dict(run.gpu_compute_ms),
+        batch_source=run.batch_source or NOT_STATED,
+        latency_of=GPU_COMPUTE if gpu_only else HOST_LATENCY, run_label=label,
         status="ok" if ran else "failed: the trtexec output has no latency figures",
     )
+
+
+def _run_notes(imported: TrtexecImport, results: Sequence[BenchResult]) -> list[str]:
+    """What the report says of runs read in part: judged on GPU compute time, throughput not reported."""
+    notes = []
+    for run, r in zip(imported.runs, results, strict=True):
+        if r.latency_of == GPU_COMPUTE:
+            notes.append(f"{r.label} ({Path(run.source).name}): the file has no host latency (H2D + GPU compute + "
+                         f"D2H), only GPU compute time; judged on GPU compute time, which leaves out the copies")
+        if r.status == "ok" and r.throughput is None:
+            notes.append(f"{r.label} ({Path(run.source).name}): throughput not reported")
+    return notes
 
 
 def device_names(imported: TrtexecImport) -> list[str]:
@@ -89,7 +116,9 @@ def _device_warnings(imported: TrtexecImport, profile: TargetProfile) -> list[st
         out.append(f"the trtexec output names no device; it is taken to be {profile.name} as --target says")
     fingerprint = imported.device or {}
     versions = sorted({r.tensorrt for r in imported.runs if r.tensorrt}) or [fingerprint.get("tensorrt")]
-    out += setting_warnings(profile, versions[0], (fingerprint.get("jetson") or {}).get("power_mode"))
+    jetson = fingerprint.get("jetson") or {}
+    out += setting_warnings(profile, versions[0], jetson.get("power_mode"),
+                            (jetson.get("clocks") or {}).get("clocks_locked"))
     for version in versions[1:]:
         out += setting_warnings(profile, version, None)
     return out
@@ -155,13 +184,16 @@ def report_from_trtexec(
     for r in results:
         value = r.stat_ms(stat)
         r.budget_ok = None if value is None else value <= budget.ms
+    power_notes = _add_power(results)
     verdict, reason, gated = decide(results, profile, budget.ms, stat, evidence)
+    energy = decide_energy(gated, budget.mj, evidence) if budget.mj is not None else None
     other = other_device(imported, profile) if evidence == "imported" else None
     if other and not allow_other_device:  # a budget is never judged on another device's figures
         verdict = "UNCONFIRMED"
         reason = (f"the trtexec figures come from {other}, not {profile.name}: another device's figures do not "
                   f"judge its budget; pass the target's own log (with its device.json), or --allow-other-device to "
                   f"judge them anyway")
+        energy = (verdict, reason) if energy is not None else None
         for r in results:
             r.budget_ok = None
     notes = list(dict.fromkeys([
@@ -169,8 +201,10 @@ def report_from_trtexec(
           for source in dict.fromkeys(run.source for run in imported.runs if run.truncated)),
         *imported.warnings,
         *(f"trtexec ({Path(run.source).name}): {w}" for run in imported.runs for w in run.warnings),
+        *_run_notes(imported, results),
         *_device_warnings(imported, profile),
         *warnings(results, {}),
+        *power_notes,
     ]))
     for w in notes:
         log.warning(w)
@@ -180,11 +214,31 @@ def report_from_trtexec(
     evidence_reason = (f"timed by trtexec on {host} over SSH" if evidence == "measured"
                        else f"read from {', '.join(imported.sources)}")
     provenance = Provenance(evidence, evidence_reason, measured_on, _environment(imported, host))
-    report = BenchReport.of(profile, results, budget, provenance, Decision(verdict, reason, gated), model=model,
-                            warnings=notes)
+    report = BenchReport.of(profile, results, budget, provenance, Decision(verdict, reason, gated, energy),
+                            model=model, warnings=notes)
     write_bench_report(report, Path(out_dir) / "bench" / f"{profile.name}.json", _profile_sections(imported, onnx))
     log.info("wrote %s and %s", report.json_path, report.md_path)
     return report
+
+
+def _add_power(results: Sequence[BenchResult]) -> list[str]:
+    """Each result's power from the tegrastats log beside its file (bench_engine.sh's results folder), where that
+    folder holds one result; the notes on what the power samples lack."""
+    folders: dict[Path, list[BenchResult]] = {}
+    for r in results:
+        if r.file:
+            folders.setdefault(Path(r.file).parent, []).append(r)
+    notes = []
+    for folder, found in folders.items():
+        power = read_power(folder) if len(found) == 1 else None
+        if power is None:
+            continue
+        found[0].add_power(power)
+        if power.lines_skipped:
+            notes.append(f"tegrastats ({power.source}): {power.lines_skipped} lines in an unknown format skipped")
+        if power.mean_w is None:
+            notes.append(f"tegrastats ({power.source}): {power.describe()}; no energy per inference")
+    return notes
 
 
 def _environment(imported: TrtexecImport, host: str | None) -> dict[str, Any]:
@@ -207,6 +261,13 @@ def _images_per_s(run: TrtexecRun) -> float | None:
     if run.throughput_qps is None:
         return None
     return run.throughput_qps if run.throughput_unit == "images/s" else run.throughput_qps * run.batch
+
+
+def _qps(run: TrtexecRun) -> float | None:
+    """Queries (engine executions) per second: trtexec's figure, or its images/s over the batch (implicit batch)."""
+    if run.throughput_qps is None:
+        return None
+    return run.throughput_qps / run.batch if run.throughput_unit == "images/s" else run.throughput_qps
 
 
 def _profile_sections(imported: TrtexecImport, onnx: Path | None) -> list[str]:
@@ -263,13 +324,20 @@ def bench_from_trtexec(profile: TargetProfile, request: BenchRequest) -> BenchRe
                           "--exportTimes/--exportProfile JSON, or the results folder bench_engine.sh wrote")
     out_dir = request.out or default_out_dir(files)
     require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
-    imported = read_trtexec(files)
+    imported = read_trtexec(files, batch=request.batch)
     export = _export_of(files)
     return report_from_trtexec(
-        imported, profile, Budget.of(profile, request.budget_ms, request.stat), evidence="imported", out_dir=out_dir,
+        imported, profile, Budget.of(profile, request.budget_ms, request.stat, request.budget_mj), evidence="imported",
+        out_dir=out_dir,
         model=", ".join(map(str, files)), onnx=export / GRAPH if export else None,
         allow_other_device=request.allow_other_device,
     )
+
+
+def _bundle_batch(manifest: ExportManifest | None) -> int | None:
+    """The batch bench_engine.sh times at: the export's optimisation batch (None without a manifest)."""
+    batch = manifest.batch.get("opt") if manifest is not None and isinstance(manifest.batch, dict) else None
+    return batch if isinstance(batch, int) and batch > 0 else None
 
 
 def bench_over_ssh(model: str | Path | None, profile: TargetProfile, request: BenchRequest) -> BenchReport:
@@ -305,7 +373,10 @@ def bench_over_ssh(model: str | Path | None, profile: TargetProfile, request: Be
                            ssh_options=request.ssh_options)
         if run.timing_cache_reused:
             log.info("the device's timing cache was reused for the %s build", precision)
-        part = read_trtexec([results])
+        # leapkit made the timing run: the bundle's batch and the engine's precision are known
+        part = read_trtexec([results], batch=_bundle_batch(src.manifest))
+        for r in part.runs:
+            r.precision = r.precision or precision
         merged.runs += part.runs
         merged.profile = merged.profile or part.profile
         merged.device = {**run.device, **(part.device or {})}
@@ -313,7 +384,8 @@ def bench_over_ssh(model: str | Path | None, profile: TargetProfile, request: Be
         merged.warnings += [*run.warnings, *part.warnings]
         hosts.append(run.host)
     return report_from_trtexec(
-        merged, profile, Budget.of(profile, request.budget_ms, request.stat), evidence="measured", out_dir=out_dir,
+        merged, profile, Budget.of(profile, request.budget_ms, request.stat, request.budget_mj), evidence="measured",
+        out_dir=out_dir,
         model=str(model) if model is not None else "runs/latest", host=hosts[0] if hosts else host,
         onnx=export / GRAPH,
     )

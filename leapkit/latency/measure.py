@@ -52,7 +52,7 @@ def load_runner(art: Artifact, method: Method, threads: int, student: nn.Module 
         return TorchRunner(student, device=method.device, compile=method.compile)
     assert art.path is not None
     if art.format == "onnx":
-        return OrtRunner(art.path, threads, method.providers)
+        return OrtRunner(art.path, threads, method.providers, batch=method.batch)
     if art.format == "openvino":
         return OpenVINORunner(art.path, threads, hint=art.hint)  # the hint the export checked it with
     return TensorRTRunner(art.path)
@@ -151,9 +151,13 @@ def measure(
             result.batch = shape[0]
             used = _roofline_cost(art, shape, cost)
             result.device, result.providers, result.input_shape = runner.device, list(runner.providers), shape
+            result.timing = getattr(runner, "timing", None)  # what a GPU figure includes
             run = runner.timed(random_input(shape))
             reset_peak_rss()
-            if runner.device.startswith("cuda"):
+            # torch's allocator holds only the PyTorch student's memory; ONNX Runtime and TensorRT on a GPU run
+            # beside a torch that may have no CUDA at all (a Jetson venv)
+            torch_on_gpu = runner.device.startswith("cuda") and art.format == "pytorch"
+            if torch_on_gpu:
                 torch.cuda.reset_peak_memory_stats()
             samples = time_runner(run, method.warmup_s, method.iterations, method.duration_s)
             runner.close()
@@ -168,7 +172,6 @@ def measure(
         setattr(result, key, value)
     result.noisy = stats["cv"] > NOISY_CV
     result.peak_rss_mb = peak_rss_mb()
-    torch_on_gpu = runner.device.startswith("cuda") and art.format != "onnx"
     result.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch_on_gpu else None
     if used is not None:
         result.achieved_tflops = used.flops / (stats["p50_ms"] / 1e3) / 1e12

@@ -2,8 +2,9 @@
 
 The JSON keys are a contract (scripts and CI read them): ``results`` holds one entry per
 runtime/format/precision with ``runtime``, ``format``, ``precision``, ``batch``, ``p50_ms``,
-``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput``, ``cv`` (``gpu_compute_ms`` when read from
-trtexec), ``roofline`` (the lower bound on the target), ``predicted_ms``, ``predicted_range_ms``
+``p90_ms``, ``p99_ms``, ``mean_ms``, ``throughput`` (images/s), ``cv`` (``gpu_compute_ms``, ``qps``,
+``batch_source``, ``latency_of`` and ``run_label`` when read from trtexec), ``roofline`` (the lower bound
+on the target), ``predicted_ms``, ``predicted_range_ms``
 [low, high] and ``prediction_source`` (the target's latency model, :mod:`leapkit.latency.forecast`;
 null where it cannot read the model) and more; the top level holds ``budget_ms``, ``budget_stat``,
 ``evidence`` (measured | imported | estimated) with ``evidence_reason`` and ``measured_on``,
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from leapkit import __version__
+from leapkit.device.tegrastats import PowerSummary
 from leapkit.errors import CheckFailed
 from leapkit.latency.artifacts import export_failed
 from leapkit.latency.cost import ROOFLINE_NOTE, Roofline
@@ -154,7 +156,9 @@ class BenchResult(Record):
     )
     # written only when set
     OPTIONAL: ClassVar[tuple[str, ...]] = ("thread_probe_p50_ms", "compiled", "device", "providers", "input_shape",
-                                           "achieved_tflops", "gpu_compute_ms")
+                                           "achieved_tflops", "gpu_compute_ms", "timing", "qps", "batch_source",
+                                           "latency_of", "run_label", "power", "energy_mj",
+                                           "energy_above_idle_mj")
 
     runtime: Runtime
     format: Format
@@ -187,12 +191,27 @@ class BenchResult(Record):
     status: str = "ok"
     achieved_tflops: float | None = None
     gpu_compute_ms: dict[str, float | None] | None = None
+    # trtexec's own figures (leapkit.latency.imported): its queries per second (``throughput`` is images/s, qps x
+    # batch), where the batch was read ("batch not stated, assumed 1: pass --batch N" when nowhere), whether the
+    # latency statistics are the host latency or, in an excerpt without it, the GPU compute time, and what tells
+    # the run apart from others of the same precision
+    qps: float | None = None
+    batch_source: str | None = None
+    latency_of: str | None = None
+    run_label: str | None = None
+    # what a GPU runner's timed figure includes (device-resident I/O or not); None on the CPU
+    timing: str | None = None
     roofline: Roofline | None = None
     budget_ok: bool | None = None  # None: not judged (timed away from the target, or off its device)
     # the target's latency model (leapkit.latency.forecast); None where it cannot read the model; never judged
     predicted_ms: float | None = None
     predicted_range_ms: list[float] | None = None
     prediction_source: str | None = None
+    # where tegrastats ran on the device: the timing run's power, and energy per inference (mJ, mean board power x
+    # mean latency / batch; above the idle baseline where one was recorded)
+    power: PowerSummary | None = None
+    energy_mj: float | None = None
+    energy_above_idle_mj: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -207,8 +226,9 @@ class BenchResult(Record):
         verdicts."""
         if self.format == "pytorch":
             return "PyTorch (torch.compile)" if self.compiled else "PyTorch eager"
-        return {"onnx": f"ONNX {self.precision}", "openvino": f"OpenVINO {self.precision}",
+        name = {"onnx": f"ONNX {self.precision}", "openvino": f"OpenVINO {self.precision}",
                 "engine": f"TensorRT engine {self.precision}"}[self.format]
+        return f"{name} ({self.run_label})" if self.run_label else name
 
     @property
     def export_failed(self) -> bool:
@@ -217,6 +237,11 @@ class BenchResult(Record):
     def stat_ms(self, stat: Stat) -> float | None:
         """The value of a budget statistic (``p99`` -> ``p99_ms``), None when the format did not run."""
         return getattr(self, f"{stat}_ms")
+
+    def add_power(self, power: PowerSummary | None) -> None:
+        """Keep the power sampled during this result's timing run and its energy per inference at ``mean_ms``."""
+        self.power = power
+        self.energy_mj, self.energy_above_idle_mj = power.energy(self.mean_ms, self.batch) if power else (None, None)
 
     @property
     def measured_over_predicted(self) -> float | None:
@@ -257,6 +282,11 @@ class BenchReport(Record):
     created: str
     baseline: Comparison | None = None
     choice: str | None = None  # which result the verdict judges and why, for a target that chooses the fastest
+    # the energy budget per inference (profile energy_budget_mj or --budget-mj) and its verdict; absent without one
+    energy_budget_mj: float | None = None
+    energy_budget_source: str | None = None
+    energy_verdict: Verdict | None = None
+    energy_verdict_reason: str | None = None
     json_path: Path | None = field(default=None, kw_only=True, compare=False, repr=False)
     sections: list[str] = field(default_factory=list, kw_only=True, compare=False, repr=False)
 
@@ -286,6 +316,9 @@ class BenchReport(Record):
             source_run=str(run_dir) if run_dir else None, export_dir=str(export_dir) if export_dir else None,
             input_shape=next((r.input_shape for r in results if r.input_shape), None), results=results,
             budget_ms=budget.ms, budget_stat=budget.stat, budget_source=budget.source,
+            energy_budget_mj=budget.mj, energy_budget_source=budget.mj_source if budget.mj is not None else None,
+            energy_verdict=(decision.energy or _UNJUDGED)[0] if budget.mj is not None else None,
+            energy_verdict_reason=(decision.energy or _UNJUDGED)[1] if budget.mj is not None else None,
             evidence=provenance.evidence, evidence_reason=provenance.reason, measured_on=provenance.measured_on,
             verdict=decision.verdict, verdict_reason=decision.reason,
             gated=decision.gated.label if decision.gated else None, choice=choice, method=method,
@@ -296,7 +329,8 @@ class BenchReport(Record):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         del data["json_path"], data["sections"]
-        for key in ("baseline", "choice"):
+        for key in ("baseline", "choice", "energy_budget_mj", "energy_budget_source", "energy_verdict",
+                    "energy_verdict_reason"):
             if data[key] is None:
                 del data[key]
         return data
@@ -328,6 +362,11 @@ class BenchReport(Record):
                 f"bench on the device (--host) or import its trtexec output (--from-trtexec)"
             )
         regression = self.baseline.failure() if self.baseline else None
+        if self.energy_verdict == "FAIL":
+            failed.append(f"energy verdict FAIL on {self.target}: {self.energy_verdict_reason}")
+        elif self.energy_verdict == "UNCONFIRMED" and require_measured:
+            failed.append(f"energy verdict UNCONFIRMED on {self.target} and --require-measured is set: "
+                          f"{self.energy_verdict_reason}")
         if self.baseline and regression:
             failed.append(f"latency regression on {self.target} against {self.baseline.path}: {regression}")
         if failed:
@@ -341,23 +380,31 @@ class BenchReport(Record):
 
 @dataclass(frozen=True)
 class Budget:
-    """The latency budget a report judges: its value, the statistic judged, and where it came from.
+    """The budgets a report judges: latency (its value, the statistic judged, where it came from) and energy.
 
     Args:
-        ms: the budget in milliseconds.
+        ms: the latency budget in milliseconds.
         stat: the statistic judged against it.
         source: ``--budget-ms`` or ``profile <name>``.
+        mj: the energy budget per inference in millijoules; None: none.
+        mj_source: ``--budget-mj`` or ``profile <name>``.
     """
 
     ms: float
     stat: Stat
     source: str
+    mj: float | None = None
+    mj_source: str = ""
 
     @classmethod
-    def of(cls, profile: TargetProfile, budget_ms: float | None = None, stat: Stat | None = None) -> Budget:
-        """The profile's budget and statistic, each unless given."""
+    def of(cls, profile: TargetProfile, budget_ms: float | None = None, stat: Stat | None = None,
+           budget_mj: float | None = None) -> Budget:
+        """The profile's budgets and statistic, each unless given."""
+        mj = profile.energy_budget_mj if budget_mj is None else budget_mj
         return cls(float(profile.latency_budget_ms if budget_ms is None else budget_ms), stat or profile.budget_stat,
-                   "--budget-ms" if budget_ms is not None else f"profile {profile.name}")
+                   "--budget-ms" if budget_ms is not None else f"profile {profile.name}",
+                   float(mj) if mj is not None else None,
+                   "--budget-mj" if budget_mj is not None else f"profile {profile.name}")
 
 
 class Provenance(NamedTuple):
@@ -378,8 +425,15 @@ class Provenance(NamedTuple):
 
 class Decision(NamedTuple):
     """The budget verdict (:func:`leapkit.latency.verdict.decide`): PASS, FAIL or UNCONFIRMED, why, and the result
-    judged."""
+    judged; ``energy``: the energy budget's verdict and why (:func:`leapkit.latency.verdict.decide_energy`), None
+    where it was not judged."""
 
     verdict: Verdict
     reason: str
     gated: BenchResult | None
+    energy: tuple[Verdict, str] | None = None
+
+
+_UNJUDGED: tuple[Verdict, str] = ("UNCONFIRMED", "no power was sampled on the device for this report (tegrastats "
+                                                 "runs with bench --host, or comes back in the results folder "
+                                                 "bench_engine.sh writes on a Jetson)")

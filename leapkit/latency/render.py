@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from leapkit.device.tegrastats import TIMING_RUN
 from leapkit.latency.cost import ROOFLINE_FORMULA
 from leapkit.latency.records import BenchReport, BenchResult
 from leapkit.latency.timing import PROBE_S, Method
@@ -24,8 +25,9 @@ METHOD_COLUMNS = ("format", "threads", "iterations", "min ms", "mean ms", "p90 m
 BASELINE_COLUMN = "vs baseline"
 PREDICTED_COLUMN = "predicted ms (range)"
 RATIO_COLUMN = "measured / predicted"
-TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy); FPS is images/s: "
-                "trtexec's queries per second times the batch (implicit-batch runs already count images).")
+TRTEXEC_NOTE = ("Latency is trtexec's host latency per query (H2D copy + GPU compute + D2H copy), or its GPU compute "
+                "time where a result says so; FPS is images/s: trtexec's queries per second (the JSON's qps) times "
+                "the batch (implicit-batch runs already count images).")
 
 
 def result_verdict(r: BenchResult, report: BenchReport) -> str:
@@ -72,6 +74,12 @@ def predicted_cell(r: BenchResult) -> str:
     return f"{r.predicted_ms:.3g} ({low:.3g}-{high:.3g})"
 
 
+def fps_cell(r: BenchResult) -> str:
+    """Images/s; "not reported" for a run that ran but printed no throughput (or printed 0 qps)."""
+    return "not reported" if r.throughput is None and r.status == "ok" and r.runtime == "tensorrt" \
+        else fmt(r.throughput, ".1f")
+
+
 def latency_table(report: BenchReport) -> Table:
     """One row per benched format: latency, size, accuracy, lower bound and prediction on the target and verdict,
     and the change against the baseline when there is one."""
@@ -89,7 +97,7 @@ def latency_table(report: BenchReport) -> Table:
             status += f", export {r.export_status.split(':')[0]}"
         verdict = result_verdict(r, report)
         cells = [r.label, r.precision, r.runtime, status, fmt(r.size_mb), fmt(r.accuracy, ".1f"), fmt(r.p50_ms, ".3f"),
-                 fmt(r.p99_ms, ".3f"), fmt(r.throughput, ".1f"),
+                 fmt(r.p99_ms, ".3f"), fps_cell(r),
                  fmt(r.roofline.estimate_ms if r.roofline else None, ".4g"),
                  *(predicted_cell(r), fmt(r.measured_over_predicted, ".2f"))[:len(predictions)],
                  f"{report.budget_stat} <= {report.budget_ms:g} ms", verdict]
@@ -113,6 +121,39 @@ def gpu_compute_table(report: BenchReport) -> Table | None:
         assert r.gpu_compute_ms is not None
         table.add(r.label, fmt(r.batch, "d"), *(fmt(r.gpu_compute_ms.get(s), ".3f") for s in STATS))
     return table
+
+
+def power_table(report: BenchReport) -> Table | None:
+    """The power tegrastats sampled during each result's timing run, and energy per inference (None without any)."""
+    rows = [r for r in report.results if r.power is not None]
+    if not rows:
+        return None
+    table = Table.of("format", "samples", "board W mean", "peak W", "idle W", "energy mJ", "above idle mJ", "GPU %",
+                     "GPU MHz", "EMC MHz", "rails mean W", "skipped lines",
+                     title="Power during the timing run (tegrastats)",
+                     caption="energy per inference = mean board power x mean latency / batch; above idle: the mean "
+                             "minus the idle baseline sampled before the run",
+                     right=("samples", "board W mean", "peak W", "idle W", "energy mJ", "above idle mJ", "GPU %",
+                            "GPU MHz", "EMC MHz", "skipped lines"))
+    for r in rows:
+        p = r.power
+        assert p is not None
+        rails = ", ".join(f"{name} {w:.2f}" for name, w in p.rails_mean_w.items()) or "-"
+        samples = f"{p.samples}" if p.window == TIMING_RUN else f"{p.samples} ({p.window})"
+        table.add(r.label, samples, fmt(p.mean_w), fmt(p.peak_w),
+                  f"{fmt(p.idle_w)} ({p.idle_samples})" if p.idle_w is not None else "-", fmt(r.energy_mj, ".4g"),
+                  fmt(r.energy_above_idle_mj, ".4g"), fmt(p.gpu_util_pct, ".0f"), fmt(p.gpu_freq_mhz, ".0f"),
+                  fmt(p.emc_freq_mhz, ".0f"), rails, fmt(p.lines_skipped, "d"))
+    return table
+
+
+def energy_sentence(report: BenchReport) -> str | None:
+    """The energy verdict in Markdown; None without an energy budget."""
+    if report.energy_verdict is None:
+        return None
+    return (f"**Energy: {report.energy_verdict}** ({report.energy_verdict_reason}); budget "
+            f"{report.energy_budget_mj:g} mJ per inference from {report.energy_budget_source}, judged on the board's "
+            f"whole draw.")
 
 
 def method_table(report: BenchReport) -> Table:
@@ -208,6 +249,9 @@ def _head(report: BenchReport) -> list[str]:
     ]
     if report.choice:
         lines += ["", f"**Judged:** {report.choice}."]
+    energy = energy_sentence(report)
+    if energy:
+        lines += ["", energy]
     comparison = baseline_sentence(report)
     if comparison and report.baseline:
         lines += ["", comparison, *[f"- {n}" for n in report.baseline.notes]]
@@ -239,9 +283,15 @@ def render_markdown(report: BenchReport) -> str:
     if report.warnings:
         lines += ["", "Warnings:", *[f"- {w}" for w in report.warnings]]
     lines += ["", "## Method", "", method_sentence(report.method), "", method_table(report).to_markdown()]
+    timed = [f"- {r.label}: {r.timing}" for r in report.results if r.timing]
+    if timed:
+        lines += ["", "What each GPU figure includes:", "", *timed]
     gpu_compute = gpu_compute_table(report)
     if gpu_compute is not None:
         lines += ["", f"{gpu_compute.title}:", "", gpu_compute.to_markdown()]
+    power = power_table(report)
+    if power is not None:
+        lines += ["", "## Power", "", f"{power.title}:", "", power.to_markdown()]
     lines += ["", "## Environment", "", *_environment_lines(report.environment)]
     for section in report.sections:
         lines += ["", section]

@@ -31,9 +31,12 @@ class BenchRequest:
     Args:
         runtimes: any of torch, onnxruntime, openvino, tensorrt, or ``["all"]``; None benches what MODEL has.
         budget_ms: overrides the profile's latency budget.
+        budget_mj: overrides the profile's energy budget per inference (mJ), judged on the device's tegrastats
+            samples.
         stat: the statistic judged against the budget (default: the profile's, p99).
         precisions: only bench formats at these precisions.
-        batch: batch size (default: the profile's).
+        batch: batch size (default: the profile's); with ``from_trtexec``, the images per query of runs whose
+            files do not state it.
         threads: CPU threads for torch and ONNX Runtime (default: the profile's, else all cores);
             ``"auto"`` probes 1, 2, 4, ... up to the usable cores for PROBE_S seconds each, per
             format, and measures each format with its fastest count (recorded per result).
@@ -64,6 +67,7 @@ class BenchRequest:
 
     runtimes: Sequence[str] | None = None
     budget_ms: float | None = None
+    budget_mj: float | None = None
     stat: Stat | None = None
     precisions: Sequence[str] | None = None
     batch: int | None = None
@@ -116,6 +120,10 @@ class BenchRequest:
                        threads=threads if isinstance(threads, int) else 1, warmup_s=self.warmup_s,
                        iterations=self.iterations, duration_s=self.duration_s)
         budget = self.budget_ms
+        energy = self.budget_mj
+        if energy is not None and not (isinstance(energy, (int, float)) and math.isfinite(energy) and energy > 0):
+            problems.append(f"the energy budget must be a positive number of mJ per inference, got {energy!r} "
+                            f"(--budget-mj)")
         if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             problems.append(f"the budget must be a positive number of ms, got {budget!r} (--budget-ms)")
         problems += given.problems()
@@ -129,7 +137,8 @@ class BenchRequest:
             flag = "--from-trtexec" if self.from_trtexec else "--host"
             unset = {"compile": False, "ort_provider": "auto"}  # the defaults of options that are never None
             used = [name for key, name in _LOCAL.items() if getattr(self, key) is not None
-                    and not (key in unset and getattr(self, key) == unset[key])]
+                    and not (key in unset and getattr(self, key) == unset[key])
+                    and not (key == "batch" and self.from_trtexec)]  # the batch of files that do not state it
             if used:
                 problems.append(f"{', '.join(used)} time MODEL on this machine and do not apply to {flag}")
         if self.from_trtexec:

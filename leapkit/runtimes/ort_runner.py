@@ -1,16 +1,40 @@
-"""The ONNX Runtime runner and the execution providers it is given, best first, the CPU always last."""
+"""The ONNX Runtime runner and the execution providers it is given, best first, the CPU always last.
+
+On a GPU the providers are configured per variant (:func:`provider_options`): TensorRT's gets the
+precision flags its graph needs (fp16; int8 with fp16 for a Q/DQ graph, which TensorRT builds only with
+int8 on), engine and timing caches in a folder beside the model, and the optimisation profile's
+min/opt/max shapes; CUDA's gets the device. The timed loop on a GPU keeps its input and outputs on the
+device (IOBinding), so that its figure holds no host/device copy, as trtexec's ``--noDataTransfers``
+does not; :data:`TIMED_ON_DEVICE` says what it includes. These GPU paths are written against ONNX
+Runtime's provider-option names and IOBinding API and checked here against a fake of onnxruntime
+(tests/test_runtimes.py); this project's CI machine has no GPU build of onnxruntime.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from leapkit.errors import MissingDependency, ModelError
 from leapkit.runtimes.base import Outputs
 from leapkit.types import Runtime
+
+log = logging.getLogger(__name__)
+
+TENSORRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+CACHE_DIR = "ort_trt_cache"
+"""Beside the model: ONNX Runtime's TensorRT engines (one folder per model) and its timing cache. They hold
+engines for this machine's GPU and TensorRT: they are never part of a deploy bundle."""
+
+TIMED_ON_DEVICE = ("device-resident I/O (IOBinding): the GPU's compute and ONNX Runtime's launch overhead, no "
+                   "host/device copy; compare it with trtexec's GPU compute time, which has no launch overhead")
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
 def ort_providers(choice: str, gpu_target: bool) -> list[str]:
@@ -41,8 +65,118 @@ def ort_providers(choice: str, gpu_target: bool) -> list[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
+def _shape(name: str, dims: Sequence[int]) -> str:
+    return f"{name}:{'x'.join(str(d) for d in dims)}"
+
+
+def graph_input(model: Path) -> tuple[str, list[int | str]]:
+    """The name and shape of the ONNX graph's first input (a free dimension is its name, e.g. ``batch``).
+
+    Raises:
+        ModelError: the file is not a valid ONNX model.
+    """
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{model} is not a valid ONNX file ({type(e).__name__}); re-export it with `leapkit export`") \
+            from e
+    value = graph.input[0]
+    dims = value.type.tensor_type.shape.dim
+    return value.name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def tensorrt_options(model: Path, batch: int, device_id: int = 0) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT provider options for one exported variant.
+
+    Args:
+        model: the ONNX file; its precision (file name, else graph) picks the builder flags, and its folder
+            holds the caches (``ort_trt_cache/``: engines per model, one timing cache).
+        batch: the batch the bench runs: the optimisation profile's opt and max (min 1), where the graph's
+            batch is free.
+        device_id: the CUDA device.
+    """
+    from leapkit.deploy.graph_precision import graph_precision
+
+    precision = graph_precision(model)
+    options: dict[str, Any] = {
+        "device_id": device_id,
+        # a Q/DQ graph builds only with int8 on; fp16 lets TensorRT run the layers left out of int8 in fp16,
+        # as trtexec --int8 --fp16 (the bundle's build flags before TensorRT 10) does
+        "trt_fp16_enable": precision in ("fp16", "int8"),
+        "trt_int8_enable": precision == "int8",
+    }
+    cache = model.parent / CACHE_DIR
+    try:
+        (cache / model.stem).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("no TensorRT engine cache for %s (%s): ONNX Runtime builds its engine at every start",
+                    model.name, e.strerror or e)
+    else:
+        options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / model.stem),
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+    name, shape = graph_input(model)
+    if len(shape) == 4 and not isinstance(shape[0], int):
+        chw = shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in chw):
+            log.warning("%s has free image dimensions %s: ONNX Runtime's TensorRT provider picks its own profile",
+                        model.name, shape)
+        else:
+            options |= {"trt_profile_min_shapes": _shape(name, [1, *chw]),
+                        "trt_profile_opt_shapes": _shape(name, [batch, *chw]),
+                        "trt_profile_max_shapes": _shape(name, [batch, *chw])}
+    return options
+
+
+def provider_options(providers: Sequence[str], model: Path, batch: int) -> list[ProviderSpec]:
+    """``providers`` with their options for this variant: TensorRT's per precision, CUDA's device; CPU as it is."""
+    specs: list[ProviderSpec] = []
+    for name in providers:
+        if name == TENSORRT_EP:
+            specs.append((name, tensorrt_options(model, batch)))
+        elif name == CUDA_EP:
+            specs.append((name, {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}))
+        else:
+            specs.append(name)
+    return specs
+
+
+def device_resident_run(session: Any, input_name: str, output_names: Sequence[str], x: np.ndarray,
+                        device_type: str = "cuda", device_id: int = 0) -> Callable[[], None]:
+    """One inference on ``x`` with its input and outputs on ``device_type`` (IOBinding): no copy in the loop.
+
+    The input is copied to the device once, here; the first run allocates the outputs there, and every
+    later run writes into those same buffers. ``run_with_iobinding`` returns once the device is done.
+    """
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(x, device_type, device_id))
+    for name in output_names:
+        binding.bind_output(name, device_type, device_id)
+    session.run_with_iobinding(binding)
+    for name, value in zip(output_names, binding.get_outputs(), strict=True):
+        binding.bind_ortvalue_output(name, value)
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+
+    run.binding = binding  # type: ignore[attr-defined]  # the outputs stay readable (copy_outputs_to_cpu)
+    return run
+
+
 class OrtRunner:
-    """An ONNX model in ONNX Runtime: all graph optimisations, sequential, explicit thread counts."""
+    """An ONNX model in ONNX Runtime: all graph optimisations, sequential, explicit thread counts.
+
+    Args:
+        path: the ONNX file.
+        threads: intra-op threads (None: up to 4).
+        providers: execution provider names, best first (:func:`ort_providers`); GPU ones get this
+            variant's options (:func:`provider_options`).
+        spin: let idle intra-op threads spin (lower latency, busy cores).
+        batch: the largest batch this runner will be given: the TensorRT provider's profile.
+    """
 
     runtime: Runtime = "onnxruntime"
 
@@ -50,8 +184,9 @@ class OrtRunner:
         self,
         path: Path,
         threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = (CPU_EP,),
         spin: bool = True,
+        batch: int = 1,
     ) -> None:
         import onnxruntime as ort
 
@@ -63,8 +198,10 @@ class OrtRunner:
         so.log_severity_level = 3
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = Path(path)
+        specs = provider_options(providers, path, batch) if set(providers) - {CPU_EP} else list(providers)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=list(providers))
+            self.session = ort.InferenceSession(str(path), so, providers=specs)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             reason = str(e).splitlines()[0]
             raise ModelError(
@@ -72,7 +209,8 @@ class OrtRunner:
             ) from e
         self.path = path
         self.providers = self.session.get_providers()
-        self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
+        self.device = "cpu" if self.providers[0] == CPU_EP else "cuda"
+        self.timing = TIMED_ON_DEVICE if self.device == "cuda" else None
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -101,7 +239,10 @@ class OrtRunner:
         return dict(zip(self.output_names, outs, strict=True))
 
     def timed(self, x: np.ndarray) -> Callable[[], None]:
+        """One inference on ``x``; on a GPU with input and outputs kept on the device (:data:`TIMED_ON_DEVICE`)."""
         feed = {self.input.name: np.ascontiguousarray(x).astype(self.input_dtype, copy=False)}
+        if self.device == "cuda":
+            return device_resident_run(self.session, self.input.name, self.output_names, feed[self.input.name])
 
         def run() -> None:
             self.session.run(None, feed)

@@ -22,6 +22,9 @@ class TorchRunner:
     def __init__(self, model: nn.Module, device: str = "cpu", compile: bool = False) -> None:
         self.device = device
         self.providers = [f"torch {torch.__version__} ({device})"]
+        on_gpu = device.startswith("cuda")
+        self.timing = "device-resident I/O: input on the GPU, outputs left there, a synchronize per run" if on_gpu \
+            else None
         self.module = Backbone(model).eval().to(device)
         self.forward: Callable[[Any], Any] = torch.compile(self.module) if compile else self.module
 

@@ -1,34 +1,39 @@
 """One trtexec log as timing runs: its performance summaries and the context each run printed.
 
-A log may hold several runs (one per ``&&&& RUNNING`` banner). Each run's figures come from its
-performance summary, in the format of TensorRT 8.x to 11.x (``Latency: min = ..., percentile(99%) =
-...``) or of 7.x (``Host Latency`` / ``min: X ms (end to end Y ms)`` blocks). Only lines logged at
-the info level (or with no level, as in a summary pasted on its own) count: verbose ``[V]`` lines
-repeat the metric names in their explanations, and ``[TRT]`` lines are the library's own. A
-percentile the log does not print stays None; a non-finite value (``nan``, ``inf``) is recorded as
-None with a note.
+A log may hold several runs: one per ``&&&& RUNNING`` banner, per trtexec command line pasted on its
+own (a README), and per summary that repeats a section the current run already has. Each run's
+figures come from its performance summary, in the format of TensorRT 8.x to 11.x (``Latency: min =
+..., percentile(99%) = ...``) or of 7.x (``Host Latency`` / ``min: X ms (end to end Y ms)`` blocks).
 
-The run's context comes from the log where printed: ``TensorRT version:`` (or the banner's
-``[TensorRT vNNNN]``), ``Selected Device:``, the command line's precision flags or the engine's file
-name, and the batch from ``--shapes``, ``--batch`` (implicit batch: trtexec then counts images, so
-the throughput is images/s and the query count is divided by the batch) or the input binding's
-first dimension.
+What users paste is read too: a wrapper's tag before every line (``[INFO] [05/27/2023-...] [I] ...``),
+indented lines (a log in a Markdown list), a bare summary without header, and ``grep -C`` excerpts,
+whose ``--`` separators and cut headers leave statistics of an unknown section: a 7.x statistic is
+only taken right after its section header, and a key is never read twice into one section.
+
+Only lines logged at the info level (or with no level) count: verbose ``[V]`` lines repeat the metric
+names in their explanations, and ``[TRT]`` lines are the library's own. A percentile the log does not
+print stays None; a non-finite value (``nan``, ``inf``) and a throughput of 0 qps are recorded as None
+with a note. The run's context (:mod:`leapkit.trtexec.context`): the version, from the banner (a
+``TensorRT version:`` line never overwrites it), the device, the precision from the build flags, and
+the batch from ``--shapes``, ``--batch`` or the printed options, with where it was read.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from leapkit.errors import TrtexecError
 from leapkit.records import Record
+from leapkit.trtexec.context import COMMAND, batch_of, precision_of, precision_option, tensorrt_version, version_line
 from leapkit.trtexec.exported import STAT_KEYS
 from leapkit.trtexec.layers import NUM, LayerProfile, number, read_profile_table
 from leapkit.types import Precision
 
+__all__ = ["TrtexecRun", "no_summary_error", "precision_of", "read_log", "split_message", "tensorrt_version"]
+
+_WRAPPER = re.compile(r"^\s*(?:\[(?!TRT\])[A-Za-z]{2,}\]\s?)*")  # a harness's own tag ("[INFO] ") and indentation
 _PREFIX = re.compile(r"^(?:\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] ?)*(?:\[(?P<level>[IVWEF])\] ?)?(?P<trt>\[TRT\] ?)?")
 _BANNER = re.compile(r"^&&&& (?P<state>RUNNING|PASSED|FAILED) TensorRT\.trtexec(?: \[TensorRT v(?P<v>\d+)\])?"
                      r"(?: \[b\d+\])? # (?P<cmd>.*)$")
@@ -42,11 +47,12 @@ _SCALARS = {  # message pattern (8.x-11.x | 7.x) -> run attribute
     re.compile(rf"^(?:Total Host Walltime|walltime): ({NUM}) s$", re.I): "walltime_s",
     re.compile(rf"^(?:Total GPU Compute Time|total compute time): ({NUM}) s$", re.I): "gpu_total_s",
 }
-_METRIC_KEYS = {"Latency": "latency", "Host Latency": "latency", "GPU Compute Time": "gpu", "GPU Compute": "gpu",
-                "End-to-End Host Latency": "end_to_end", "Enqueue Time": "enqueue", "H2D Latency": "h2d",
-                "D2H Latency": "d2h"}
+_METRIC_KEYS = {"Latency": "latency", "GPU Compute Time": "gpu", "End-to-End Host Latency": "end_to_end",
+                "Enqueue Time": "enqueue", "H2D Latency": "h2d", "D2H Latency": "d2h"}
+_LEGACY_HEADERS = {"Host Latency": "latency", "Enqueue Time": "enqueue", "GPU Compute": "gpu"}  # 7.x sections
+_OPTION = re.compile(r"^(?P<key>Precision|Load engine|Batch|Input inference shapes?): ?(?P<value>.*)$")
 _CV = re.compile(rf"coefficient of variance = ({NUM})%")
-_PRECISION_TAG = re.compile(r"(?<![a-z0-9])(fp32|fp16|int8)(?![a-z0-9])", re.I)
+GREP_SEPARATOR = "--"
 
 
 @dataclass
@@ -57,12 +63,17 @@ class TrtexecRun(Record):
         source: the file it was read from.
         tensorrt: TensorRT version ("8.6.3"), None when not printed (7.x prints none).
         device: trtexec's "Selected Device".
-        precision: from --int8/--best/--fp16, else the engine's file name, else fp32 for a build
-            without flags; None when unknown (a loaded engine with no precision in its name).
-        batch: images per query.
+        precision: from the build flags (--int8/--best/--fp16, or a build without them: fp32), the printed
+            build options, or the engine's sidecar or device.json; None when unknown (an engine loaded
+            without either).
+        batch: images per query; 1 when the files do not say (then ``batch_source`` is None).
+        batch_source: where the batch was read (``--shapes``, ``--batch``, ``input binding``, a sibling
+            file, leapkit's ``--batch``); None when nothing says it.
+        label: what tells this run apart from the others of the same precision (``batch 4``, ``run 2 of 14``);
+            None when nothing needs to.
         latency_ms: host latency (H2D + GPU compute + D2H).
         gpu_compute_ms: GPU compute time.
-        throughput_qps: trtexec's throughput, in ``throughput_unit``.
+        throughput_qps: trtexec's throughput, in ``throughput_unit``; None when not printed or printed as 0.
         cv: GPU compute coefficient of variation as a fraction.
         iterations: timed queries.
         warnings: trtexec's own ``[W]`` lines (continuation lines joined).
@@ -83,6 +94,8 @@ class TrtexecRun(Record):
     device: str | None = None
     precision: Precision | None = None
     batch: int = 1
+    batch_source: str | None = None
+    label: str | None = None
     latency_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(STAT_KEYS))
     gpu_compute_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(STAT_KEYS))
     throughput_qps: float | None = None
@@ -99,39 +112,24 @@ class TrtexecRun(Record):
     kind: Literal["summary", "times"] = "summary"
     truncated: bool = False
 
+    @property
+    def has_latency(self) -> bool:
+        """Whether the run printed a host latency (a GPU-compute-only excerpt does not)."""
+        return any(v is not None for v in self.latency_ms.values())
+
+    @property
+    def has_gpu_compute(self) -> bool:
+        return any(v is not None for v in self.gpu_compute_ms.values())
+
 
 def split_message(line: str) -> tuple[str | None, bool, str]:
-    """A log line's level (I, V, W, E, F or None), whether it is TensorRT's own (``[TRT]``), and its message."""
+    """A log line's level (I, V, W, E, F or None), whether it is TensorRT's own (``[TRT]``), and its message.
+
+    A wrapper's tag (``[INFO] ``) and indentation before trtexec's own prefix are dropped.
+    """
+    line = line[_WRAPPER.match(line).end():]
     m = _PREFIX.match(line)
     return m["level"], m["trt"] is not None, line[m.end():]
-
-
-def tensorrt_version(banner: str) -> str:
-    """The dotted version of a banner's vNNNN: major*1000+minor*100+patch in 8.x, major*10000+... from 10."""
-    n = int(banner)
-    return f"{n // 10000}.{n // 100 % 100}.{n % 100}" if n >= 100000 else f"{n // 1000}.{n // 100 % 10}.{n % 100}"
-
-
-def _flags(command: str) -> dict[str, str]:
-    try:
-        words = shlex.split(command)
-    except ValueError:  # an unbalanced quote in a pasted command line
-        words = command.split()
-    return {w.split("=", 1)[0]: w.split("=", 1)[1] if "=" in w else "" for w in words if w.startswith("--")}
-
-
-def precision_of(command: str) -> Precision | None:
-    """The precision a trtexec command line asks for (see :class:`TrtexecRun`)."""
-    flags = _flags(command)
-    if "--int8" in flags or "--best" in flags:
-        return "int8"
-    if "--fp16" in flags:
-        return "fp16"
-    for key in ("--loadEngine", "--saveEngine", "--onnx"):
-        if m := _PRECISION_TAG.search(Path(flags.get(key, "")).name):
-            return cast(Precision, m.group(1).lower())
-    builds = any(k in flags for k in ("--onnx", "--deploy", "--uff", "--model"))
-    return "fp32" if builds and "--stronglyTyped" not in flags and "--loadEngine" not in flags else None
 
 
 @dataclass
@@ -139,12 +137,20 @@ class _Run:
     """A run being read: the public record plus what only the reader needs."""
 
     run: TrtexecRun
-    implicit_batch: bool = False
+    options: dict[str, str] = field(default_factory=dict)  # the printed Precision, Load engine, Batch, shapes
     binding_batch: int | None = None
+    pasted: bool = False  # its command line was pasted on its own, not printed by trtexec
     summary: bool = False
     failed: bool = False
     legacy_section: str | None = None
+    seen: set[str] = field(default_factory=set)  # sections and scalars read: a second one starts a new run
     closed: bool = False  # its summary's last line (total GPU compute time) or a PASSED/FAILED banner was read
+
+    def follow(self) -> _Run:
+        """The next run printed in the same context (a second summary without a banner between)."""
+        r = self.run
+        return _Run(TrtexecRun(source=r.source, tensorrt=r.tensorrt, device=r.device, command=r.command),
+                    options=dict(self.options), binding_batch=self.binding_batch)
 
 
 class _LogReader:
@@ -165,11 +171,10 @@ class _LogReader:
             self.runs.append(_Run(TrtexecRun(source=self.source)))
 
     def feed(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        if m := _BANNER.match(line.strip()):
+        level, trt, message = split_message(line.rstrip("\r\n"))
+        if m := _BANNER.match(message.rstrip()):
             self.banner(m)
             return
-        level, trt, message = split_message(line)
         self.messages.append(message)
         text = message.strip()
         if level == "W" and not trt:
@@ -180,6 +185,10 @@ class _LogReader:
             if m := _CV.search(text):
                 self.cur.run.cv = self.finite(m.group(1), "coefficient of variance", scale=0.01)
         if level not in ("I", None) or trt or not text:
+            return
+        if level is None and (m := COMMAND.match(text)):  # a command line pasted before its output
+            self.new_run()
+            self.cur.run.command, self.cur.pasted = m["cmd"], True
             return
         self.info(text)
 
@@ -195,46 +204,69 @@ class _LogReader:
             self.cur.closed = True
             self.new_run()
 
+    def again(self, key: str) -> None:
+        """Start the next run when the current one already has ``key``: a second summary in the same context."""
+        if key in self.cur.seen and self.cur.summary:
+            self.runs.append(self.cur.follow())
+        self.cur.seen.add(key)
+        self.cur.summary = True
+
     def info(self, text: str) -> None:
+        if (item := _LEGACY_ITEM.match(text)) and self.cur.legacy_section:
+            self.legacy_item(item)
+            return
+        self.cur.legacy_section = None  # any other line ends a 7.x section; a grep separator cuts it
+        if text == GREP_SEPARATOR:
+            return
+        if text == "=== Performance summary ===":
+            if self.cur.summary:
+                self.runs.append(self.cur.follow())
+            return
         run = self.cur.run
-        if text in ("=== Performance summary ===", "Host Latency") and self.cur.summary:
-            # a second summary without a banner between: a new run in the same context
-            self.runs.append(_Run(TrtexecRun(source=self.source, tensorrt=run.tensorrt, device=run.device,
-                                             command=run.command, batch=run.batch)))
-            run = self.cur.run
-        if text in ("Host Latency", "Enqueue Time", "GPU Compute"):
+        if text in _LEGACY_HEADERS:
+            self.again(_LEGACY_HEADERS[text])
             self.cur.legacy_section = text
-            self.cur.summary = True
         elif m := _STAT_LINE.match(text):
-            self.cur.summary = True
+            section = _METRIC_KEYS[m["metric"]]
+            self.again(section)
             stats: dict[str, float | None] = dict.fromkeys(STAT_KEYS)
             for item in _STAT_ITEM.finditer(m["body"]):
                 self.put(stats, item["key"], item["p"], item["v"], m["metric"])
-            self.stats(_METRIC_KEYS[m["metric"]]).update(stats)
-        elif (m := _LEGACY_ITEM.match(text)) and self.cur.legacy_section:
-            header = self.cur.legacy_section
-            self.put(self.stats(_METRIC_KEYS[header]), m["key"], m["p"], m["v"], header)
-            if m["e2e"]:
-                self.put(self.stats("end_to_end"), m["key"], m["p"], m["e2e"], "end to end")
+            self.stats(section).update(stats)
         elif m := re.match(rf"^Warmup completed (\d+) queries over ({NUM}) ms$", text):
             run.warmup_queries, run.warmup_ms = int(m.group(1)), number(m.group(2))
         elif m := re.match(r"^Timing trace has (\d+) queries over", text):
             run.iterations = int(m.group(1))
         elif m := re.match(r"^TensorRT version: (\S+)$", text):
-            run.tensorrt = m.group(1)
+            run.tensorrt = run.tensorrt or version_line(m.group(1))  # the banner's, when there is one
         elif m := re.match(r"^Selected Device: (.+)$", text):
             run.device = m.group(1).strip()
-        elif m := re.match(r"^Batch: (\d+)$", text):
-            self.cur.implicit_batch, run.batch = True, int(m.group(1))
+        elif m := _OPTION.match(text):
+            self.cur.options[m["key"]] = m["value"].strip()
         elif m := re.match(r"^(?:Created input binding|Input binding) for \S+ with dimensions (\d+)x", text):
             self.cur.binding_batch = self.cur.binding_batch or int(m.group(1))
         else:
-            for pattern, attr in _SCALARS.items():
-                if m := pattern.match(text):
-                    self.cur.summary = True
-                    self.cur.closed = self.cur.closed or attr == "gpu_total_s"  # the last line of every summary
-                    setattr(run, attr, self.finite(m.group(1), text.split(":")[0]))
-                    break
+            self.scalar(text)
+
+    def scalar(self, text: str) -> None:
+        for pattern, attr in _SCALARS.items():
+            if m := pattern.match(text):
+                self.again(attr)
+                self.cur.closed = self.cur.closed or attr == "gpu_total_s"  # the last line of every summary
+                value = self.finite(m.group(1), text.split(":")[0])
+                if attr == "throughput_qps" and value == 0:
+                    self.notes.append(f"{self.source}: trtexec printed the throughput as 0 qps, which measures "
+                                      "nothing; throughput not reported")
+                    value = None
+                setattr(self.cur.run, attr, value)
+                return
+
+    def legacy_item(self, m: re.Match[str]) -> None:
+        header = self.cur.legacy_section
+        assert header is not None
+        self.put(self.stats(_LEGACY_HEADERS[header]), m["key"], m["p"], m["v"], header, once=True)
+        if m["e2e"]:
+            self.put(self.stats("end_to_end"), m["key"], m["p"], m["e2e"], "end to end", once=True)
 
     def stats(self, section: str) -> dict[str, float | None]:
         run = self.cur.run
@@ -244,13 +276,19 @@ class _LogReader:
             return run.gpu_compute_ms
         return run.other_ms.setdefault(section, dict.fromkeys(STAT_KEYS))
 
-    def put(self, stats: dict[str, float | None], key: str, p: str | None, value: str, metric: str) -> None:
+    def put(self, stats: dict[str, float | None], key: str, p: str | None, value: str, metric: str,
+            once: bool = False) -> None:
         key = key.lower()
         if key.startswith("percentile"):
             key = f"p{float(p):g}" if p else "p99"
         key = "p50" if key == "median" else key
-        if key in stats:
-            stats[key] = self.finite(value, f"{metric} {key}")
+        if key not in stats:
+            return
+        if once and stats[key] is not None:
+            self.notes.append(f"{self.source}: a second {metric} {key} ({value} ms) in one section; the first "
+                              f"({stats[key]:g} ms) is kept")
+            return
+        stats[key] = self.finite(value, f"{metric} {key}")
 
     def finite(self, token: str, what: str, scale: float = 1.0) -> float | None:
         value = number(token)
@@ -264,7 +302,7 @@ class _LogReader:
         runs = []
         for i, r in enumerate(self.runs):
             if not r.summary:
-                if r.run.command and summaries:
+                if r.run.command and summaries and not r.pasted:
                     self.notes.append(f"{self.source}: run {i + 1} printed no performance summary; skipped")
                 if summaries and r.run.warnings and not r.run.command:
                     # [W] goes to stderr: with 2>&1 it can land outside its run; keep it with the nearest summary
@@ -272,30 +310,29 @@ class _LogReader:
                     home.warnings += r.run.warnings
                     home.cv = home.cv if home.cv is not None else r.run.cv
                 continue
-            run = r.run
-            run.truncated = not r.closed
-            flags = _flags(run.command or "")
-            run.precision = precision_of(run.command) if run.command else None
-            if shapes := flags.get("--shapes"):
-                run.batch = _shape_batch(shapes) or run.batch
-            elif flags.get("--batch", "").isdigit():
-                r.implicit_batch, run.batch = True, int(flags["--batch"])
-            elif not r.implicit_batch and r.binding_batch:
-                run.batch = r.binding_batch
-            if r.implicit_batch:
-                run.throughput_unit = "images/s"
-                if run.iterations and run.batch > 1 and run.iterations % run.batch == 0:
-                    run.iterations //= run.batch  # trtexec counts images with implicit batch
+            runs.append(self.context(r))
             if r.failed:
                 self.notes.append(f"{self.source}: trtexec reported FAILED for run {i + 1}; its figures are kept")
-            runs.append(run)
         return runs, self.notes
 
-
-def _shape_batch(shapes: str) -> int | None:
-    first = shapes.split(",")[0]
-    m = re.search(r":(\d+)(?:x|$)", first)
-    return int(m.group(1)) if m else None
+    @staticmethod
+    def context(r: _Run) -> TrtexecRun:
+        """The run with its precision and batch, from its command line and printed options."""
+        run = r.run
+        run.truncated = not r.closed
+        run.precision = precision_of(run.command) if run.command else None
+        if run.precision is None and not run.command and not r.options.get("Load engine"):
+            run.precision = precision_option(r.options.get("Precision", ""))  # the options of a build
+        batch, source, implicit = batch_of(run.command, r.options)
+        if batch is None and r.binding_batch:
+            batch, source = r.binding_batch, "input binding"
+        if batch is not None:
+            run.batch, run.batch_source = batch, source
+        if implicit:
+            run.throughput_unit = "images/s"
+            if run.iterations and run.batch > 1 and run.iterations % run.batch == 0:
+                run.iterations //= run.batch  # trtexec counts images with implicit batch
+        return run
 
 
 def no_summary_error(source: str, text: str) -> TrtexecError:

@@ -10,6 +10,12 @@ trtexec printed. The layer profile comes from an ``--exportProfile`` file, else 
 table printed in a log (:mod:`leapkit.trtexec.layers`). ``device.json`` (the fingerprint
 ``bench_engine.sh`` writes) is recognised by its name. A folder contributes its ``*.log`` and
 ``*.json`` files (gzipped or not); files there that are not trtexec's are skipped.
+
+A run's batch and precision come from its own log where it states them, else from the files beside
+it (:mod:`leapkit.trtexec.sidecars`: an ``--exportLayerInfo`` file, trex's metadata, device.json,
+the engine's sidecar), else from ``batch`` (leapkit's ``--batch``); a batch nothing states is 1, with
+the warning "batch not stated, assumed 1: pass --batch N". Runs of the same precision are labelled
+apart (by batch, engine or file, else "run 2 of 14").
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from typing import Any
 
 from leapkit.errors import TrtexecError
 from leapkit.records import Record
+from leapkit.trtexec.context import flags
 from leapkit.trtexec.exported import DEFAULT_WARMUP_MS, TimesSummary, is_times, load_json_values, summarize_times
 from leapkit.trtexec.layers import LayerProfile, read_profile_json
 from leapkit.trtexec.log import TrtexecRun, no_summary_error, read_log
+from leapkit.trtexec.sidecars import RunFacts, engine_sidecar, is_sidecar, sidecar_facts, trex_siblings
 
 __all__ = ["TrtexecImport", "TrtexecRun", "read_trtexec"]
 
@@ -36,6 +44,7 @@ DEVICE_FILE = "device.json"
 FOLDER_PATTERNS = ("*.log", "*.log.gz", "*.json", "*.json.gz")
 _JSON_START = re.compile(r"\s*(?:\{|\[\s*(?:[{\]]|$))")  # a log line starts "[02/26/2024-..."
 _PROFILE_START = re.compile(r'\s*\[\s*\{\s*"count"')
+NOT_STATED = "batch not stated, assumed 1: pass --batch N"
 
 
 @dataclass
@@ -85,12 +94,13 @@ def _expand(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
     return files
 
 
-def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None) -> TrtexecImport:
+def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None, batch: int | None = None) -> TrtexecImport:
     """Read trtexec logs, --exportTimes and --exportProfile files, device.json and folders holding them.
 
     Args:
         paths: files or folders (a folder contributes its ``*.log``, ``*.json`` and gzipped copies).
         warmup_ms: the warm-up of pre-8.5 --exportTimes files; default: the logs' warm-up, else 200 ms.
+        batch: the images per query of runs whose files do not state it (leapkit's ``--batch``).
 
     Raises:
         TrtexecError: a file is missing or unreadable, a named log has no performance summary, or no
@@ -101,7 +111,12 @@ def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None) -> Trtex
     profiles: list[LayerProfile] = []  # from --exportProfile files
     tables: list[LayerProfile] = []  # printed in logs
     silent_logs: list[TrtexecError] = []
-    for path, named in _expand(paths):
+    facts: list[RunFacts] = []  # what files beside the figures say of the runs
+    layer_infos: list[TrtexecError] = []
+    files = _expand(paths)
+    named_files = {p.resolve() for p, _ in files}
+    files += [(p, False) for p, _ in list(files) for p in trex_siblings(p) if p.resolve() not in named_files]
+    for path, named in files:
         source = str(path)
         text = _read_text(path)
         if not _JSON_START.match(text):
@@ -111,6 +126,8 @@ def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None) -> Trtex
                 if named:
                     raise error
                 silent_logs.append(error)
+            for run in runs:
+                _apply(run, engine_sidecar(run.command, path))
             out.runs += runs
             out.warnings += notes
             tables += [table] if table else []
@@ -119,12 +136,19 @@ def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None) -> Trtex
             if len(device) != 1 or not isinstance(device[0], dict):
                 raise TrtexecError(f"{source} is not a device fingerprint (a JSON object); rerun bench_engine.sh")
             out.device = device[0]
+            facts += [f for f in [sidecar_facts({"run": device[0].get("run")}, source)] if f]
         elif _PROFILE_START.match(text):
             profiles += read_profile_json(text, source)
         else:
             values = load_json_values(text, source)
             if values and all(is_times(v) for v in values):
                 times += [(source, v) for v in values]
+            elif len(values) == 1 and is_sidecar(values[0]):
+                facts += [f for f in [sidecar_facts(values[0], source)] if f]
+                if named and "Layers" in values[0]:
+                    layer_infos.append(TrtexecError(
+                        f"{source} is an --exportLayerInfo file; pass a trtexec log or its --exportTimes/"
+                        "--exportProfile JSON (the layer information only adds the batch)"))
             elif named:
                 what = "an --exportLayerInfo file" if any(isinstance(v, dict) and "Layers" in v for v in values) \
                     else "not a trtexec file"
@@ -135,14 +159,75 @@ def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None) -> Trtex
         out.sources.append(source)
     _add_times(out, times, warmup_ms)
     _add_profile(out, profiles or tables)
-    if not out.runs and silent_logs:
-        raise silent_logs[0]
+    if not out.runs and (silent_logs or layer_infos):
+        raise (silent_logs or layer_infos)[0]
     if not out.runs:
         what = "only a layer profile" if out.profile else "no timing figures"
         raise TrtexecError(f"{', '.join(map(str, paths))}: {what}; pass the log or --exportTimes JSON of a trtexec "
                            "timing run too")
     out.warnings += [f"{e}; skipped" for e in silent_logs]
+    for run in out.runs:
+        for fact in facts:
+            _apply(run, fact)
+    _given_batch(out, batch)
+    _label(out.runs)
     return out
+
+
+def _apply(run: TrtexecRun, facts: RunFacts | None) -> None:
+    """Fill what the run's own file does not say from another file (device.json only for its own engine)."""
+    engine = flags(run.command or "").get("--loadEngine")
+    if facts is None or (facts.engine and engine and Path(facts.engine).name != Path(engine).name):
+        return
+    if run.batch_source is None and facts.batch:
+        run.batch, run.batch_source = facts.batch, facts.source
+        if facts.implicit and run.kind == "summary":
+            run.throughput_unit = "images/s"
+    run.precision = run.precision or facts.precision
+    run.device = run.device or facts.device
+
+
+def _given_batch(out: TrtexecImport, batch: int | None) -> None:
+    """leapkit's ``--batch`` for runs whose files do not state one; the warning for runs still without."""
+    unstated: dict[str, int] = {}
+    for run in out.runs:
+        if run.batch_source is None and batch is not None:
+            run.batch, run.batch_source = batch, f"--batch {batch} (given to leapkit)"
+        elif run.batch_source is None:
+            unstated[run.source] = unstated.get(run.source, 0) + 1
+        elif batch is not None and run.batch != batch:
+            out.warnings.append(f"{run.source}: the file states batch {run.batch} ({run.batch_source}); "
+                                f"--batch {batch} is not used for it")
+    out.warnings += [f"{source}: {NOT_STATED}" + (f" ({n} runs)" if n > 1 else "") for source, n in unstated.items()]
+
+
+def _label(runs: list[TrtexecRun]) -> None:
+    """Label runs that share a precision apart: by what differs among them (batch, engine, file), else by position."""
+    per_file: dict[str, list[TrtexecRun]] = {}
+    for run in runs:
+        per_file.setdefault(run.source, []).append(run)
+    groups: dict[str | None, list[TrtexecRun]] = {}
+    for run in runs:
+        groups.setdefault(run.precision, []).append(run)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        describe = [lambda r: f"batch {r.batch}" if r.batch_source else "batch not stated",
+                    lambda r: Path(_engine(r)).name if _engine(r) else "",
+                    lambda r: Path(r.source).name]
+        varying = [d for d in describe if len({d(r) for r in group}) > 1]
+        labels = [", ".join(p for p in (d(r) for d in varying) if p) for r in group]
+        for run, label in zip(group, labels, strict=True):
+            if labels.count(label) > 1:
+                mine = per_file[run.source]
+                position = f"run {mine.index(run) + 1} of {len(mine)}"
+                label = f"{label}, {position}" if label else position
+            run.label = label or None
+
+
+def _engine(run: TrtexecRun) -> str:
+    given = flags(run.command or "")
+    return given.get("--loadEngine") or given.get("--saveEngine") or given.get("--onnx") or ""
 
 
 def _add_times(out: TrtexecImport, times: list[tuple[str, list[dict[str, Any]]]], warmup_ms: float | None) -> None:
