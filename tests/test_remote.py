@@ -22,15 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
+from helpers import make_run
 
-from leapkit.config import resolve_config, save_config
 from leapkit.device.probe import check_versions, installed_tensorrt
 from leapkit.device.round_trip import bench_on_host
 from leapkit.device.ssh import Host, HostError, ssh_arguments
 from leapkit.errors import CheckFailed, ConfigError
-from leapkit.models import create_student
 from leapkit.profiles import load_target
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "trtexec-samples"
@@ -191,15 +188,6 @@ def sshd(tmp_path_factory) -> Iterator[Loopback]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def make_run(root: Path) -> Path:
-    """A finished demo run without training: the demo config at 32 px and a seeded random student."""
-    root.mkdir(parents=True)
-    save_config(resolve_config("demo", {"model": {"img_size": 32}}), root / "config.yaml")
-    torch.manual_seed(0)
-    save_file(create_student("leapkit_demo_student", 32).state_dict(), str(root / "student.safetensors"))
-    return root
 
 
 @pytest.fixture(scope="module")
