@@ -245,3 +245,45 @@ def test_clocks_locked_by_jetson_clocks(tmp_path):
     found = device_info.clocks(str(free))
     assert found["gpu_locked"] is False and found["clocks_locked"] is False and found["emc_mhz"] == 1600.0
     assert device_info.clocks(str(tmp_path / "none"))["clocks_locked"] is None
+
+
+def test_an_energy_budget_without_power_is_unconfirmed(tmp_path):
+    from dataclasses import replace
+
+    from leapkit.errors import CheckFailed
+    from leapkit.latency.records import BenchReport, Budget, Decision, Provenance
+    from leapkit.profiles import load_target
+
+    profile = replace(load_target("jetson-orin-nano"), energy_budget_mj=40.0)
+    budget = Budget.of(profile)
+    assert (budget.mj, budget.mj_source) == (40.0, "profile jetson-orin-nano")
+    assert Budget.of(profile, budget_mj=5).mj_source == "--budget-mj"
+    r = BenchResult(runtime="tensorrt", format="engine", precision="fp16", batch=1, mean_ms=5.0, p99_ms=6.0)
+    provenance = Provenance("measured", "on the device", "orin", {})
+    report = BenchReport.of(profile, [r], budget, provenance, Decision("PASS", "p99 6 ms <= 33.3 ms", r), model="m",
+                            warnings=[])
+    assert report.energy_verdict == "UNCONFIRMED" and "no power was sampled" in report.energy_verdict_reason
+    report.check()  # UNCONFIRMED energy alone passes ...
+    with pytest.raises(CheckFailed, match="energy verdict UNCONFIRMED on jetson-orin-nano and --require-measured"):
+        report.check(require_measured=True)  # ... unless a device figure is required
+    failed = BenchReport.of(profile, [r], budget, provenance, Decision("PASS", "ok", r, ("FAIL", "50 mJ > 40 mJ")),
+                            model="m", warnings=[])
+    with pytest.raises(CheckFailed, match=r"energy verdict FAIL on jetson-orin-nano: 50 mJ > 40 mJ"):
+        failed.check()
+    plain = BenchReport.of(load_target("jetson-orin-nano"), [r], Budget.of(load_target("jetson-orin-nano")),
+                           provenance, Decision("PASS", "ok", r), model="m", warnings=[]).to_dict()
+    assert not any(k.startswith("energy") for k in plain)  # no energy budget, no energy keys
+
+
+def test_bad_energy_budgets_are_refused(tmp_path, monkeypatch, capsys):
+    from helpers import run_cli
+
+    from leapkit.profiles import target_path, validate_target
+
+    code, err = run_cli(["bench", "--from-trtexec", str(tmp_path), "--target", "jetson-orin-nano", "--budget-mj", "0"],
+                        monkeypatch, capsys)
+    assert code == 2 and "--budget-mj must be > 0" in err and len(err.strip().splitlines()) == 1
+    text = target_path("jetson-orin-nano").read_text() + "\nenergy_budget_mj: -3\n"
+    (tmp_path / "orin.yaml").write_text(text)
+    assert validate_target(tmp_path / "orin.yaml") == [
+        "energy_budget_mj must be a number > 0 (mJ per inference) or null, got -3.0"]
