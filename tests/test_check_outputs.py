@@ -405,3 +405,19 @@ def test_the_same_check_runs_on_engines_built_on_the_workstation(made):
     export.engine_check(wrong, swapping)
     assert wrong.status == "failed" and wrong.notes[0].startswith("reference check: tokens: worst per-image cosine")
     assert "check" in wrong.to_dict() and "check" not in Variant(precision="fp32", format="onnx", file="m").to_dict()
+
+
+def test_a_probe_that_does_not_fit_the_features_is_one_line(made, tmp_path):
+    """A damaged reference the sha256 cannot see (the manifest edited along with it) is still one line."""
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(made, folder)
+    np.savez(folder / "reference_probe.npz", weight=np.zeros((DIM + 1, 2), "<f4"), bias=np.zeros(2, "<f4"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"]["reference_probe.npz"]
+    got = {r["name"]: OrtRunner(folder / "model.onnx")(np.zeros((r["batch"], 3, SIZE, SIZE), np.float32))
+           for r in manifest["reference"]["runs"]}
+    report = co.check(str(folder), manifest, "fp32", got)
+    assert report["passed"] is False and len(report["problems"]) == 1
+    assert report["problems"][0].startswith("manifest.json's reference does not fit its files (ValueError")

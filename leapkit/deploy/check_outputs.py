@@ -320,7 +320,10 @@ def check(folder, manifest, precision, got_by_run=None, output_dir=None, engine=
         if tol is None:
             raise CheckError(f"manifest.json has no tolerance for {precision}: export the run again")
         report["tolerance"] = tol
-        outputs, probe = load_reference(folder, manifest)
+        try:
+            outputs, probe = load_reference(folder, manifest)
+        except (KeyError, TypeError) as e:
+            raise CheckError(f"manifest.json's reference lacks {e}: export the run again") from None
         if engine and output_dir:
             logs = [os.path.join(output_dir, f"check_{r['name']}.log") for r in reference["runs"]]
             foreign = foreign_engine(engine, logs, precision)
@@ -328,7 +331,11 @@ def check(folder, manifest, precision, got_by_run=None, output_dir=None, engine=
                 raise CheckError(foreign)
         if got_by_run is None:
             got_by_run = device_outputs(reference, output_dir)
-        runs, worst, agreement, problems = compare(reference, outputs, probe, got_by_run, tol)
+        try:
+            runs, worst, agreement, problems = compare(reference, outputs, probe, got_by_run, tol)
+        except (KeyError, IndexError, ValueError, TypeError) as e:  # a manifest that does not fit its own files
+            raise CheckError(f"manifest.json's reference does not fit its files ({type(e).__name__}: "
+                             f"{str(e)[:120]}): export the run again") from None
     except CheckError as e:
         report["problems"] = [str(e)]
         return report
