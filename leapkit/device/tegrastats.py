@@ -150,9 +150,11 @@ class TegrastatsSample:
 
     @property
     def gpu_freq_mhz(self) -> int | None:
-        """The GPU clock: the fastest GPC's (a power-gated GPC reads 0); None when not printed."""
-        clocks = self.gr3d_freq_mhz + self.gr3d2_freq_mhz
-        return max(clocks) if clocks else None
+        """The GPU clock: the fastest GPC's in ``GR3D_FREQ`` (a power-gated GPC reads 0); None when not printed.
+
+        The Orin NX's separate ``GR3D2_FREQ`` token is left out: on JetPack 5 it reads ``@0`` under load.
+        """
+        return max(self.gr3d_freq_mhz) if self.gr3d_freq_mhz else None
 
 
 def _clocks(bracketed: str | None, bare: str | None) -> tuple[int, ...]:
