@@ -161,7 +161,7 @@ def bench_cmd(
 
     from leapkit.ci_report import append_step_summary
     from leapkit.latency.bench import bench
-    from leapkit.latency.render import latency_table, summary_markdown
+    from leapkit.latency.render import latency_table, power_table, summary_markdown
 
     precisions = split_choices(precision, PRECISIONS, "--precision")
     request = BenchRequest(
@@ -175,6 +175,9 @@ def bench_cmd(
     report = bench(model, target, request)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(latency_table(report).to_rich())
+    power = power_table(report)
+    if power is not None:
+        console.print(power.to_rich())
     console.print(f"evidence: {report.evidence} ({escape(report.evidence_reason)})", highlight=False)
     colour = VERDICT_COLOUR[report.verdict]
     console.print(f"[bold {colour}]{report.verdict}[/]: {escape(report.verdict_reason)}", highlight=False)
