@@ -248,6 +248,9 @@ def test_a_wrong_engine_fails_naming_the_output_and_the_figure(bundle, defect, l
     assert any(out.startswith(line) for out in proc.stdout.splitlines())
     if defect == "swap":  # the images named are the swapped ones, in the batch of 8 only
         assert all("in run b8_0" in p and ("(image 2" in p or "(image 3" in p) for p in report["problems"])
+        worst = report["outputs"]["tokens"]  # the worst of both runs, and where it is
+        assert worst["worst_image"] in (2, 3) and worst["worst_token"][0] in (2, 3)
+        assert worst["cosine_image_min"] == report["runs"][1]["outputs"]["tokens"]["cosine_image_min"]
     if defect == "probe":  # nothing but the probe sees it
         assert report["problems"] == [line]
 

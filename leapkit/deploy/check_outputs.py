@@ -133,30 +133,35 @@ def figures(ref, got, rms):
     return out
 
 
-def judge(name, fig, tol, images):
-    """The problems of one output's figures against a tolerance; ``images`` maps run indices to reference images."""
+def judge(name, fig, tol):
+    """The problems of one output's figures against a tolerance, each naming the output, the figure and where."""
     problems = []
     if fig["cosine_image_min"] < tol["min_cosine_image"]:
         problems.append(f"{name}: worst per-image cosine {fig['cosine_image_min']:.6f} (image "
-                        f"{images[fig['worst_image']]}) < {tol['min_cosine_image']} required")
+                        f"{fig['worst_image']}) < {tol['min_cosine_image']} required")
     if fig["cosine_token_min"] < tol["min_cosine_token"]:
         image, token = fig["worst_token"]
-        problems.append(f"{name}: worst per-token cosine {fig['cosine_token_min']:.6f} (image {images[image]}, "
+        problems.append(f"{name}: worst per-token cosine {fig['cosine_token_min']:.6f} (image {image}, "
                         f"token {token}) < {tol['min_cosine_token']} required")
     if fig["max_abs_rel"] > tol["max_abs_rel"]:
         problems.append(f"{name}: max abs error {fig['max_abs_rel']:.4g} x the output's RMS (image "
-                        f"{images[fig['worst_abs_image']]}) > {tol['max_abs_rel']} allowed")
+                        f"{fig['worst_abs_image']}) > {tol['max_abs_rel']} allowed")
     return problems
 
 
+# each figure, whether lower is worse, and the key that says where it is
+_FIGURES = (("cosine_image_min", True, "worst_image"), ("cosine_token_min", True, "worst_token"),
+            ("max_abs_rel", False, "worst_abs_image"))
+
+
 def _worst(a, b):
-    """The worse of two figure records (lower cosines, larger error)."""
+    """Per figure, the worse of two figure records (lower cosines, larger error), with where it is."""
     if a is None:
         return dict(b)
     out = dict(a)
-    for key in ("cosine_image_min", "cosine_token_min"):
-        out[key] = min(a[key], b[key])
-    out["max_abs_rel"] = max(a["max_abs_rel"], b["max_abs_rel"])
+    for key, lower_is_worse, where in _FIGURES:
+        if (b[key] < a[key]) if lower_is_worse else (b[key] > a[key]):
+            out[key], out[where] = b[key], b[where]
     return out
 
 
@@ -199,8 +204,11 @@ def compare(reference, outputs, probe, got_by_run, tol):
                 record["outputs"][name] = {"non_finite": bad}
                 continue
             fig = figures(ref, values.reshape(ref.shape), reference["outputs"][name]["rms"])
+            # where, as reference image indices
+            fig["worst_image"], fig["worst_abs_image"] = images[fig["worst_image"]], images[fig["worst_abs_image"]]
+            fig["worst_token"][0] = images[fig["worst_token"][0]]
             record["outputs"][name] = fig
-            problems += [f"{p} in run {run['name']}" for p in judge(name, fig, tol, images)]
+            problems += [f"{p} in run {run['name']}" for p in judge(name, fig, tol)]
             worst[name] = _worst(worst.get(name), fig)
             if name == "cls":
                 cls_ref.append(ref)
