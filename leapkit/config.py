@@ -47,11 +47,20 @@ class DataConfig:
 
 @dataclass
 class CurriculumConfig:
+    """How the target block rises (:class:`leapkit.curriculum.CurriculumController` holds the rules).
+
+    ``threshold`` gates ``leap``; ``plateau_window`` and ``plateau_tolerance`` gate ``plateau``;
+    ``max_epochs_per_block`` is the safety net of both; ``progressive`` gives every block an equal
+    share of ``train.epochs``.
+    """
+
     mode: Mode = "leap"
     metric: Metric = "cka"
     threshold: float = 0.85
     ema_alpha: float = 1.0
     max_epochs_per_block: float = 5.0
+    plateau_window: int = 10  # score updates (steps) per window: the last W against the W before them
+    plateau_tolerance: float = 0.01  # level up when that window's relative gain is below this
     calibrate: bool = True
     snap_to_last_at: int | None = None  # once this block is reached, jump to the last one
     cls_weight: float = 0.05
@@ -126,6 +135,11 @@ class Config:
         need(0.0 < c.ema_alpha <= 1.0, f"curriculum.ema_alpha must be in (0, 1], got {c.ema_alpha} (--ema-alpha)")
         need(c.max_epochs_per_block > 0,
              f"curriculum.max_epochs_per_block must be > 0, got {c.max_epochs_per_block} (--max-epochs-per-block)")
+        need(c.plateau_window >= 1,
+             f"curriculum.plateau_window must be >= 1 score update, got {c.plateau_window} (--plateau-window)")
+        need(0 <= c.plateau_tolerance < float("inf"),
+             f"curriculum.plateau_tolerance must be a finite number >= 0, got {c.plateau_tolerance} "
+             "(--plateau-tolerance)")
         need(c.cls_weight >= 0, f"curriculum.cls_weight must be >= 0, got {c.cls_weight}")
         need(c.snap_to_last_at is None or c.snap_to_last_at >= 1,
              f"curriculum.snap_to_last_at must be >= 1, got {c.snap_to_last_at}")

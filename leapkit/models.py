@@ -2,7 +2,8 @@
 
 Any timm ViT name works for both roles. Two tiny architectures are registered with timm for the
 embedded demo: ``leapkit_demo_teacher`` (8 blocks) and ``leapkit_demo_student`` (4 blocks), both
-16 px inputs (the digits are 8 x 8) with 4 px patches.
+16 px inputs (the digits are 8 x 8) with 4 px patches; a third, ``leapkit_digits12_teacher``
+(12 blocks, 32 px), is the teacher of the curricula benchmark's second setting.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _DEMO_CFG = dict(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.
 default_cfgs = generate_default_cfgs({
     "leapkit_demo_teacher": _DEMO_CFG,
     "leapkit_demo_student": _DEMO_CFG,
+    "leapkit_digits12_teacher": {**_DEMO_CFG, "input_size": (3, 32, 32)},
     "vit_tiny_patch14_leapkit": dict(input_size=(3, 224, 224), num_classes=0),
 })
 
@@ -48,6 +50,17 @@ def leapkit_demo_student(pretrained: bool = False, **kwargs) -> VisionTransforme
     """
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
     return _create_vision_transformer("leapkit_demo_student", pretrained=False, **{**args, **kwargs})
+
+
+@register_model
+def leapkit_digits12_teacher(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The second curricula setting's teacher: 12 blocks, dim 48, 3 heads, 4 px patches on 32 px digits.
+
+    Deeper than the demo teacher and four times its tokens (an 8 x 8 grid), so that a curriculum
+    tuned on the demo can be seen on another setting (benchmarks/curricula.py).
+    """
+    args = dict(img_size=32, patch_size=4, embed_dim=48, depth=12, num_heads=3)
+    return _create_vision_transformer("leapkit_digits12_teacher", pretrained=False, **{**args, **kwargs})
 
 
 @register_model

@@ -183,9 +183,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, [self.model])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         c = cfg.curriculum
-        self.controller = CurriculumController(
-            self.teacher.num_blocks, c.mode, c.threshold, c.ema_alpha, c.max_epochs_per_block, c.snap_to_last_at
-        )
+        self.controller = CurriculumController.from_config(self.teacher.num_blocks, c, cfg.train.epochs)
         self.metric_name, self.metric = c.metric, METRICS[c.metric]
 
         self.workers = resolve_workers(cfg.data.workers)
@@ -241,7 +239,7 @@ class Trainer:
                 f"the first batch held no readable image; replace the corrupt files under {self.cfg.data.path}"
             )
         c, d = self.cfg.curriculum, self.dist
-        if c.mode != "leap" or not c.calibrate:
+        if c.mode == "baseline" or not c.calibrate:
             return self.controller.skip_start_scan()
         x = self.to_input(first.images.to(self.device))
         self.model.eval()

@@ -27,8 +27,10 @@ Stat = Literal["min", "mean", "p50", "p90", "p95", "p99", "max"]
 Family = Literal["jetson", "cpu", "gpu"]
 """A target family; its name resolves to the family's default profile."""
 
-Mode = Literal["leap", "baseline"]
-"""Curriculum mode: LEAP's rising target block, or the fixed last-block baseline."""
+Mode = Literal["leap", "baseline", "progressive", "plateau"]
+"""Curriculum mode: the target block rises when the score reaches a threshold (``leap``), at fixed equal shares of
+the epochs (``progressive``) or when the score stops improving (``plateau``); or the fixed last block (``baseline``).
+See :mod:`leapkit.curriculum`."""
 
 Metric = Literal["cka", "cosine"]
 """The similarity score that drives the curriculum."""

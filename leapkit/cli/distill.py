@@ -39,6 +39,8 @@ FLAG_KEYS: dict[str, str] = {
     "cka_threshold": "curriculum.threshold",
     "ema_alpha": "curriculum.ema_alpha",
     "max_epochs_per_block": "curriculum.max_epochs_per_block",
+    "plateau_window": "curriculum.plateau_window",
+    "plateau_tolerance": "curriculum.plateau_tolerance",
     "log": "train.log",
 }
 """Each config flag of the command and the config key it sets; every other key is reached with --set."""
@@ -115,6 +117,13 @@ def distill(
     ema_alpha: Annotated[float | None, typer.Option(help="EMA weight of the newest score (1 = none).")] = None,
     max_epochs_per_block: Annotated[
         float | None, typer.Option(help="Level up after this many epochs on a block.")
+    ] = None,
+    plateau_window: Annotated[
+        int | None, typer.Option(help="plateau: steps per window; the last window's mean score is set against the "
+                                 "one before it.")
+    ] = None,
+    plateau_tolerance: Annotated[
+        float | None, typer.Option(help="plateau: level up when the window's relative gain is below this.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,

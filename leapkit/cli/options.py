@@ -100,7 +100,11 @@ CalibMethodOpt = Annotated[
                  "divergence, TensorRT's) or minmax."),
 ]
 ModeOpt = Annotated[
-    Mode | None, typer.Option("--curriculum", help="leap, or baseline (fixed last block, no early exit).")
+    Mode | None, typer.Option(
+        "--curriculum",
+        help="leap (CKA threshold, epoch cap), progressive (equal epochs per block, no gate), plateau (level up "
+        "when the score stops improving, epoch cap), or baseline (fixed last block, no early exit).",
+    )
 ]
 
 
