@@ -370,14 +370,14 @@ def test_the_answer_names_the_largest_fit_and_says_when_its_precision_is_unvalid
     from leapkit.planning.plan import answer
 
     report = _crowded_report()
-    assert answer(report).startswith("no student's whole range fits 2.5 ms; the fastest is vit_s0 at 224 px fp16")
+    assert answer(report).startswith("no student's whole range fits 2.5 ms; the fastest is vit_s0 224px fp16")
     report.budget_ms = 3.1
     for r in report.rows:
         r.verdict = "fits" if r.predicted_range_ms[1] <= 3.1 else "too close to call"
-    assert answer(report).startswith("largest student whose whole range fits 3.1 ms: vit_s10 at 224 px fp16, ")
+    assert answer(report).startswith("largest student whose whole range fits 3.1 ms: vit_s10 224px fp16, ")
     report.rows[10].source = "not calibrated, unvalidated: no published fp16 ViT measurement"
-    assert answer(report).endswith("fp16 is unvalidated on jetson-orin-nano (largest at a checked precision: "
-                                   "vit_s9 at 224 px fp16, 2.09 ms (1.59-3.09))")
+    assert answer(report).endswith("(fp16 unvalidated on jetson-orin-nano; largest at a checked precision: "
+                                   "vit_s9 224px fp16, 2.09 ms (1.59-3.09))")
 
 
 def test_published_fractions_become_rates_of_the_profiles_peaks():

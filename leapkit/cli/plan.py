@@ -98,7 +98,7 @@ def plan_command(
     request = PlanRequest(
         profile=profile, budget_ms=budget_ms, students=tuple(student or candidates.STUDENTS),
         img_sizes=tuple(img_size or ()), precisions=tuple(precisions), recipe=cfg, train_images=train_images,
-        gpu=gpu, utilisation=utilisation, calibration=calibration, runtime=check_runtime(profile, runtime),
+        gpu=gpu, utilisation=utilisation, fit_path=calibration, runtime=check_runtime(profile, runtime),
     )
     report = plan(request)
     if output == "json":
@@ -108,7 +108,7 @@ def plan_command(
             draw(report, plot)
         return
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes are wider than 80
-    console.print(answer(report), highlight=False, markup=False)
+    console.print(answer(report), highlight=False, markup=False, soft_wrap=True)  # one line, however long
     console.print(plan_table(report, every).to_rich())
     for note in report.notes:
         log.info(note)

@@ -101,4 +101,5 @@ def _label(fig: Any, ax: Any, rows: Sequence[PlanRow]) -> None:
         ax.annotate(f"{r.student.removeprefix('vit_')} {r.img_size}px {r.precision}", (r.predicted_ms, r.gflops),
                     xytext=tuple(to_data((lx, ly))), textcoords="data", fontsize=LABEL_FONT, va="center",
                     ha="left" if lx + 150 < box.x1 else "right",
+                    bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "alpha": 0.7, "edgecolor": "none"},
                     arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 2})

@@ -57,8 +57,8 @@ class PlanRequest:
         train_images: training images per epoch (default: the recipe's dataset).
         gpu: the GPU the training hours are for.
         utilisation: the MFU assumed for them.
-        calibration: a latency-model fit, the file of ``leapkit calibrate`` (default: the target's own for the
-            runtime, else its published efficiencies).
+        fit_path: a latency-model fit, the file of ``leapkit calibrate`` (``--calibration``; default: the
+            target's own for the runtime, else its published efficiencies).
         runtime: the runtime whose latency model plans, one of the target's (default: the profile's).
     """
 
@@ -71,7 +71,7 @@ class PlanRequest:
     train_images: int | None = None
     gpu: str = DEFAULT_GPU
     utilisation: float = DEFAULT_UTILISATION
-    calibration: Path | None = None
+    fit_path: Path | None = None
     runtime: TargetRuntime | None = None
 
     @property
@@ -178,7 +178,7 @@ def plan(request: PlanRequest) -> PlanReport:
     profile = request.profile
     runtime = check_runtime(profile, request.runtime)
     asked = C.check_precisions(profile, request.precisions, runtime)
-    model = model_for(profile, request.calibration, runtime)
+    model = model_for(profile, request.fit_path, runtime)
     if request.budget_ms is not None and not (math.isfinite(request.budget_ms) and request.budget_ms > 0):
         raise ConfigError(f"--budget-ms must be a finite number of ms > 0, got {request.budget_ms}")
     cfg = request.recipe
@@ -247,7 +247,7 @@ def frontier(rows: Sequence[PlanRow]) -> list[PlanRow]:
 
 def _name(r: PlanRow) -> str:
     low, high = r.predicted_range_ms
-    return f"{r.student} at {r.img_size} px {r.precision}, {r.predicted_ms:.3g} ms ({low:.3g}-{high:.3g})"
+    return f"{r.student} {r.img_size}px {r.precision}, {r.predicted_ms:.3g} ms ({low:.3g}-{high:.3g})"
 
 
 def answer(report: PlanReport) -> str:
@@ -267,9 +267,8 @@ def answer(report: PlanReport) -> str:
     line = f"largest student whose whole range fits {budget}: {_name(best)}, {best.gflops:.3g} GFLOPs"
     if "unvalidated" in best.source:
         checked = largest_fit([r for r in report.rows if "unvalidated" not in r.source])
-        line += f"; {best.precision} is unvalidated on {report.target}"
-        if checked is not None:
-            line += f" (largest at a checked precision: {_name(checked)})"
+        line += f" ({best.precision} unvalidated on {report.target}"
+        line += f"; largest at a checked precision: {_name(checked)})" if checked is not None else ")"
     return line
 
 
