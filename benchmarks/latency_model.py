@@ -65,7 +65,7 @@ from leapkit.host import cpu_bf16
 from leapkit.latency.machine import describe_host, environment
 from leapkit.latency.timing import latency_stats, time_runner
 from leapkit.planning import predict_onnx
-from leapkit.planning.fit_file import Calibration, Sample, fit, now
+from leapkit.planning.fit_file import LatencyFit, Sample, fit, now
 from leapkit.planning.microbench import GRID, QUICK_GRID, Micro, export_graphs, open_runner, openvino_irs
 from leapkit.profiles import load_target
 from leapkit.runtimes.openvino_runner import openvino_version
@@ -302,7 +302,7 @@ def evaluate(stat: str, p50s: dict[tuple[str, str], list[float]], micro_files: d
         f"{args.out.name.removesuffix(other)}_calibration{other}{'' if stat == 'median' else f'_{stat}'}.json")
     what = "median over" if stat == "median" else "fastest of"
     warmup, duration = args.micro_timing
-    cal = Calibration(
+    cal = LatencyFit(
         target=profile.name, created=now(), environment=env, runtime=runtime, threads=threads,
         efficiencies=efficiencies, ranges=ranges, samples=samples,
         method=(f"{runtime_label(runtime)} CPU, {threads} threads, batch 1; each graph's {what} {args.rounds} "

@@ -34,8 +34,8 @@ def rows() -> list[dict[str, Any]]:
             continue
         model = published_model(profile)
         for m in profile.latency_model.measurements:
-            p = model.predict(of_timm(m.model, m.img_size), m.precision)
-            out.append({"target": name, "use": m.use, "model": m.model, "img_size": m.img_size,
+            p = model.predict(of_timm(m.model, m.img_size), m.precision, batch=m.batch)
+            out.append({"target": name, "use": m.use, "model": m.model, "img_size": m.img_size, "batch": m.batch,
                         "precision": m.precision, "measured_ms": m.ms, "predicted_ms": round(p.ms, 3),
                         "range_ms": [round(p.low_ms, 3), round(p.high_ms, 3)],
                         "predicted_over_measured": round(p.ms / m.ms, 3), "source": m.source})
@@ -55,13 +55,14 @@ def spans(found: list[dict[str, Any]]) -> Table:
 
 def main() -> None:
     found = rows()
-    detail = Table.of("target", "use", "model", "px", "precision", "measured ms", "predicted ms (range)",
-                      "predicted / measured", right=("px", "measured ms", "predicted ms (range)",
+    detail = Table.of("target", "use", "model", "px", "batch", "precision", "measured ms", "predicted ms (range)",
+                      "predicted / measured", right=("px", "batch", "measured ms", "predicted ms (range)",
                                                      "predicted / measured"))
     for r in found:
         low, high = r["range_ms"]
-        detail.add(r["target"], r["use"], r["model"], r["img_size"], r["precision"], f"{r['measured_ms']:g}",
-                   f"{r['predicted_ms']:.3g} ({low:.3g}-{high:.3g})", f"{r['predicted_over_measured']:.2f}")
+        detail.add(r["target"], r["use"], r["model"], r["img_size"], r["batch"], r["precision"],
+                   f"{r['measured_ms']:g}", f"{r['predicted_ms']:.3g} ({low:.3g}-{high:.3g})",
+                   f"{r['predicted_over_measured']:.2f}")
     md = ["# Published latency models against the measurements they cite", "",
           "Command: `python benchmarks/published_models.py` (no timing; any machine gives the same figures). "
           "Sources: each profile's `latency_model.measurements` in `profiles/targets/`.", "",
