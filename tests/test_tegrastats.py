@@ -217,6 +217,11 @@ def test_bench_from_a_results_folder_reports_power_and_judges_energy(tmp_path, m
     assert code == (0 if report["energy_verdict"] == "PASS" and report["verdict"] == "PASS" else 1), err
     md = (tmp_path / "bench" / "jetson-orin-nano.md").read_text()
     assert "## Power" in md and f"**Energy: {report['energy_verdict']}**" in md
+    from leapkit.report import _bench_section
+
+    section = "\n".join(_bench_section(tmp_path, "RUN").lines)  # leapkit report's latency section
+    assert "Power during the timing run (tegrastats):" in section and f"| {result['power']['samples']} |" in section
+    assert f"**Energy: {report['energy_verdict']}**" in section
 
 
 # --- device_info's clocks -----------------------------------------------------------------------------------------
