@@ -217,6 +217,12 @@ def test_bench_from_a_results_folder_reports_power_and_judges_energy(tmp_path, m
     assert code == (0 if report["energy_verdict"] == "PASS" and report["verdict"] == "PASS" else 1), err
     md = (tmp_path / "bench" / "jetson-orin-nano.md").read_text()
     assert "## Power" in md and f"**Energy: {report['energy_verdict']}**" in md
+    # the files named one by one, tegrastats' among them: read beside the log, not as trtexec output
+    args[2:3] = [str(results / "trtexec.log"), "--from-trtexec", str(results / LOG)]
+    assert run_cli(args, monkeypatch, capsys)[0] == code
+    again = json.loads((tmp_path / "bench" / "jetson-orin-nano.json").read_text())
+    assert again["results"][0]["power"] == result["power"]
+
     from leapkit.report import _bench_section
 
     section = "\n".join(_bench_section(tmp_path, "RUN").lines)  # leapkit report's latency section

@@ -27,6 +27,8 @@ from typing import Any, Literal, cast
 
 from leapkit.deploy.manifest import ExportManifest
 from leapkit.device.round_trip import bench_on_host
+from leapkit.device.tegrastats import LOG as POWER_LOG
+from leapkit.device.tegrastats import MARKS as POWER_MARKS
 from leapkit.device.tegrastats import read_power
 from leapkit.errors import ConfigError, TrtexecError
 from leapkit.latency.artifacts import resolve_model
@@ -324,7 +326,8 @@ def bench_from_trtexec(profile: TargetProfile, request: BenchRequest) -> BenchRe
                           "--exportTimes/--exportProfile JSON, or the results folder bench_engine.sh wrote")
     out_dir = request.out or default_out_dir(files)
     require_writable(out_dir / "bench", "the bench report", "pass --out a folder you can write to")
-    imported = read_trtexec(files, batch=request.batch)
+    # tegrastats' files are read beside the trtexec log they belong to (_add_power), not as trtexec output
+    imported = read_trtexec([f for f in files if f.name not in (POWER_LOG, POWER_MARKS)] or files, batch=request.batch)
     export = _export_of(files)
     return report_from_trtexec(
         imported, profile, Budget.of(profile, request.budget_ms, request.stat, request.budget_mj), evidence="imported",
