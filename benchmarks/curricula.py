@@ -66,15 +66,17 @@ class Setting:
     """A model pair and its data: the demo recipe with ``overrides``, trained at ``budgets`` epochs."""
 
     name: str
+    label: str
     overrides: dict[str, dict[str, Any]]
     budgets: tuple[int, ...]
     quick_budgets: tuple[int, ...]
 
 
 SETTINGS = (
-    Setting("demo", {}, (2, 4, 8, 16), (1, 2)),
-    Setting("digits12", {"model": {"teacher": "leapkit_digits12_teacher", "teacher_weights": "builtin:digits12_teacher",
-                                   "img_size": 32}}, (1, 3, 6, 12), (1, 2)),
+    Setting("demo", "8-block teacher, 16 px digits (16 tokens)", {}, (2, 4, 8, 16), (1, 2)),
+    Setting("digits12", "12-block teacher, 32 px digits (64 tokens)",
+            {"model": {"teacher": "leapkit_digits12_teacher", "teacher_weights": "builtin:digits12_teacher",
+                       "img_size": 32}}, (1, 3, 6, 12), (1, 2)),
 )
 ARMS: dict[str, dict[str, Any]] = {
     "baseline": {"mode": "baseline"},
@@ -130,7 +132,6 @@ def init_worker(threads: int) -> None:
 
 def one_run(job: Job, runs_dir: Path) -> dict[str, Any]:
     """Distil one job into ``runs_dir`` as ``leapkit distill`` does; its accuracy, FLOPs and curriculum."""
-    from leapkit.flops import run_flops
     from leapkit.run import read_json, read_metrics
     from leapkit.train import distill
 
@@ -140,7 +141,6 @@ def one_run(job: Job, runs_dir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - start
     if summary.eval is None:
         raise SystemExit(f"{out}: the run has no closing evaluation")
-    flops = run_flops(out, write=False)
     cur = read_json(out / "curriculum.json")
     steps = read_metrics(out)
     per_block = Counter(r["target_block"] for r in steps)
@@ -149,8 +149,8 @@ def one_run(job: Job, runs_dir: Path) -> dict[str, Any]:
         **asdict(job),
         "linear_probe_top1": summary.eval.linear_probe_top1,
         "knn_top1": summary.eval.knn_top1,
-        "train_flops": flops.train_flops_run,
-        "train_flops_fixed_target": flops.train_flops_baseline,
+        "train_flops": summary.train_flops,  # as executed (leapkit.flops.run_flops, in the run's evidence)
+        "train_flops_fixed_target": summary.train_flops_baseline,
         "steps": len(steps),
         "blocks_visited": cur["blocks_visited"],
         "level_up_reasons": dict(Counter(e["reason"] for e in cur["level_ups"])),
@@ -179,7 +179,9 @@ def cells(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, dict[str,
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["setting"], r["arm"], r["budget"]), []).append(r)
-    for (setting, arm, budget), rs in sorted(groups.items(), key=lambda kv: kv[0][2]):
+    order = {s.name: i for i, s in enumerate(SETTINGS)} | {a: i for i, a in enumerate(ARMS)}
+    for (setting, arm, budget), rs in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], order[kv[0][1]],
+                                                                              kv[0][2])):
         reasons: Counter[str] = Counter()
         for r in rs:
             reasons.update(r["level_up_reasons"])
@@ -245,17 +247,19 @@ def goals(table: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, A
 # --- presentation -------------------------------------------------------------------------------
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], analysis: str | None = None) -> str:
+    """The results page; a hand-written ``## Analysis`` (kept from the previous file) goes after the tables."""
     table, gl = cells(data["runs"]), data["goals"]
     m = data["machine"]
     lines = [
         "# Curricula side by side: accuracy against training FLOPs",
         "",
+        "<!-- --8<-- [start:tables] -->",  # what docs/leap.md includes: all but the title and the figure
         f"Command: `{data['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['machine']}), Python {m['python']}, torch {m['torch']}, "
         f"leapkit {m['leapkit']}; {data['workers']} worker processes of {data['threads']} torch thread each. "
-        f"Load average (1 min) {data['load_avg'][0]} at the start, {data['load_avg'][1]} at the end; "
-        f"{data['minutes']:.1f} minutes.{'' if data['complete'] else ' **Incomplete: the benchmark was stopped.**'}",
+        f"Load average (1 min) {data['load_avg'][0]} at the start, {data['load_avg'][1] or '-'} at the end; "
+        f"{data['minutes']:.1f} minutes." + ("" if data["complete"] else " **Partial: the benchmark was stopped.**"),
         "",
         "Linear-probe top-1 (%) of the student on the 360 held-out digits, mean ± sample sd over seeds "
         f"{list(data['seeds'])}, and training FLOPs as executed (G = 1e9, mean over seeds). At B epochs: warm-up "
@@ -285,7 +289,9 @@ def render(data: dict[str, Any]) -> str:
                    if b in by_budget else "-" for b in budgets]
             lines.append(f"| {arm} | " + " | ".join(row) + " |")
         lines += ["", *goal_lines(gl.get(setting, [])), ""]
-    lines += [f"![accuracy against training FLOPs]({NAME}.png)", ""]
+    if analysis:
+        lines += [analysis.rstrip(), ""]
+    lines += ["<!-- --8<-- [end:tables] -->", "", f"![accuracy against training FLOPs]({NAME}.png)", ""]
     return "\n".join(lines)
 
 
@@ -329,7 +335,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("training GFLOPs (as executed)")
         ax.set_ylabel("linear-probe top-1 % (held-out digits)")
-        ax.set_title(f"{setting}: {data['settings'][setting]}", fontsize=9)
+        label = next((s.label for s in SETTINGS if s.name == setting), "")
+        ax.set_title(f"{setting}: {label}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=110)
@@ -337,12 +344,21 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def write(data: dict[str, Any], folder: Path, figures: bool = True) -> None:
+    """The .json and .md after every run; the .png when ``figures`` (matplotlib takes a second)."""
     data["goals"] = goals(cells(data["runs"]))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{NAME}.json").write_text(json.dumps(data, indent=2) + "\n")
+    md = folder / f"{NAME}.md"
+    md.write_text(render(data, kept_analysis(md)))
     if figures:
-        (folder / f"{NAME}.md").write_text(render(data))
         plot(data, folder / f"{NAME}.png")
+
+
+def kept_analysis(path: Path) -> str | None:
+    """The hand-written ``## Analysis`` of an existing results page, up to the end of the tables."""
+    text = path.read_text() if path.is_file() else ""
+    start, end = text.find("\n## Analysis\n"), text.find("<!-- --8<-- [end:tables] -->")
+    return text[start + 1:end] if start != -1 and end > start else None
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -404,7 +420,7 @@ def main() -> None:
             log.info("%s %s %d ep seed %d: probe %.2f%%, %.0f GFLOPs, blocks %s (%.0f s) [%d/%d]", r["setting"],
                      r["arm"], r["budget"], r["seed"], r["linear_probe_top1"], r["train_flops"] / 1e9,
                      r["blocks_visited"], r["wall_seconds"], len(data["runs"]), len(jobs))
-            write(data, args.results, figures=False)
+            write(data, args.results, figures=len(data["runs"]) % 6 == 0)
     data["complete"] = True
     data["load_avg"][1] = round(os.getloadavg()[0], 2)
     data["minutes"] = (time.time() - start) / 60
