@@ -74,8 +74,13 @@ stop_power() {
     SAMPLER=""
 }
 if [ -n "$TEGRASTATS" ]; then
-    "$TEGRASTATS" --interval "${LEAPKIT_TEGRASTATS_INTERVAL_MS:-100}" --logfile "$POWER" > /dev/null 2>&1 &
-    SAMPLER=$!
+    # Its stdout, appended a line at a time as it comes (tegrastats writes a line per interval to a pipe, which is
+    # how jtop read it), so that a mark counts exactly the lines written by then, whatever --logfile would buffer.
+    : > "$POWER"
+    "$TEGRASTATS" --interval "${LEAPKIT_TEGRASTATS_INTERVAL_MS:-100}" 2> /dev/null | while IFS= read -r sample; do
+        printf '%s\n' "$sample" >> "$POWER"
+    done &
+    SAMPLER=$!  # the reading loop: tegrastats stops at its next line once the loop is gone
     trap stop_power EXIT
     sleep "${LEAPKIT_TEGRASTATS_IDLE_S:-5}"  # the idle baseline, before the engine is loaded
     mark idle_end
