@@ -178,7 +178,8 @@ def test_tensorrt_8_0_prints_its_version_as_an_integer():
 def test_wrapper_prefix_and_indented_lines():
     body = ["=== Performance summary ===", "Throughput: 100 qps",
             "Latency: min = 1 ms, max = 3 ms, mean = 2 ms, median = 2 ms, percentile(99%) = 3 ms"]
-    for prefix in ("[INFO] [05/27/2023-12:05:31] [I] ", "    ", "  [05/27/2023-12:05:31] [I] "):
+    for prefix in ("[INFO] [05/27/2023-12:05:31] [I] ", "    ", "  [05/27/2023-12:05:31] [I] ", "[INFO] ",
+                   "2023-05-27 12:05:31,123 - bench - INFO - [05/27/2023-12:05:31] [I] ", "> "):
         [run], _, _ = read_log("\n".join(prefix + line for line in body), "x.log")
         assert run.throughput_qps == 100.0 and run.latency_ms["p99"] == 3.0, prefix
 

@@ -33,7 +33,8 @@ from leapkit.types import Precision
 
 __all__ = ["TrtexecRun", "no_summary_error", "precision_of", "read_log", "split_message", "tensorrt_version"]
 
-_WRAPPER = re.compile(r"^\s*(?:\[(?!TRT\])[A-Za-z]{2,}\]\s?)*")  # a harness's own tag ("[INFO] ") and indentation
+_WRAPPER = re.compile(r"^\s*(?:>\s*)*(?:\[(?!TRT\])[A-Za-z]{2,}\]\s?)*")  # a quote, a harness's tag, indentation
+_STAMP = re.compile(r"\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] (?:\[[IVWEF]\]|\[\d\d/)")  # trtexec's own prefix
 _PREFIX = re.compile(r"^(?:\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] ?)*(?:\[(?P<level>[IVWEF])\] ?)?(?P<trt>\[TRT\] ?)?")
 _BANNER = re.compile(r"^&&&& (?P<state>RUNNING|PASSED|FAILED) TensorRT\.trtexec(?: \[TensorRT v(?P<v>\d+)\])?"
                      r"(?: \[b\d+\])? # (?P<cmd>.*)$")
@@ -125,9 +126,11 @@ class TrtexecRun(Record):
 def split_message(line: str) -> tuple[str | None, bool, str]:
     """A log line's level (I, V, W, E, F or None), whether it is TensorRT's own (``[TRT]``), and its message.
 
-    A wrapper's tag (``[INFO] ``) and indentation before trtexec's own prefix are dropped.
+    Whatever comes before trtexec's own prefix (a wrapper's tag, a logger's time stamp, a quote mark) and a
+    wrapper's tag or indentation before a line without one (``[INFO] Throughput: ...``) are dropped.
     """
-    line = line[_WRAPPER.match(line).end():]
+    stamp = _STAMP.search(line)
+    line = line[stamp.start():] if stamp else line[_WRAPPER.match(line).end():]
     m = _PREFIX.match(line)
     return m["level"], m["trt"] is not None, line[m.end():]
 
