@@ -237,9 +237,10 @@ def test_round_trip_reads_the_replayed_log_and_reuses_the_timing_cache(sshd, bun
 
 
 def _power_options(sshd: Loopback) -> list[str]:
-    """The device with a tegrastats that replays real lines: a 1 s idle baseline and a 2 s timing run."""
+    """The device with a tegrastats that replays real lines: a 2 s idle baseline and a 2 s timing run (at 100 ms a
+    line, time enough for samples in each even on a loaded machine)."""
     return sshd.options(TEGRASTATS=str(FIXTURES / "tegrastats"), LEAPKIT_TEGRASTATS_FIXTURES=str(POWER_SAMPLES),
-                        LEAPKIT_TEGRASTATS_LOG=POWER_LOG, LEAPKIT_TEGRASTATS_IDLE_S="1",
+                        LEAPKIT_TEGRASTATS_LOG=POWER_LOG, LEAPKIT_TEGRASTATS_IDLE_S="2",
                         LEAPKIT_TRTEXEC_INFERENCE_S="2")
 
 
