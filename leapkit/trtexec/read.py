@@ -150,9 +150,8 @@ def read_trtexec(paths: Sequence[Path], warmup_ms: float | None = None, batch: i
                         f"{source} is an --exportLayerInfo file; pass a trtexec log or its --exportTimes/"
                         "--exportProfile JSON (the layer information only adds the batch)"))
             elif named:
-                what = "an --exportLayerInfo file" if any(isinstance(v, dict) and "Layers" in v for v in values) \
-                    else "not a trtexec file"
-                raise TrtexecError(f"{source} is {what}; pass a trtexec log or its --exportTimes/--exportProfile JSON")
+                raise TrtexecError(f"{source} is not a trtexec file; pass a trtexec log or its --exportTimes/"
+                                   "--exportProfile JSON")
             else:
                 log.debug("%s: not a trtexec timing or profile file; skipped", source)
                 continue
