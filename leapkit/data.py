@@ -35,7 +35,6 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
 from leapkit.errors import DataError
 
@@ -136,6 +135,38 @@ def draft_scale(box: CropBox, out: int) -> int:
     return next((s for s in DRAFT_SCALES if min(box.height, box.width) >= out * s), 1)
 
 
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG's frame header, or None when ``data`` is not a JPEG that has one.
+
+    Reads the markers up to the first start-of-frame: about 50 times faster than opening the file with PIL.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0-15, not DHT, JPG, DAC
+            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            return (height, width, data[i + 9]) if height and width else None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def draft_decode(data: bytes, scale: int) -> tuple[torch.Tensor, int]:
+    """A JPEG decoded at 1/``scale`` in libjpeg's DCT (PIL's ``draft``) as (3, H, W) uint8; and the reduction."""
+    with Image.open(io.BytesIO(data)) as img:
+        width = img.width
+        drafted = img.draft("RGB", (img.width // scale, img.height // scale))
+        img.load()
+        reduction = round(width / drafted[1][2]) if drafted else 1
+        return torch.from_numpy(np.array(_to_rgb(img))).permute(2, 0, 1), reduction
+
+
 class CropDecoder:
     """The fast training path: decode, RandomResizedCrop and flip from a file, as a uint8 (3, out, out) image.
 
@@ -161,20 +192,25 @@ class CropDecoder:
 
     def __call__(self, path: Path) -> torch.Tensor:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            box, s = self.box(img.height, img.width)
-            if img.format == "JPEG" and img.mode in ("RGB", "L") and s == 1:
+        frame = jpeg_frame(data)
+        if frame is not None and frame[2] in (1, 3):  # a grey or YCbCr JPEG
+            box, s = self.box(frame[0], frame[1])
+            if s == 1:
                 x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
             else:
-                full_width = img.width
-                drafted = img.draft("RGB", (img.width // s, img.height // s)) if img.format == "JPEG" else None
-                s = round(full_width / drafted[1][2]) if drafted else 1  # the reduction libjpeg applies
+                x, s = draft_decode(data, s)
+        else:  # another format, or a CMYK JPEG: PIL reads the size and decodes
+            with Image.open(io.BytesIO(data)) as img:
+                box, s = self.box(img.height, img.width)[0], 1
                 img.load()
                 x = torch.from_numpy(np.array(_to_rgb(img))).permute(2, 0, 1)
         top, left, h, w = (round(v / s) for v in (box.top, box.left, box.height, box.width))
-        x = TF.resized_crop(x, top, left, h, w, [self.img_size, self.img_size], antialias=True)
+        # torchvision's resized_crop without its checks; torch's uint8 antialiased resize is fastest on a
+        # channels-last block, the layout both decoders give
+        crop = x[None, :, top : top + h, left : left + w].contiguous(memory_format=torch.channels_last)
+        x = F.interpolate(crop, size=(self.img_size, self.img_size), mode="bilinear", antialias=True)[0]
         if self.hflip > 0 and torch.rand(()).item() < self.hflip:
-            x = TF.horizontal_flip(x)
+            x = x.flip(-1)
         return x
 
 
@@ -308,6 +344,30 @@ class ImageFolderDataset(Dataset):
             f"no readable image under {self.root}: none of its {len(self.files)} image files could be read (e.g. "
             f"{first}); replace the corrupt files or point --data at a folder of readable images"
         )
+
+
+class EpochSeeded(Dataset):
+    """``dataset`` with sample i of an epoch augmented from its own seed, whichever loader worker reads it.
+
+    The epoch's seed lives in shared memory: the training loop sets it (:meth:`set_seed`) before each
+    epoch's iteration, and the loader's persistent worker processes read it there. A sample's
+    augmentation depends on the seed and its index only: not on the worker count, nor on where an
+    interrupted epoch resumed.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.seed = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_seed(self, seed: int) -> None:
+        self.seed.fill_(seed % 2**62)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        torch.manual_seed((int(self.seed) * 1_000_003 + i) % 2**63)
+        return self.dataset[i]
 
 
 def resolve_split(root: str | Path, split: str) -> Path:

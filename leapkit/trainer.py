@@ -39,7 +39,15 @@ from leapkit import __version__
 from leapkit.config import Config
 from leapkit.curriculum import METRICS, CurriculumController
 from leapkit.dashboard import Dashboard, NoDashboard, open_dashboard
-from leapkit.data import DATA_WAIT_WARN, Batch, DataWait, collate, data_wait_advice, resolve_workers
+from leapkit.data import (
+    DATA_WAIT_WARN,
+    Batch,
+    DataWait,
+    EpochSeeded,
+    collate,
+    data_wait_advice,
+    resolve_workers,
+)
 from leapkit.distributed import Dist
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
 from leapkit.host import amp_dtype
@@ -187,6 +195,8 @@ class Trainer:
         self.metric_name, self.metric = c.metric, METRICS[c.metric]
 
         self.workers = resolve_workers(cfg.data.workers)
+        self.seeded = EpochSeeded(setup.train_set) if self.workers > 0 else None
+        self.epochs_loader: DataLoader | None = None  # full epochs share it: its worker processes persist
         self.batches_per_epoch = len(self.loader(0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -203,18 +213,31 @@ class Trainer:
     # --- data and precision ---------------------------------------------------------------------
 
     def loader(self, epoch: int, skip: int = 0) -> DataLoader:
-        """This rank's batches of ``epoch``, without the first ``skip`` samples of its share."""
+        """This rank's batches of ``epoch``, without the first ``skip`` samples of its share.
+
+        With worker processes, the full epochs share one loader whose workers persist, and each sample
+        is augmented from its own seed (:class:`~leapkit.data.EpochSeeded`), set here for the epoch.
+        """
         cfg, d, n = self.cfg, self.dist, len(self.train_set)
-        return DataLoader(
-            self.train_set,
+        if self.seeded is not None:
+            self.seeded.set_seed(cfg.train.seed * 1_000_003 + epoch * 101 + d.rank)
+        if skip == 0 and self.epochs_loader is not None:
+            self.epochs_loader.sampler.epoch = epoch
+            return self.epochs_loader
+        loader = DataLoader(
+            self.seeded if self.seeded is not None else self.train_set,
             batch_size=cfg.train.batch_size,
             sampler=EpochSampler(n, cfg.train.seed, epoch, d.rank, d.world, skip=skip),
             num_workers=self.workers,
             collate_fn=collate,
             pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
             drop_last=n >= 2 * cfg.train.batch_size * d.world,
-            generator=torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 131 + d.rank),  # worker seeds
+            persistent_workers=self.seeded is not None and skip == 0,
+            generator=torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 131 + d.rank),
         )
+        if loader.persistent_workers:
+            self.epochs_loader = loader
+        return loader
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)

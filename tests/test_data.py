@@ -23,10 +23,12 @@ from leapkit.data import (
     CropBox,
     CropDecoder,
     DataWait,
+    EpochSeeded,
     ImageFolderDataset,
     Unreadable,
     collate,
     draft_scale,
+    jpeg_frame,
     resolve_workers,
     sample_crop_box,
 )
@@ -121,6 +123,28 @@ def test_the_fast_path_crops_what_the_plain_decode_would(tmp_path, size, out, re
     assert (shifted.float() - plain.float()).abs().mean().item() > 20.0  # a box off by 1/8 of its width would show
 
 
+def test_the_frame_header_gives_what_pil_reads(tmp_path):
+    img = photo(37, 53)
+    exif = Image.Exif()
+    exif[0x010E] = "a description long enough to push the frame header further into the file"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif.tobytes(), progressive=True)
+    assert jpeg_frame(buf.getvalue()) == (37, 53, 3)
+    assert jpeg_frame(jpeg_bytes(img.convert("L"))) == (37, 53, 1)
+    assert jpeg_frame(jpeg_bytes(img.convert("CMYK"))) == (37, 53, 4)
+    png = io.BytesIO()
+    img.save(png, "PNG")
+    assert jpeg_frame(png.getvalue()) is None and jpeg_frame(b"\xff\xd8\xff") is None
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_come_out_rgb(tmp_path, mode):
+    path = tmp_path / "p.jpg"
+    path.write_bytes(jpeg_bytes(photo(40, 60).convert(mode)))
+    x = CropDecoder(16)(path)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
+
+
 def test_batch_normalize_matches_torchvision_normalize():
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     reference = T.Normalize(MEAN, STD)(T.ToDtype(torch.float32, scale=True)(x))
@@ -168,12 +192,25 @@ def test_the_workers_flag_is_a_one_line_usage_error(monkeypatch, capsys):
     assert "--workers must be an integer >= 0 or auto, got '-2'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_sample_is_augmented_from_its_epoch_seed_and_index_alone(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(photo(60, 80, seed=i)))
+    data = EpochSeeded(ImageFolderDataset(tmp_path, decoder=CropDecoder(16, (0.1, 1.0))))
+    data.set_seed(7)
+    first = [data[i][0] for i in (2, 0, 1)]
+    torch.manual_seed(123)  # whatever the process's own stream
+    again = [data[i][0] for i in (0, 1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, [again[2], again[0], again[1]], strict=True))
+    data.set_seed(8)
+    assert not torch.equal(data[0][0], again[0])
+
+
 def test_every_step_and_the_summary_record_the_data_wait(tiny_config, tmp_path):
-    tiny_config.train.epochs = 1
-    tiny_config.data.workers = "auto"
+    tiny_config.train.epochs = 2  # the second epoch reuses the first's persistent loader worker
+    tiny_config.data.workers = 1
     summary = leapkit.distill(tiny_config, out=tmp_path / "run", show_progress=False)
     rows = read_metrics(tmp_path / "run")
-    assert rows and all(0.0 <= r["data_wait_frac"] <= 1.0 for r in rows)
+    assert len(rows) == 6 and all(0.0 <= r["data_wait_frac"] <= 1.0 for r in rows)
     assert 0.0 <= summary.data_wait_frac <= 1.0
     assert RunSummary.load(tmp_path / "run" / "summary.json").data_wait_frac == summary.data_wait_frac
 
