@@ -407,6 +407,7 @@ class Trainer:
         finally:
             self.writer.close()
             self.dashboard.close()
+            self.epochs_loader = None  # its persistent worker processes end with it, before the evaluation
 
         if s.images == 0:
             raise DataError(
