@@ -18,10 +18,8 @@ waiting for the loader; an epoch above :data:`~leapkit.data.DATA_WAIT_WARN` is w
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -33,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from leapkit import __version__
 from leapkit.config import Config
@@ -51,6 +49,7 @@ from leapkit.data import (
 from leapkit.distributed import Dist
 from leapkit.errors import DataError, Interrupted, RunError, TrainingDiverged
 from leapkit.host import amp_dtype
+from leapkit.loop_control import EpochSampler, StopRequested
 from leapkit.models import TruncatedTeacher, resize_tokens, student_tokens
 from leapkit.optim import build_optimizer, lr_at, scaled_lr
 from leapkit.run import RunSummary, RunWriter
@@ -86,29 +85,6 @@ def distill_loss(
     return loss
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation that is a pure function of (seed, epoch), sharded over ranks.
-
-    ``skip`` drops the first indices of this rank's share, to continue an interrupted epoch. The
-    length is arithmetic: only iterating draws the permutation.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0):
-        self.n, self.seed, self.epoch, self.rank, self.world, self.skip = n, seed, epoch, rank, world, skip
-
-    def indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        perm = perm[: self.n - self.n % self.world]  # equal shares so that ranks step together
-        return perm[self.rank :: self.world][self.skip :]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return max(0, self.n // self.world - self.skip)
-
-
 @dataclass
 class Setup:
     """Everything the trainer needs, built and validated before anything is written."""
@@ -121,27 +97,6 @@ class Setup:
     model: Distiller
     train_set: Dataset
     resume_state: dict[str, Any] | None
-
-
-class StopRequested:
-    """Turns SIGTERM/SIGINT into a flag checked after each step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequested:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
