@@ -1,6 +1,6 @@
 """Bad and unusual inputs across every command group, each checked for a clean refusal and for nothing lost.
 
-    python benchmarks/bad_inputs.py [--only SUBSTRING] [--keep]
+    python benchmarks/bad_inputs.py [--only REGEX] [--keep]
 
 Makes a finished one-epoch demo run R (exported for x86-cpu) and a scratch folder W, then runs each case below
 through the real `leapkit` entry point, in W, in a process of its own. A case is clean when:
@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
@@ -108,11 +109,16 @@ def yaml_target(name: str) -> Callable[[Ctx], dict[str, str]]:
     return setup
 
 
+SUFFIXES = {"Y": ".yaml", "T": ".log", "J": ".json", "G": ".safetensors"}
+"""The name each kind of file has, so that a case reaches the check of its contents: Y a YAML file, T a trtexec
+log, J a JSON file, G a weights file; any other key is a file without a suffix."""
+
+
 def files(**named: str | bytes) -> Callable[[Ctx], dict[str, str]]:
-    """Files in W, each given to the case as {NAME}."""
+    """Files in W, each given to the case as {NAME} and named with the suffix of its kind (:data:`SUFFIXES`)."""
 
     def setup(ctx: Ctx) -> dict[str, str]:
-        return {key: str(ctx.file(f"in/{key.lower()}", text)) for key, text in named.items()}
+        return {key: str(ctx.file(f"in/{key.lower()}{SUFFIXES.get(key, '')}", text)) for key, text in named.items()}
 
     return setup
 
@@ -308,11 +314,15 @@ def cases() -> list[Case]:
         Case("distill", "recipe not YAML", ["distill", "--recipe", "{Y}", *out], setup=files(Y=BAD_YAML)),
         Case("distill", "recipe unknown key", ["distill", "--recipe", "{Y}", *out], setup=files(Y="modle: {}\n")),
         Case("distill", "recipe is a list", ["distill", "--recipe", "{Y}", *out], setup=files(Y="- 1\n- 2\n")),
+        Case("distill", "recipe file not named .yaml", ["distill", "--recipe", "{N}", *out],
+             setup=files(N="model: {}\n")),
         Case("distill", "unknown student", ["distill", "--student", "vit_does_not_exist", *out]),
         Case("distill", "unknown teacher", ["distill", "--teacher", "vit_nope", *out]),
         Case("distill", "teacher weights missing", ["distill", "--teacher-weights", "{W}/gone.safetensors", *out]),
         Case("distill", "teacher weights garbage", ["distill", "--teacher-weights", "{G}", *out],
              setup=files(G=RANDOM)),
+        Case("distill", "teacher weights not named .safetensors", ["distill", "--teacher-weights", "{N}", *out],
+             setup=files(N=RANDOM)),
         Case("distill", "data missing", ["distill", "--data", "{W}/no-data", *out]),
         Case("distill", "data empty", ["distill", "--data", "{D}", *out], setup=image_folder(0)),
         Case("distill", "data without images", ["distill", "--data", "{D}", "--no-progress"],
@@ -396,6 +406,8 @@ def cases() -> list[Case]:
         Case("export", "profile name ..", ["export", "{C}", "--target", "{P}", "--overwrite"],
              setup=merge(run_copy("c-dotdot"), yaml_target(".."))),
         Case("export", "profile not YAML", ["export", "{R}", "--target", "{Y}"], setup=files(Y=BAD_YAML)),
+        Case("export", "profile file not named .yaml", ["export", "{R}", "--target", "{N}"],
+             setup=files(N="name: x\n")),
         Case("export", "precision fp64", ["export", "{R}", "--target", "x86-cpu", "--precision", "fp64"]),
         Case("export", "batch 0", ["export", "{R}", "--target", "x86-cpu", "--batch", "0"]),
         Case("export", "input size 7", ["export", "{R}", "--target", "x86-cpu", "--input-size", "7"]),
@@ -409,7 +421,7 @@ def cases() -> list[Case]:
              writes=("c-device-results",)),
         Case("export", "read-only run", ["export", "{C}", "--target", "x86-cpu", "--overwrite"],
              setup=read_only_run("c-export-ro"), non_root=True),
-        Case("export", "student truncated", ["export", "{C}", "--target", "x86-cpu"],
+        Case("export", "student truncated", ["export", "{C}", "--target", "x86-cpu", "--overwrite"],
              setup=run_copy("c-export-cut", truncate("student.safetensors"))),
         Case("export", "build engine without TensorRT", ["export", "{R}", "--target", "jetson", "--build-engine",
                                                          "--overwrite"]),
@@ -650,7 +662,7 @@ def write_results(rows: list[dict[str, object]], command: str, wall_s: float) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="run only the cases whose group or name contains this")
+    parser.add_argument("--only", help="run only the cases whose 'group name' this regular expression matches")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and print where it is")
     args = parser.parse_args()
     started = time.monotonic()
@@ -661,7 +673,7 @@ def main() -> int:
     can_drop_caps = drops_caps()
     rows = []
     for case in cases():
-        if args.only and args.only not in f"{case.group} {case.name}":
+        if args.only and not re.search(args.only, f"{case.group} {case.name}"):
             continue
         row = run_case(case, Ctx(run, scratch), can_drop_caps)
         rows.append(row)

@@ -313,6 +313,8 @@ def recipe_path(recipe: str) -> Path:
     shipped = recipes_dir() / f"{recipe}.yaml"
     if shipped.is_file() and name_problem(recipe, "recipe") is None:  # ../x is a path, not a shipped name
         return shipped
+    if path.is_file():
+        raise ConfigError(f"recipe file {path} is not named .yaml or .yml; rename it (e.g. {path.stem}.yaml)")
     raise ConfigError(f"unknown recipe '{recipe}'; known: {', '.join(list_recipes())} (or pass a path to a .yaml file)")
 
 

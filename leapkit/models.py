@@ -129,7 +129,7 @@ def load_weights(model: VisionTransformer, path: str | Path, role: str = "model"
         raise ModelError(f"{role} weights file not found: {path}; check the path passed to --teacher-weights")
     if path.suffix != ".safetensors":
         raise ModelError(
-            f"{role} weights must be a .safetensors file, got {path.name}; convert it with safetensors.torch.save_file"
+            f"{role} weights must be a .safetensors file, got {path}; convert it with safetensors.torch.save_file"
         )
     try:
         state = load_file(str(path))
@@ -166,9 +166,9 @@ def create_teacher(name: str, img_size: int, weights: str | None = None, pretrai
     return model
 
 
-def create_student(name: str, img_size: int, **kwargs) -> VisionTransformer:
-    """Create a randomly initialised student at the training resolution."""
-    return _create(name, "student", img_size, pretrained=False, **kwargs)
+def create_student(name: str, img_size: int, role: str = "student", **kwargs) -> VisionTransformer:
+    """Create a randomly initialised student at the training resolution (``role`` names it in errors)."""
+    return _create(name, role, img_size, pretrained=False, **kwargs)
 
 
 def grid_size(model: VisionTransformer) -> tuple[int, int]:

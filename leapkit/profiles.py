@@ -309,6 +309,8 @@ def target_path(name_or_path: str | Path) -> Path:
     shipped = targets_dir() / f"{name}.yaml"
     if shipped.is_file() and config.name_problem(name, "target") is None:  # ../x is a path, not a shipped name
         return shipped
+    if path.is_file():
+        raise ConfigError(f"target profile file {path} is not named .yaml or .yml; rename it (e.g. {path.stem}.yaml)")
     raise ConfigError(f"unknown target '{name_or_path}'; {_known_line()}")
 
 

@@ -102,6 +102,8 @@ def check_writable(run_dir: Path, overwrite: bool) -> None:
         )
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
+    if not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a folder; pass --out NEW_DIR")
     if not overwrite:
         raise RunError(
             f"{run_dir} already holds files; pass --resume to continue it, --overwrite to replace it, or --out NEW_DIR"

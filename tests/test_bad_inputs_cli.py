@@ -306,3 +306,36 @@ def test_allow_other_device_needs_from_trtexec(monkeypatch, capsys, tmp_path):
     code, err = run_cli(["bench", str(tmp_path), "--target", "x86-cpu", "--allow-other-device"], monkeypatch, capsys)
     assert (code, one_line(err)) == (2, "error: --allow-other-device applies to --from-trtexec (another device's "
                                         "trtexec output)")
+
+
+# --- files given under the wrong name or kind -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["distill", "--recipe", "{file}"], "recipe file {file} is not named .yaml or .yml; rename it (e.g. r.yaml)"),
+    (["export", "runs/none", "--target", "{file}"],
+     "target profile file {file} is not named .yaml or .yml; rename it (e.g. r.yaml)"),
+    (["distill", "--out", "{file}"], "--out {file} is a file, not a folder; pass --out NEW_DIR"),
+    (["distill", "--out", "{file}", "--overwrite"], "--out {file} is a file, not a folder; pass --out NEW_DIR"),
+])
+def test_an_existing_file_of_the_wrong_kind_is_named_as_such(args, message, tmp_path, monkeypatch, capsys):
+    file = tmp_path / "r.txt"
+    file.write_text("model: {}\n")
+    code, err = run_cli([a.format(file=file) for a in args], monkeypatch, capsys)
+    assert code == 2 and one_line(err) == "error: " + message.format(file=file), err
+    assert file.read_text() == "model: {}\n"
+
+
+def test_plan_names_the_teacher_it_cannot_find(monkeypatch, capsys):
+    code, err = run_cli(["plan", "--target", "x86-cpu", "--teacher", "vit_nope"], monkeypatch, capsys)
+    assert code == 2 and "unknown timm model 'vit_nope' for the teacher" in one_line(err), err
+
+
+def test_a_read_only_folder_is_named_with_the_file_asked_for_not_a_temporary_one(read_only):
+    code = ("import sys; from pathlib import Path; from leapkit.records import atomic_write_bytes\n"
+            "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'png')\n"
+            "except PermissionError as e:\n    print(e.filename)")
+    r = subprocess.run([*NO_DAC, sys.executable, "-c", code, str(read_only / "plan.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.strip() == str(read_only / "plan.png"), r.stdout + r.stderr
+    assert list(read_only.iterdir()) == []

@@ -183,7 +183,7 @@ def plan(request: PlanRequest) -> PlanReport:
         raise ConfigError(f"--budget-ms must be a finite number of ms > 0, got {request.budget_ms}")
     cfg = request.recipe
     teacher_name = cfg.model.teacher if cfg is not None else None
-    teacher = of_timm(teacher_name, cfg.model.img_size) if cfg is not None else None
+    teacher = of_timm(teacher_name, cfg.model.img_size, role="teacher") if cfg is not None else None
     teacher_patch = teacher.patch_size if teacher is not None else None
     images = dataset_images(cfg, request.train_images) if cfg is not None else 0
     wanted = tuple(p for p in asked if p in model.efficiencies)
@@ -210,8 +210,8 @@ def plan(request: PlanRequest) -> PlanReport:
         if key not in costs:
             costs[key] = None
             if cfg is not None and teacher_patch and cand.img_size % teacher_patch == 0:
-                costs[key] = train_cost(of_timm(teacher_name, cand.img_size), cand.shape, cfg, images, request.gpu,
-                                        request.utilisation)
+                teacher_at = of_timm(teacher_name, cand.img_size, role="teacher")
+                costs[key] = train_cost(teacher_at, cand.shape, cfg, images, request.gpu, request.utilisation)
         rows.append(row(cand.shape, cand.student, cand.precision, model, profile, request.budget, costs[key]))
     if cfg is not None and any(r.train_cost is None for r in rows):
         notes.append(f"no training cost where the input size is not a multiple of the teacher's patch "

@@ -181,8 +181,10 @@ def of_model(model: nn.Module, img_size: int | None = None, name: str | None = N
 
 
 @functools.lru_cache(maxsize=256)
-def of_timm(name: str, img_size: int) -> VitShape:
+def of_timm(name: str, img_size: int, role: str = "student") -> VitShape:
     """The shape of timm model ``name`` at ``img_size``, built on the meta device (no weights, no download).
+
+    ``role`` (student, teacher) names the model in the error for a name timm does not know.
 
     Raises:
         ModelError: the name is unknown to timm or is not a plain ViT, or the size does not fit its patches.
@@ -193,7 +195,7 @@ def of_timm(name: str, img_size: int) -> VitShape:
 
     with torch.device("meta"):
         try:
-            model = create_student(name, img_size)
+            model = create_student(name, img_size, role=role)
         except (AssertionError, ValueError) as e:
             raise ModelError(f"cannot build {name} at {img_size} px ({e}); pick a multiple of its patch size") from e
     return of_model(model, img_size, name)
