@@ -324,13 +324,14 @@ class RunWriter:
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = self.path / CHECKPOINT
+        had_one = path.is_file()
         try:
             atomic_write_bytes(path, buf.getvalue())
         except OSError as e:
-            raise RunError(
-                f"cannot write the checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact: "
-                f"free space or fix permissions, then `leapkit distill --resume --out {self.path}`"
-            ) from e
+            then = (f"the previous checkpoint is intact: free space or fix permissions, then `leapkit distill --resume "
+                    f"--out {self.path}`" if had_one else
+                    "no checkpoint was written yet: free space or fix permissions, then run again with --overwrite")
+            raise RunError(f"cannot write the checkpoint {path} ({e.strerror or e}); {then}") from e
 
     def save_curriculum(self, curriculum: dict[str, Any]) -> None:
         if self.active:

@@ -97,6 +97,30 @@ def test_full_disk_keeps_previous_checkpoint(tiny_config, tmp_path, monkeypatch)
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 400 kB file system (tmpfs) at ``tmp_path / "disk"``: room for a run's first files, not its checkpoint."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True,
+                           text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {mount.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_on_the_first_checkpoint_leaves_no_partial_file(tiny_config, small_disk):
+    out = small_disk / "run"
+    tiny_config.train.epochs = 1
+    full = r"cannot write the checkpoint .* \(No space left on device\); no checkpoint was written yet: .* --overwrite"
+    with pytest.raises(RunError, match=full):
+        distill(tiny_config, out=out, show_progress=False)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # no last.pt, no temporary file
+    assert (out / "config.yaml").is_file()
+
+
 def test_odd_image_modes_are_converted(tiny_config, tmp_path):
     root = tmp_path / "modes" / "a"
     root.mkdir(parents=True)
