@@ -22,7 +22,12 @@ R = TypeVar("R", bound="Record")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write via a temporary file in the same folder, fsync, then rename over ``path``.
+
+    Raises:
+        OSError: the write failed (no space, no permission); its ``filename`` is ``path``, never the
+            temporary file, which is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,6 +40,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk fails the write itself, whose error names no file
+        Path(tmp).unlink(missing_ok=True)
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

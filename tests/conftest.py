@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,26 @@ def distil_demo(root: Path, teacher_file: Path) -> Path:
     })
     leapkit.distill(cfg, out=root / "run", show_progress=False)
     return root / "run"
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Callable[[int], Path]]:
+    """``small_disk(kb)``: a real file system (tmpfs) of ``kb`` kB, mounted for this test, to fill up for real.
+
+    Skips where a tmpfs cannot be mounted (not root, or no CAP_SYS_ADMIN in a container).
+    """
+    mounted: list[Path] = []
+
+    def mount(kb: int) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(disk)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)

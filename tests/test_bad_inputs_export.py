@@ -266,3 +266,38 @@ def test_export_on_a_read_only_run_is_one_line_before_any_work(run, tmp_path):
                                      f"(permission denied); export a run you can write to (copy the run folder "
                                      f"somewhere writable)")
     assert not (run / "export").exists()
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` up to ``leave`` bytes."""
+    (disk / "filler").write_bytes(bytes(max(shutil.disk_usage(disk).free - leave, 0)))
+
+
+def files_of(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_full_disk_during_an_export_is_one_line_and_replaces_nothing(small_disk, monkeypatch, capsys):
+    monkeypatch.setattr(ex, "export_onnx", torchscript_export)
+    disk = small_disk(4096)
+    run = make_run(disk / "R")
+    fill(disk, 64 * 1024)  # less than the student's graph
+    before = files_of(run)
+    code, err = run_cli(["export", str(run), "--target", "x86-cpu", *FAST_CLI], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "ran out of space in" in lines[0] and "was not made" in lines[0] and "df -h" in lines[0], err
+    assert files_of(run) == before and not any((run / "export").iterdir())
+
+
+def test_a_full_disk_under_a_bench_report_is_one_line_naming_it(small_disk, tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "R")
+    out = small_disk(64)
+    fill(out, 0)
+    code, err = run_cli(["bench", str(run), "--target", "x86-cpu", "--runtime", "torch", "-n", "3", "--warmup", "0",
+                         "--out", str(out)], monkeypatch, capsys)
+    report = out / "bench" / "x86-cpu.json"
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (f"error: no space left on device while writing {report}; "
+                                            "free space there (df -h) and run the command again")
+    assert sorted(p.name for p in out.rglob("*")) == ["bench", "filler"]  # no report, no temporary file

@@ -98,21 +98,8 @@ def test_full_disk_keeps_previous_checkpoint(tiny_config, tmp_path, monkeypatch)
 
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 400 kB file system (tmpfs) at ``tmp_path / "disk"``: room for a run's first files, not its checkpoint."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True,
-                           text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {mount.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 def test_a_really_full_disk_on_the_first_checkpoint_leaves_no_partial_file(tiny_config, small_disk):
-    out = small_disk / "run"
+    out = small_disk(400) / "run"  # room for a run's first files, not for its checkpoint
     tiny_config.train.epochs = 1
     full = r"cannot write the checkpoint .* \(No space left on device\); no checkpoint was written yet: .* --overwrite"
     with pytest.raises(RunError, match=full):

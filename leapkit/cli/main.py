@@ -6,6 +6,7 @@ soon as it is imported (``typer.testing.CliRunner().invoke(app, [...])`` works o
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -18,6 +19,9 @@ import typer
 from leapkit import __version__
 from leapkit.cli import bench, calibrate, distill, eval, export, flops, plan, profiles, report
 from leapkit.errors import INTERNAL_ERROR_EXIT, USAGE_EXIT, Interrupted, LeapkitError
+
+ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk or quota: the user's to fix even where the error names no file (a library writing its own)."""
 
 INTERRUPTED_EXIT = Interrupted.exit_code
 # click's error base class, wherever this typer takes click from (its own copy since 0.2x, the click package before).
@@ -86,7 +90,7 @@ def main() -> None:
     except LeapkitError as e:
         _exit(f"error: {e}", e.exit_code, debug)
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None and e.errno not in ROOM_ERRNOS:
             _internal_error(e, debug)
         _exit(f"error: {os_error_line(e)}", USAGE_EXIT, debug)
     except Exception as e:
@@ -115,6 +119,9 @@ def os_error_line(e: OSError) -> str:
     """``/x/y: permission denied (check ...)``: the path and the reason, as one line."""
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
     reason = (e.strerror or type(e).__name__).lower()
+    if e.errno in ROOM_ERRNOS:
+        where = f"writing {paths}" if paths else "writing the output"
+        return f"{reason} while {where}; free space there (df -h) and run the command again"
     return f"{paths}: {reason} (check the path and its permissions)"
 
 

@@ -129,6 +129,8 @@ def export_onnx(model: nn.Module, path: Path, img_size: int, opset: int = OPSET)
                 verbose=False, **kwargs,
             )
         return f"torch.onnx.export(dynamo=True), torch {torch.__version__}"
+    except OSError:  # the file could not be written (a full disk): the other exporter would fail the same way
+        raise
     except Exception as e:  # torch.export raises many types; fall back once, loudly
         log.warning("torch.export could not trace the student (%s: %s); using the TorchScript exporter",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
