@@ -170,6 +170,16 @@ def all_scripts(version: str, jetson: bool = True) -> dict[str, str]:
     }
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is absent (apt-get install shellcheck)")
+@pytest.mark.parametrize("version", ["8.6", "10.3", "11.0"])
+def test_scripts_pass_shellcheck(version, tmp_path):
+    scripts = all_scripts(version)
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(["shellcheck", *(str(tmp_path / n) for n in scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
 @pytest.mark.parametrize("version", ["8.6", "10.3", "11.0"])
 def test_scripts_are_valid_bash(version, tmp_path):
     scripts = all_scripts(version)
@@ -179,9 +189,6 @@ def test_scripts_are_valid_bash(version, tmp_path):
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, name
         assert text.startswith("#!/usr/bin/env bash") and f"TensorRT {version} expected, JetPack 6.2" in text
         assert 'PRECISION="${1:-fp16}"' in text and '"${TRTEXEC:-}"' in text
-    if shutil.which("shellcheck"):
-        proc = subprocess.run(["shellcheck", *(str(tmp_path / n) for n in scripts)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout
     build = scripts["build_engine.sh"]
     assert ("--stronglyTyped" in build) == version.startswith("10")
     assert ("--int8" in build) == version.startswith("8")

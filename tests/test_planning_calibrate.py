@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,15 @@ def test_the_device_script_uses_the_bundles_trtexec_flags():
     assert "logs/d64x1-p16-32px_fp16.log" in line
     assert "--fp16" in device_timing.script(graphs, "8.6", None)  # TensorRT 8.6 takes the precision from flags
 
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is absent (apt-get install shellcheck)")
+@pytest.mark.parametrize("version", ["8.6", "10.3"])
+def test_the_device_script_passes_shellcheck(version, tmp_path):
+    graphs = [device_timing.Graph("d64x1-p16-32px_fp16.onnx", "fp16", 32), device_timing.Graph("g.onnx", "fp32", 32)]
+    (tmp_path / device_timing.SCRIPT).write_text(device_timing.script(graphs, version, 1024))
+    proc = subprocess.run(["shellcheck", str(tmp_path / device_timing.SCRIPT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
 
 @needs_samples
 @pytest.mark.slow

@@ -219,6 +219,8 @@ _NEED_ENGINE = """test -f "$ENGINE" || {
 # (trtexec's banner code and device line in the build log); the device-built engine is not in manifest.json.
 _SIDECAR = r"""LOG="{logs}/$PRECISION/build.log"
 TRT_CODE="$(sed -n 's/.*\[TensorRT v\([0-9][0-9]*\)\].*/\1/p' "$LOG" | head -n 1 || true)"
+# the GPU's name without the quotes and backslashes that would break the JSON below
+# shellcheck disable=SC1003
 GPU="$(sed -n 's/.*Selected Device: *//p' "$LOG" | head -n 1 | tr -d '"\\' || true)"
 {{
     printf '{{"engine": "%s", "onnx": "%s", "precision": "%s", "built_by": "build_engine.sh", ' \
