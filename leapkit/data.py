@@ -48,8 +48,9 @@ CROP_RATIO = (3 / 4, 4 / 3)
 DRAFT_SCALES = (8, 4, 2)
 """The reductions libjpeg applies while decoding (in the DCT), the ones PIL's ``draft`` offers."""
 MAX_AUTO_WORKERS = 16
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeError)
-"""What PIL and torchvision raise for a file that is not a readable image (decode_jpeg: RuntimeError)."""
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+"""What PIL and torchvision raise for a file that is not a readable image (decode_jpeg: RuntimeError), or one
+over PIL's pixel limit (twice ``Image.MAX_IMAGE_PIXELS``: a decompression bomb)."""
 DecodePath = Literal["fast", "pil"]
 
 
@@ -157,6 +158,19 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def check_pixels(height: int, width: int, path: Path) -> None:
+    """Refuse an image over PIL's limit (twice ``Image.MAX_IMAGE_PIXELS``), as PIL does, before any decoder runs.
+
+    Raises:
+        Image.DecompressionBombError: the image has more pixels than the limit (a read error: skipped).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"{path.name} is {width}x{height} ({height * width} pixels), over PIL's limit of {2 * limit}"
+        )
+
+
 def draft_decode(data: bytes, scale: int) -> tuple[torch.Tensor, int]:
     """A JPEG decoded at 1/``scale`` in libjpeg's DCT (PIL's ``draft``) as (3, H, W) uint8; and the reduction."""
     with Image.open(io.BytesIO(data)) as img:
@@ -193,6 +207,8 @@ class CropDecoder:
     def __call__(self, path: Path) -> torch.Tensor:
         data = path.read_bytes()
         frame = jpeg_frame(data)
+        if frame is not None:
+            check_pixels(frame[0], frame[1], path)
         if frame is not None and frame[2] in (1, 3):  # a grey or YCbCr JPEG
             box, s = self.box(frame[0], frame[1])
             if s == 1:

@@ -32,7 +32,7 @@ from leapkit.data import (
     resolve_workers,
     sample_crop_box,
 )
-from leapkit.errors import ConfigError
+from leapkit.errors import ConfigError, DataError
 from leapkit.run import RunSummary, read_metrics
 from leapkit.trainer import Trainer
 
@@ -164,6 +164,28 @@ def test_a_corrupt_jpeg_is_skipped_and_counted_on_the_fast_path(tmp_path):
     assert batch.images.shape == (2, 3, 16, 16) and batch.images.dtype == torch.uint8
     assert batch.skipped == 2 and batch.unreadable == (1, 2)
 
+
+
+@pytest.mark.parametrize("decode", ["fast", "pil"])
+def test_an_image_over_the_pixel_limit_is_skipped_before_it_is_decoded(decode, tmp_path, monkeypatch):
+    photo(60, 80).save(tmp_path / "a_big.jpg", quality=90)  # 4800 pixels: a bomb under a 2000-pixel limit
+    photo(20, 30).save(tmp_path / "b_small.jpg", quality=90)
+    photo(60, 80).save(tmp_path / "c_big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over twice this
+    decoded: list[int] = []
+    real = leapkit.data.decode_jpeg
+    monkeypatch.setattr("leapkit.data.decode_jpeg", lambda data, **k: decoded.append(len(data)) or real(data, **k))
+    if decode == "fast":
+        data = ImageFolderDataset(tmp_path, decoder=CropDecoder(16), batch_transform=BatchNormalize(MEAN, STD))
+    else:
+        data = ImageFolderDataset(tmp_path, T.Compose([T.ToImage(), T.Resize((16, 16))]))
+    assert data[0] == Unreadable(0) and data[2] == Unreadable(2)
+    assert decoded == []  # the big JPEG never reached a decoder
+    assert not isinstance(data[1], Unreadable) and len(decoded) == (decode == "fast")
+    data.check_readable()  # one readable image is enough
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match="no readable image"):
+        data.check_readable()
 
 def test_workers_auto_is_the_process_share_of_the_cpus_less_one(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
