@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from leapkit.data import READ_ERRORS
 from leapkit.errors import DataError
 from leapkit.eval.features import extract_features
 from leapkit.eval.metrics import ranking
@@ -141,7 +142,7 @@ class _RevisitopImages(Dataset):
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
-        except OSError as e:
+        except READ_ERRORS as e:  # missing, corrupt, or over PIL's pixel limit
             raise DataError(f"cannot read revisitop image {path} ({e}); re-download the dataset") from e
         if self.boxes is not None:
             img = img.crop(tuple(int(round(float(v))) for v in self.boxes[i]))
