@@ -208,11 +208,36 @@ def load_student(
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """One dict per optimizer step, in order."""
+    """One dict per optimizer step, in order.
+
+    A last line cut short (no newline: a write the process did not finish, as a kill or power loss leaves) is
+    dropped with a warning; a line that is not a JSON object anywhere else means the file was damaged.
+
+    Raises:
+        RunError: a line before the last is not a JSON object; the message names the file and the line.
+    """
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s: the last line was cut short (a write the process did not finish); ignored", path)
+                break
+            raise RunError(f"{path} line {number} is not a JSON record ({e.msg}): the file is damaged; restore it "
+                           f"from a copy, or delete that line to read the rest") from e
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise RunError(f"{path} line {number} is not a training step (no integer 'step'): the file is damaged; "
+                           f"restore it from a copy, or delete that line to read the rest")
+        rows.append(row)
+    return rows
 
 
 @dataclass
@@ -300,8 +325,8 @@ class RunWriter:
         """Drop metric lines written after the checkpoint being resumed from (step ``step``)."""
         path = self.path / METRICS
         if self.active and path.is_file():
-            keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+            keep = [row for row in read_metrics(self.path) if row["step"] <= step]
+            atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in keep).encode())
 
     def log_step(self, row: dict[str, Any]) -> None:
         """Append one optimizer step to metrics.jsonl (flushed, so that a crash keeps it)."""

@@ -136,6 +136,34 @@ def test_resume_drops_metric_lines_after_the_checkpoint(tmp_path):
     assert [r["step"] for r in read_metrics(writer.path)] == [1, 2]
 
 
+
+def test_a_last_metric_line_cut_short_is_dropped_with_a_warning_and_resume_goes_on(tmp_path, caplog):
+    writer = RunWriter(fake_run(tmp_path / "run", metrics=False))
+    for step in (1, 2, 3):
+        writer.log_step({"step": step, "loss": 0.5})
+    writer.close()
+    path = writer.path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "loss": 0.')  # the write a kill interrupted
+    with caplog.at_level(logging.WARNING):
+        assert [r["step"] for r in read_metrics(writer.path)] == [1, 2, 3]
+    assert "cut short" in caplog.text
+    writer.resume(step=3)
+    assert path.read_text().endswith('{"step": 3, "loss": 0.5}\n')
+    writer.log_step({"step": 4, "loss": 0.25})
+    writer.close()
+    assert [r["step"] for r in read_metrics(writer.path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("line", ["garbage", '{"step": 2, "loss"', "[1, 2]", '{"loss": 1.0}'])
+def test_a_damaged_metric_line_is_one_line_naming_it(line, tmp_path, monkeypatch, capsys):
+    run = fake_run(tmp_path / "run", metrics=False)
+    rows = [json.dumps({"step": 1}), line, json.dumps({"step": 3})]
+    (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(RunError, match=r"metrics.jsonl line 2 is not a (JSON record|training step)"):
+        read_metrics(run)
+    code, err = run_cli(["flops", str(run)], monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {run / 'metrics.jsonl'} line 2 is not a")
+
 def test_summary_reads_the_files_leapkit_wrote(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(OLD_SUMMARY))
     summary = RunSummary.load(tmp_path)
