@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -268,9 +269,21 @@ def test_files_that_hold_no_timing_figures(tmp_path):
 def test_missing_path_and_empty_folder(tmp_path):
     with pytest.raises(TrtexecError, match=r"nope.log not found; pass a trtexec log, an --exportTimes"):
         read_trtexec([tmp_path / "nope.log"])
-    with pytest.raises(TrtexecError, match=r"holds no trtexec log or JSON \(\*.log, \*.json\)"):
+    with pytest.raises(TrtexecError, match=r"holds no trtexec log or JSON \(\*.log, \*.json\), nor do its subf"):
         read_trtexec([tmp_path])
     assert issubclass(TrtexecError, LeapkitError) and TrtexecError("x").exit_code == 2
+
+
+@needs_samples
+def test_the_results_folder_itself_reads_each_precisions_folder(tmp_path):
+    """bench_engine.sh writes results/<precision>/trtexec.log: results/ itself is a folder of those folders."""
+    for precision in ("fp16", "int8"):
+        (tmp_path / "results" / precision).mkdir(parents=True)
+        shutil.copy(SAMPLES / S1, tmp_path / "results" / precision / "trtexec.log")
+    (tmp_path / "results" / "notes").mkdir()
+    imported = read_trtexec([tmp_path / "results"])
+    assert [Path(s).parent.name for s in imported.sources] == ["fp16", "int8"]
+    assert [run.latency_ms["p99"] for run in imported.runs] == [10.9744, 10.9744]
 
 
 # --- synthetic edge cases in trtexec's documented layout -------------------------------------------------------

@@ -82,9 +82,11 @@ def _expand(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted({p for pattern in FOLDER_PATTERNS for p in path.glob(pattern) if p.is_file()})
+            if not found:  # bench_engine.sh's results/ itself: one folder per precision
+                found = sorted({p for pattern in FOLDER_PATTERNS for p in path.glob(f"*/{pattern}") if p.is_file()})
             if not found:
-                raise TrtexecError(f"{path} holds no trtexec log or JSON (*.log, *.json); pass the results folder "
-                                   "bench_engine.sh wrote")
+                raise TrtexecError(f"{path} holds no trtexec log or JSON (*.log, *.json), nor do its subfolders; pass "
+                                   "the results folder bench_engine.sh wrote")
             files += [(p, False) for p in found]
         elif path.is_file():
             files.append((path, True))
