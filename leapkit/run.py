@@ -118,6 +118,9 @@ def check_writable(run_dir: Path, overwrite: bool) -> None:
 def resolve_run(run: str | Path | None, need: tuple[str, ...] = (CONFIG,)) -> Path:
     """The run directory named by ``run`` (default ``runs/latest``), checked to hold ``need``."""
     path = Path(run) if run is not None else latest_link()
+    if run is None and path.is_symlink() and not path.exists():
+        raise RunError(f"{path} points to {os.readlink(path)}, which no longer exists; pass a run directory, or run "
+                       "`leapkit distill` to make a new latest run")
     if run is None and not path.exists():
         raise RunError("no run found at runs/latest; run `leapkit distill` first or pass a run directory")
     if not path.is_dir():

@@ -170,3 +170,13 @@ def test_summary_reads_the_files_leapkit_wrote(tmp_path):
     assert summary.eval is not None and summary.eval.linear_probe_top1 == 90.8333
     assert summary.to_dict() == OLD_SUMMARY  # no new keys appear as null
     assert list(summary.to_dict()) == list(OLD_SUMMARY)
+
+
+def test_a_latest_link_to_a_deleted_run_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to("demo-20261204-1200")
+    code, err = run_cli(["flops"], monkeypatch, capsys)
+    assert code == 2 and err.strip() == ("error: runs/latest points to demo-20261204-1200, which no longer exists; "
+                                         "pass a run directory, or run `leapkit distill` to make a new latest run")
+
