@@ -224,3 +224,29 @@ def test_bad_baseline_files_are_one_line_each(tmp_path):
     good["results"][0].update(p99_ms=1.1, format="tflite")
     assert error(json.dumps(good)).startswith("--baseline prev.json is not a bench report this leapkit reads "
                                               "(BenchResult: results[0].format must be one of ")
+
+
+def test_two_runs_of_one_engine_pair_by_their_run_label():
+    """Two trtexec logs of one engine (end-to-end and --noDataTransfers) share runtime, format, precision, batch."""
+    def engine(p99: float, run_label: str | None) -> BenchResult:
+        return result(p99, p99, 0.01, 500, runtime="tensorrt", format="engine", precision="fp16",
+                      run_label=run_label)
+
+    gpu = "GPU compute only"
+    now = [engine(0.5, gpu), engine(1.0, None)]
+    c = compare(report_of(now), report_of([engine(1.0, None), engine(0.5, gpu)]), "prev.json", 10.0)
+    assert [(r.label, r.run_label, r.change) for r in c.rows] == [
+        ("TensorRT engine fp16 (GPU compute only)", gpu, "same"), ("TensorRT engine fp16", None, "same")]
+    assert c.row(now[0]) is c.rows[0] and c.row(now[1]) is c.rows[1] and c.notes == []
+    # a labelled run the baseline lacks is new, and the baseline's unlabelled run is said to be left out
+    c = compare(report_of([engine(1.0, "run 2 of 2")]), report_of([engine(1.0, None)]), "prev.json", 10.0)
+    assert [r.change for r in c.rows] == ["new"]
+    assert c.notes == ["TensorRT engine fp16 (batch 1) of the baseline was not benched this time"]
+
+
+def test_a_baseline_with_two_results_of_one_key_says_so_of_the_second():
+    """Two baseline results that still pair the same (same label twice) are not dropped without a word."""
+    twice = [result(1.0, 1.0, 0.01, 500, run_label="a"), result(2.0, 2.0, 0.01, 500, run_label="a")]
+    c = compare(report_of([result(1.0, 1.0, 0.01, 500, run_label="a")]), report_of(twice), "prev.json", 10.0)
+    assert [r.change for r in c.rows] == ["same"]
+    assert c.notes == ["ONNX fp32 (a) (batch 1) of the baseline was not benched this time"]

@@ -59,6 +59,8 @@ class RowChange(Record):
         change_pct: ``100 (now / before - 1)``.
         noise_pct: the noise band, +-percent.
         change: the verdict.
+        run_label: what tells the result apart from others of the same runtime, format, precision and batch
+            (imported trtexec runs); None for most results.
     """
 
     label: str
@@ -71,6 +73,7 @@ class RowChange(Record):
     change_pct: float | None
     noise_pct: float | None
     change: Change
+    run_label: str | None = None
 
     def cell(self) -> str:
         """The table's "vs baseline" cell: ``+3.1% within noise (+-6.2%)``."""
@@ -118,7 +121,7 @@ class Comparison(Record):
         return [r for r in self.rows if r.change == "regressed"]
 
     def row(self, r: BenchResult) -> RowChange | None:
-        """The comparison of result ``r`` (matched by runtime, format, precision and batch)."""
+        """The comparison of result ``r`` (matched by :func:`result_key`)."""
         return next((c for c in self.rows if result_key(c) == result_key(r)), None)
 
     def counts(self) -> str:
@@ -135,9 +138,13 @@ class Comparison(Record):
         return "; ".join(r.describe(self.stat, self.max_regression_pct) for r in self.regressions)
 
 
-def result_key(r: BenchResult | RowChange) -> tuple[str, str, str, int]:
-    return r.runtime, r.format, r.precision, r.batch
+def result_key(r: BenchResult | RowChange) -> tuple[str, str, str, int, str | None]:
+    """What pairs a result with the same result of another report: runtime, format, precision, batch and run label.
 
+    The run label tells apart imported trtexec runs of one engine (end-to-end and GPU compute only, or labelled
+    runs); results without one (None) pair with each other, so reports written before the label pair as before.
+    """
+    return r.runtime, r.format, r.precision, r.batch, r.run_label
 
 
 @dataclass

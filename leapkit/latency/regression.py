@@ -3,7 +3,8 @@
     load_baseline(path) -> BenchReport                             a bench/<target>.json, else one ConfigError line
     compare(report, baseline, path, max_regression_pct) -> Comparison   recorded under ``baseline`` in the new report
 
-Results pair up by runtime, format, precision and batch (the target is the same: bench refuses a baseline
+Results pair up by runtime, format, precision, batch and run label (imported trtexec runs of one engine; a
+result without one pairs with one without) (the target is the same: bench refuses a baseline
 of another target), and the statistic judged against the budget (``budget_stat``, p99 by default) is
 compared: the change is ``d = now / before - 1``.
 
@@ -130,13 +131,14 @@ def compare(report: BenchReport, baseline: BenchReport, path: str | Path, max_re
         max_regression_pct: the slowdown allowed beyond the noise band, in percent.
     """
     stat = report.budget_stat
-    before: dict[tuple[str, str, str, int], BenchResult] = {}
+    before: dict[tuple[str, str, str, int, str | None], list[BenchResult]] = {}
     for b in baseline.results:
-        before.setdefault(result_key(b), b)
+        before.setdefault(result_key(b), []).append(b)
     out = Comparison(path=str(path), created=baseline.created, evidence=baseline.evidence, stat=stat,
                      max_regression_pct=max_regression_pct, warnings=environment_differences(report, baseline))
     for r in report.results:
-        old = before.pop(result_key(r), None)
+        same = before.get(result_key(r))
+        old = same.pop(0) if same else None
         row = _compare_row(r, old, stat, max_regression_pct)
         out.rows.append(row)
         if old is None:
@@ -151,7 +153,8 @@ def compare(report: BenchReport, baseline: BenchReport, path: str | Path, max_re
         if unknown and row.change_pct is not None:
             out.notes.append(f"{r.label}: {' and '.join(unknown)} recorded no cv or iteration count; its figure "
                              "is taken as exact")
-    out.notes += [f"{b.label} (batch {b.batch}) of the baseline was not benched this time" for b in before.values()]
+    out.notes += [f"{b.label} (batch {b.batch}) of the baseline was not benched this time"
+                  for left in before.values() for b in left]
     if report.evidence == "estimated":
         out.notes.append(f"both are timings of this host, not of {report.target} (evidence estimated): the "
                          f"comparison says whether the model got slower here, not on {report.target}")
@@ -163,7 +166,7 @@ def _compare_row(r: BenchResult, old: BenchResult | None, stat: Stat, max_regres
     then = old.stat_ms(stat) if old is not None else None
     row = RowChange(label=r.label, runtime=r.runtime, format=r.format, precision=r.precision, batch=r.batch,
                     before_ms=then, now_ms=now, change_pct=None, noise_pct=None,
-                    change="new" if old is None else "not compared")
+                    change="new" if old is None else "not compared", run_label=r.run_label)
     if old is None or now is None or then is None or then <= 0:
         return row
     errors = [e for e in (relative_error(r, stat), relative_error(old, stat)) if e is not None]
