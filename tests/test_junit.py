@@ -7,6 +7,7 @@ their JUnit files through the CLI are in test_bench.py).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 from junitparser import Failure, JUnitXml, Skipped
 from test_regression import A5000_LOG, SAMPLES, scaled
 
-from leapkit.errors import MissingDependency
+from leapkit.device.tegrastats import LOG as POWER_LOG
+from leapkit.device.tegrastats import MARKS as POWER_MARKS
+from leapkit.errors import CheckFailed, MissingDependency
 from leapkit.latency.bench import bench
 from leapkit.latency.junit import require_junitparser, write_junit
 from leapkit.latency.records import BenchReport
@@ -22,6 +25,7 @@ from leapkit.latency.regression import compare, load_baseline
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/trtexec-samples is absent")
 ORIN_LOG = SAMPLES / "trt8.5.2-orin-nano-yolox-fp16-summary.log"
+TEGRASTATS = SAMPLES.parent / "tegrastats-samples" / "orin-nano-super-jp6.2.2-hokwangchoi.txt"
 
 
 def read(path: Path) -> list:
@@ -109,3 +113,65 @@ def test_junitparser_missing_names_the_extra(monkeypatch):
     with pytest.raises(MissingDependency, match=r"^--junit FILE needs the 'junitparser' package: pip install "
                                                 r"'leapkit\[ci\]'$"):
         require_junitparser()
+
+
+def with_power(tmp_path: Path) -> Path:
+    """A results folder as bench_engine.sh leaves it: a Jetson's trtexec log, tegrastats' lines and marks."""
+    if not TEGRASTATS.is_file():
+        pytest.skip(f"tegrastats sample not found at {TEGRASTATS}")
+    results = tmp_path / "results" / "fp16"
+    results.mkdir(parents=True)
+    shutil.copyfile(ORIN_LOG, results / "trtexec.log")
+    shutil.copyfile(TEGRASTATS, results / POWER_LOG)
+    (results / POWER_MARKS).write_text("idle_end 10 1.0\ninference_start 12 2.0\ninference_end 40 3.0\n"
+                                       "timing_end 40 3.1\n")
+    return results
+
+
+def test_a_missed_energy_budget_fails_the_file_as_it_fails_the_command(tmp_path):
+    """The latency budget passes and the energy budget does not: `leapkit bench` exits 1, so the XML fails."""
+    report = bench(target="jetson-orin-nano", from_trtexec=[with_power(tmp_path)], budget_mj=1, out_dir=tmp_path,
+                   check=False)
+    assert (report.verdict, report.energy_verdict) == ("PASS", "FAIL")
+    with pytest.raises(CheckFailed, match="energy verdict FAIL"):
+        report.check()
+    engine, energy = read(write_junit(report, tmp_path / "latency.xml"))
+    assert engine.is_passed and energy.name == "energy" and energy.classname == "leapkit.bench.jetson-orin-nano"
+    (failure,) = energy.result
+    assert isinstance(failure, Failure) and failure.type == "energy"
+    assert failure.message == f"energy FAIL on jetson-orin-nano (evidence imported): {report.energy_verdict_reason}"
+    assert failure.message.startswith("energy FAIL on jetson-orin-nano (evidence imported): TensorRT engine fp16 ")
+    (suite,) = list(JUnitXml.fromfile(str(tmp_path / "latency.xml")))
+    assert (suite.tests, suite.failures) == (2, 1)
+    assert {p.name: p.value for p in suite.properties()}["energy budget"] == "1 mJ per inference"
+
+
+def test_an_energy_budget_met_is_a_passing_case(tmp_path):
+    report = bench(target="jetson-orin-nano", from_trtexec=[with_power(tmp_path)], budget_mj=10_000,
+                   out_dir=tmp_path)
+    assert report.energy_verdict == "PASS"
+    engine, energy = read(write_junit(report, tmp_path / "latency.xml"))
+    assert engine.is_passed and energy.is_passed and energy.name == "energy"
+    assert energy.system_out == f"energy PASS: {report.energy_verdict_reason}"
+
+
+def test_an_unconfirmed_energy_budget_is_skipped_unless_a_measurement_is_required(tmp_path):
+    """No tegrastats beside the log: no energy per inference, UNCONFIRMED; --require-measured exits 1 on it."""
+    report = bench(target="jetson-orin-nano", from_trtexec=[ORIN_LOG], budget_mj=50, out_dir=tmp_path)
+    assert (report.verdict, report.energy_verdict) == ("PASS", "UNCONFIRMED")
+    engine, energy = read(write_junit(report, tmp_path / "latency.xml"))
+    (skipped,) = energy.result
+    assert engine.is_passed and isinstance(skipped, Skipped)
+    assert skipped.message == f"energy UNCONFIRMED on jetson-orin-nano: {report.energy_verdict_reason}"
+    with pytest.raises(CheckFailed, match="energy verdict UNCONFIRMED"):
+        report.check(require_measured=True)
+    engine, energy = read(write_junit(report, tmp_path / "latency.xml", require_measured=True))
+    (failure,) = energy.result
+    assert engine.is_passed and failure.type == "energy" and failure.message == (
+        f"energy UNCONFIRMED on jetson-orin-nano and --require-measured is set: {report.energy_verdict_reason}")
+
+
+def test_without_an_energy_budget_there_is_no_energy_case(tmp_path):
+    report = bench(target="jetson-orin-nano", from_trtexec=[with_power(tmp_path)], out_dir=tmp_path)
+    assert report.energy_verdict is None
+    assert [c.name for c in read(write_junit(report, tmp_path / "latency.xml"))] == ["TensorRT engine fp16"]

@@ -11,7 +11,10 @@ its row label (``ONNX fp32``) in class ``leapkit.bench.<target>``. The checks ar
 - failure ``regression`` on each format slower than its baseline beyond ``--max-regression`` and the
   noise band (:mod:`leapkit.latency.regression`);
 - skipped, with the reason, where nothing failed and the budget is UNCONFIRMED (timed away from the
-  target), or the format did not run.
+  target), or the format did not run;
+- with an energy budget (``--budget-mj`` or the target's), a case of its own, ``energy``: failure
+  ``energy`` when the energy verdict is FAIL, or UNCONFIRMED with ``--require-measured``; skipped with
+  the reason when it is UNCONFIRMED otherwise (no power sampled on the device); passed on PASS.
 
 Each case's system-out holds its figures and its change against the baseline.
 """
@@ -27,9 +30,10 @@ from leapkit.records import atomic_write_bytes
 from leapkit.tables import fmt
 
 if TYPE_CHECKING:
-    from junitparser import TestSuite
+    from junitparser import TestCase, TestSuite
 
 BUDGET_CASE = "budget"
+ENERGY_CASE = "energy"
 
 
 def _budget_failure(report: BenchReport, require_measured: bool) -> str | None:
@@ -40,6 +44,25 @@ def _budget_failure(report: BenchReport, require_measured: bool) -> str | None:
         return (f"budget UNCONFIRMED on {report.target} and --require-measured is set: {report.evidence_reason}; "
                 f"{report.verdict_reason}")
     return None
+
+
+def _energy_case(report: BenchReport, classname: str, require_measured: bool) -> TestCase | None:
+    """The energy budget's case (None without an energy budget): failed exactly when it fails the command."""
+    from junitparser import Failure, Skipped, TestCase
+
+    if report.energy_verdict is None:
+        return None
+    case = TestCase(ENERGY_CASE, classname)
+    reason = report.energy_verdict_reason or ""
+    if report.energy_verdict == "FAIL":
+        case.result = [Failure(f"energy FAIL on {report.target} (evidence {report.evidence}): {reason}", "energy")]
+    elif report.energy_verdict == "UNCONFIRMED" and require_measured:
+        case.result = [Failure(f"energy UNCONFIRMED on {report.target} and --require-measured is set: {reason}",
+                               "energy")]
+    elif report.energy_verdict == "UNCONFIRMED":
+        case.result = [Skipped(f"energy UNCONFIRMED on {report.target}: {reason}")]
+    case.system_out = f"energy {report.energy_verdict}: {reason}"
+    return case
 
 
 def _figures(r: BenchResult, row: RowChange | None) -> str:
@@ -69,7 +92,7 @@ def junit_suite(report: BenchReport, require_measured: bool = False) -> TestSuit
 
     Args:
         report: a written bench report (its ``baseline`` filled when compared).
-        require_measured: an UNCONFIRMED verdict fails the budget check, as it fails the command.
+        require_measured: an UNCONFIRMED verdict (latency or energy) fails its check, as it fails the command.
     """
     from junitparser import Failure, Skipped, TestCase, TestSuite
 
@@ -78,6 +101,8 @@ def junit_suite(report: BenchReport, require_measured: bool = False) -> TestSuit
     suite.hostname = report.measured_on
     for name, value in (("target", report.target), ("evidence", report.evidence), ("verdict", report.verdict),
                         ("budget", f"{report.budget_stat} <= {report.budget_ms:g} ms"),
+                        ("energy budget", f"{report.energy_budget_mj:g} mJ per inference"
+                         if report.energy_budget_mj is not None else None),
                         ("baseline", report.baseline.path if report.baseline else None)):
         if value is not None:
             suite.add_property(name, value)
@@ -105,6 +130,9 @@ def junit_suite(report: BenchReport, require_measured: bool = False) -> TestSuit
         case = TestCase(BUDGET_CASE, classname)
         case.result = [Failure(budget, "budget")]
         suite.add_testcase(case)
+    energy = _energy_case(report, classname, require_measured)
+    if energy is not None:
+        suite.add_testcase(energy)
     suite.update_statistics()
     return suite
 
@@ -115,7 +143,7 @@ def write_junit(report: BenchReport, path: str | Path, require_measured: bool = 
     Args:
         report: the bench report.
         path: the XML file.
-        require_measured: an UNCONFIRMED verdict fails the budget check.
+        require_measured: an UNCONFIRMED verdict (latency or energy) fails its check.
 
     Raises:
         MissingDependency: junitparser is not installed.
