@@ -145,6 +145,7 @@ class Config:
              f"curriculum.snap_to_last_at must be >= 1, got {c.snap_to_last_at}")
         need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs} (--epochs)")
         need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size} (--batch-size)")
+        need(0 <= t.seed < 2**32, f"train.seed must be in [0, 2**32), got {t.seed} (--seed)")  # scikit-learn's range
         need(m.img_size >= 8, f"model.img_size must be >= 8, got {m.img_size} (--img-size)")
         need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
         need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr], got {o.min_lr}")

@@ -339,3 +339,11 @@ def test_a_read_only_folder_is_named_with_the_file_asked_for_not_a_temporary_one
                        text=True, timeout=120)
     assert r.stdout.strip() == str(read_only / "plan.png"), r.stdout + r.stderr
     assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
+def test_a_seed_out_of_range_is_one_line(seed, tmp_path, monkeypatch, capsys):
+    code, err = run_cli(["distill", "--seed", seed, "--out", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and one_line(err) == f"error: train.seed must be in [0, 2**32), got {seed} (--seed)", err
+    assert not (tmp_path / "run").exists()
+
