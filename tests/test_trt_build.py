@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from leapkit import host
 from leapkit.deploy import trt_build as tb
 from leapkit.errors import ExportError, MissingDependency
 from leapkit.runtimes.tensorrt_runner import TensorRTRunner
@@ -56,6 +57,43 @@ def test_unavailable_reason_asks_cuda_python(monkeypatch):
     monkeypatch.setattr(tb, "cuda_device_count", lambda: 1)
     assert tb.unavailable_reason() is None
 
+
+@pytest.fixture(params=[False, True], ids=["x86-64 host", "Jetson"])
+def jetson(request, tmp_path, monkeypatch) -> bool:
+    """This host as a Jetson or not, through the one Jetson check (L4T's release file, leapkit.host)."""
+    release = tmp_path / "nv_tegra_release"
+    if request.param:
+        release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    monkeypatch.setattr(host, "JETSON_RELEASE", release)
+    assert host.is_jetson() is request.param
+    return request.param
+
+
+def test_missing_cuda_python_names_the_extra_of_this_host(jetson, monkeypatch):
+    """On a Jetson cuda-python comes from the jetson extra (pinned to JetPack's CUDA), elsewhere from trt."""
+    extra = "jetson" if jetson else "trt"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(tb, "cuda_device_count", lambda: None)
+    assert tb.unavailable_reason() == f"cuda-python is not installed (pip install 'leapkit[{extra}]')"
+    with pytest.raises(MissingDependency) as e:
+        tb.engines_wanted(True)
+    assert (e.value.package, e.value.extra) == ("cuda-python", extra)
+    assert str(e.value) == (f"building a TensorRT engine (--build-engine) needs the 'cuda-python' package: "
+                            f"pip install 'leapkit[{extra}]'")
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_missing_tensorrt_names_where_this_host_gets_it(jetson):
+    """pip's tensorrt wheel elsewhere; JetPack's python3-libnvinfer on a Jetson (pip's wheels do not run there)."""
+    reason = tb.unavailable_reason()
+    with pytest.raises(MissingDependency) as e:
+        tb.engines_wanted(True)
+    if jetson:
+        assert "python3-libnvinfer" in reason and "leapkit[trt]" not in reason
+        assert "apt install python3-libnvinfer" in str(e.value) and "leapkit[trt]" not in str(e.value)
+    else:
+        assert reason == "the tensorrt package is not installed (pip install 'leapkit[trt]')"
+        assert str(e.value).endswith("needs the 'tensorrt' package: pip install 'leapkit[trt]'")
 
 class FakeTensorRT(SimpleNamespace):
     """Just enough of the tensorrt module for build_engine to reach the parser (which rejects the graph unless

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from leapkit.errors import ExportError, MissingDependency
-from leapkit.host import cuda_device, cuda_device_count, is_jetson
+from leapkit.host import cuda_device, cuda_device_count, is_jetson, tensorrt_extra
 from leapkit.runtimes.tensorrt_runner import import_tensorrt, tensorrt_logger
 from leapkit.trtexec.flags import BatchRange
 from leapkit.types import Precision
@@ -29,7 +29,11 @@ MIN_BUILDER_MAJOR = 10
 
 
 def unavailable_reason() -> str | None:
-    """Why engines cannot be built here (None when TensorRT imports and a CUDA GPU is visible)."""
+    """Why engines cannot be built here (None when TensorRT imports and a CUDA GPU is visible).
+
+    What is missing is named with where it comes from on this host: pip's ``trt`` extra, or on a Jetson
+    JetPack's TensorRT and the ``jetson`` extra's cuda-python.
+    """
     if importlib.util.find_spec("tensorrt") is None:
         if is_jetson():
             return ("the tensorrt package is not installed (JetPack's python3-libnvinfer, in a venv made with "
@@ -37,7 +41,7 @@ def unavailable_reason() -> str | None:
         return "the tensorrt package is not installed (pip install 'leapkit[trt]')"
     count = cuda_device_count()
     if count is None:
-        return "cuda-python is not installed (pip install 'leapkit[trt]')"
+        return f"cuda-python is not installed (pip install 'leapkit[{tensorrt_extra()}]')"
     if count == 0:
         return "no CUDA GPU is visible"
     return None
@@ -59,7 +63,7 @@ def engines_wanted(requested: bool | None) -> tuple[bool, str | None]:
         if importlib.util.find_spec("tensorrt") is None:
             import_tensorrt(f"{PURPOSE} (--build-engine)")  # raises, naming where tensorrt comes from
         if cuda_device_count() is None:
-            raise MissingDependency("cuda-python", "trt", f"{PURPOSE} (--build-engine)")
+            raise MissingDependency("cuda-python", tensorrt_extra(), f"{PURPOSE} (--build-engine)")
         raise ExportError(
             f"cannot build a TensorRT engine here: {reason}; drop --build-engine to write the deploy bundle only"
         )
