@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -229,3 +230,15 @@ def test_build_and_run_engine(tmp_path):
     got = TensorRTRunner(tmp_path / "model.engine")(x)
     ref = run_batched(OrtRunner(onnx_path), x)
     assert min(s["cosine_min"] for s in compare(ref, got).values()) > 0.999
+
+
+def test_the_jetson_page_states_the_jetson_extras_pin_and_where_tensorrt_comes_from():
+    """docs/jetson.md gives the cuda-python pin pyproject.toml has, and JetPack's apt package for TensorRT."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pin,) = [r for r in extras["jetson"] if r.startswith("cuda-python")]
+    page = (root / "docs" / "jetson.md").read_text()
+    flat = " ".join(page.split())
+    assert f"`{pin}`" in flat and "pip install 'leapkit[jetson]'" in flat
+    assert "apt install python3-libnvinfer" in flat and "--system-site-packages" in flat
