@@ -74,7 +74,8 @@ class Case:
 
     ``args`` may hold ``{R}`` (the run), ``{W}`` (the scratch folder) and ``{S}`` (the trtexec samples); ``setup``
     prepares W and returns extra substitutions; ``check`` looks at the outcome and returns a problem or None;
-    ``writes`` lists paths (relative to W) the case may legitimately change.
+    ``writes`` lists paths (relative to W) the case may legitimately change; ``cwd`` (relative to W) is where the
+    command runs, W by default.
     """
 
     group: str
@@ -88,6 +89,7 @@ class Case:
     one_line: bool = True
     writes: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
 
 
 # --------------------------------------------------------------------------------------------- setups and checks
@@ -160,6 +162,28 @@ def truncate(relative: str, keep: float = 0.5) -> Callable[[Path], None]:
         path.write_bytes(data[: int(len(data) * keep)])
 
     return change
+
+
+def metrics_with(tail: str = "", insert: str | None = None) -> Callable[[Path], None]:
+    """metrics.jsonl with ``tail`` appended (a write cut short) or ``insert`` as its second line (damage)."""
+
+    def change(run: Path) -> None:
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines()
+        if insert is not None:
+            lines.insert(1, insert)
+        path.write_text("\n".join(lines) + "\n" + tail)
+
+    return change
+
+
+def dangling_latest(ctx: Ctx) -> dict[str, str]:
+    """W/elsewhere/runs/latest, pointing to a run that was deleted."""
+    link = ctx.scratch / "elsewhere" / "runs" / "latest"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to("demo-deleted")
+    return {}
 
 
 def garble(relative: str) -> Callable[[Path], None]:
@@ -278,6 +302,28 @@ def image_folder(good: int, bad: int = 0, text_only: bool = False) -> Callable[[
     return setup
 
 
+def bomb_folder(ctx: Ctx) -> dict[str, str]:
+    """46 PNGs and a 6 kB JPEG whose header claims 30000 x 30000 pixels, over PIL's decompression-bomb limit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    path = images(ctx, "data-bomb", 46)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2
+    (path / "bomb.jpg").write_bytes(bytes(data))
+    return {"D": str(path)}
+
+
+def one_file_skipped(ctx: Ctx, proc: subprocess.CompletedProcess) -> str | None:
+    counted = "1 files, 1 reads" in proc.stdout + proc.stderr
+    return None if counted else "the over-limit image was not counted as skipped"
+
+
 def skipped_counts_files(ctx: Ctx, proc: subprocess.CompletedProcess) -> str | None:
     text = proc.stdout + proc.stderr
     if "4 skipped" in text:
@@ -361,6 +407,7 @@ def cases() -> list[Case]:
                                                        "-0.1", *out]),
         Case("distill", "unknown decode path", ["distill", "--set", "data.decode=nvjpeg", *out]),
         Case("distill", "workers abc", ["distill", "--workers", "abc", *out]),
+        Case("distill", "seed too large", ["distill", "--seed", "99999999999999999999", *out]),
         Case("distill", "cka threshold 2", ["distill", "--cka-threshold", "2", *out]),
         Case("distill", "ema alpha 0", ["distill", "--ema-alpha", "0", *out]),
         Case("distill", "max epochs per block 0", ["distill", "--max-epochs-per-block", "0", *out]),
@@ -377,6 +424,9 @@ def cases() -> list[Case]:
         Case("distill", "corrupt JPEGs counted once", ["distill", "--data", "{D}", "--epochs", "2", "--out",
                                                        "{W}/jpeg-run", "--no-progress"], code=0, one_line=False,
              setup=image_folder(46, bad=2), check=skipped_counts_files, writes=("jpeg-run", "runs")),
+        Case("distill", "an image over the pixel limit", ["distill", "--data", "{D}", "--epochs", "1", "--out",
+                                                          "{W}/bomb-run", "--no-progress"], code=0, one_line=False,
+             setup=bomb_folder, check=one_file_skipped, writes=("bomb-run", "runs", "latest")),
         # ---------------------------------------------------------------- flops
         Case("flops", "missing run", ["flops", "{W}/gone"]),
         Case("flops", "empty folder", ["flops", "{E}"], setup=empty_folder("empty-run")),
@@ -387,6 +437,12 @@ def cases() -> list[Case]:
         Case("flops", "read-only run", ["flops", "{C}"], setup=read_only_run("c-flops-ro"), non_root=True),
         # flops counts from the run's config (the architectures), not from the weights: a run without a readable
         # student still has its FLOPs, and flops.json is the one file it writes.
+        Case("flops", "metrics line damaged", ["flops", "{C}"],
+             setup=run_copy("c-flops-metrics", metrics_with(insert="garbage"))),
+        Case("flops", "metrics last line cut by a kill", ["flops", "{C}"], code=0, one_line=False,
+             writes=("c-flops-cut-line",), setup=run_copy("c-flops-cut-line", metrics_with(tail='{"step": 9, "lo')),
+             check=lambda ctx, p: None if "cut short" in p.stdout + p.stderr else "no warning about the cut line"),
+        Case("flops", "latest points to a deleted run", ["flops"], setup=dangling_latest, cwd="elsewhere"),
         Case("flops", "student missing", ["flops", "{C}"], code=0, one_line=False, writes=("c-flops-nostudent",),
              setup=run_copy("c-flops-nostudent", lambda r: (r / "student.safetensors").unlink())),
         Case("flops", "student truncated", ["flops", "{C}"], code=0, one_line=False, writes=("c-flops-cut",),
@@ -604,7 +660,7 @@ def run_case(case: Case, ctx: Ctx, can_drop_caps: bool) -> dict[str, object]:
     prefix = NON_ROOT if case.non_root else []
     started = time.monotonic()
     proc = subprocess.run([*prefix, sys.executable, "-m", "leapkit", *args], capture_output=True, text=True,
-                          cwd=ctx.scratch, env={**os.environ, **case.env, "COLUMNS": "200"}, timeout=900)
+                          cwd=ctx.scratch / case.cwd, env={**os.environ, **case.env, "COLUMNS": "200"}, timeout=900)
     seconds = time.monotonic() - started
     after = snapshot(ctx.run, ctx.scratch)
     problems = []
