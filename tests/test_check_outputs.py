@@ -12,6 +12,7 @@ reference written by the export's own writer.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from leapkit.deploy import bundle as b
 from leapkit.deploy import check_outputs as co
 from leapkit.deploy.manifest import ExportManifest, InputSpec, TargetInfo, Variant
 from leapkit.deploy.parity import device_tolerances
+from leapkit.errors import ConfigError
 from leapkit.profiles import load_target
 from leapkit.runtimes.ort_runner import OrtRunner
 
@@ -385,6 +387,22 @@ def test_engines_built_here_never_go_to_the_device(made, tmp_path):
     assert {"model_fp16.onnx", "reference_input_b8_0.bin", "reference_tokens.npy", "reference_probe.npz",
             "check_outputs.py", "manifest.json"} <= sent and "model.onnx" not in sent
 
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "/etc/hostname", "sub/model.onnx", ".."])
+def test_a_manifest_naming_a_file_outside_the_bundle_sends_nothing(name, made, tmp_path):
+    import shutil
+
+    from leapkit.device.round_trip import Bundle
+
+    folder = tmp_path / "export"
+    shutil.copytree(made, folder)
+    (tmp_path / "secret.txt").write_text("not the device's")
+    manifest = ExportManifest.load(folder)
+    manifest.files[name] = "0" * 64
+    manifest.save(folder / "manifest.json")
+    with pytest.raises(ConfigError, match=f"lists {re.escape(name)}, not a file of the bundle; export it again"):
+        Bundle.read(folder, load_target("jetson"), "fp16")
 
 def test_the_same_check_runs_on_engines_built_on_the_workstation(made):
     """export's engine_check feeds the runner's outputs to check_outputs.check: an engine built here that swaps

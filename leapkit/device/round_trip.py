@@ -137,6 +137,10 @@ class Bundle:
         other |= {n for n in manifest.files if n.endswith(ENGINE_FILES) or n.removesuffix(".json").endswith(
             ENGINE_FILES)}
         names = ["manifest.json", *(n for n in manifest.files if n not in other)]
+        outside = [n for n in names if Path(n).name != n or n in (".", "..")]
+        if outside:  # a manifest names files of its own folder only: never send what lies outside it
+            raise ConfigError(f"{folder / 'manifest.json'} lists {', '.join(outside)}, not a file of the bundle; "
+                              f"export it again with leapkit export RUN --target {profile.name}")
         absent = [n for n in names if not (folder / n).is_file()]
         if absent:
             raise ConfigError(f"{folder} lacks {', '.join(absent)} listed in its manifest; export it again")
