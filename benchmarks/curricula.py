@@ -6,7 +6,7 @@ and 0.9) trains the same student at four training budgets (epochs), three seeds 
 - ``demo``: the embedded demo (8-block teacher, 16 px digits, 16 patch tokens);
 - ``digits12``: a deeper teacher on four times the tokens (``leapkit_digits12_teacher``: 12 blocks,
   32 px digits, 64 patch tokens; ``builtin:digits12_teacher``, made by
-  scripts/train_digits12_teacher.py), the same student at 32 px.
+  scripts/train_demo_teacher.py --teacher digits12), the same student at 32 px.
 
 Everything else is the demo recipe. At a budget of B epochs the recipe's schedule is scaled to B
 (warm-up B/16 epochs, the recipe's 1 of 16), and ``max_epochs_per_block`` is B/L, every block's
