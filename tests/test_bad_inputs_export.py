@@ -301,3 +301,20 @@ def test_a_full_disk_under_a_bench_report_is_one_line_naming_it(small_disk, tmp_
     assert err.strip().splitlines()[-1] == (f"error: no space left on device while writing {report}; "
                                             "free space there (df -h) and run the command again")
     assert sorted(p.name for p in out.rglob("*")) == ["bench", "filler"]  # no report, no temporary file
+
+
+def test_out_of_memory_is_told_apart_from_other_errors():
+    import numpy as np
+    import torch
+
+    from leapkit.cli.main import out_of_memory_line
+
+    errors = []
+    for allocate in (lambda: torch.empty(2**46, dtype=torch.uint8), lambda: np.empty(2**50, dtype=np.uint8)):
+        with pytest.raises((RuntimeError, MemoryError)) as e:
+            allocate()
+        errors.append(e.value)
+    assert out_of_memory_line(errors[0]).startswith("out of memory (an allocation of 65536.0 GiB)")
+    assert out_of_memory_line(errors[1]).startswith("out of memory (an allocation of 1.00 PiB)")
+    assert out_of_memory_line(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert out_of_memory_line(ValueError("out of memory")) is None

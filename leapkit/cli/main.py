@@ -94,6 +94,8 @@ def main() -> None:
             _internal_error(e, debug)
         _exit(f"error: {os_error_line(e)}", USAGE_EXIT, debug)
     except Exception as e:
+        if (line := out_of_memory_line(e)) is not None:
+            _exit(f"error: {line}", USAGE_EXIT, debug)
         _internal_error(e, debug)
     if code == INTERRUPTED_EXIT:  # click turns a KeyboardInterrupt into Exit(130), returned without standalone mode
         _exit("error: interrupted (Ctrl-C); rerun the command to do it again", INTERRUPTED_EXIT, debug)
@@ -123,6 +125,26 @@ def os_error_line(e: OSError) -> str:
         where = f"writing {paths}" if paths else "writing the output"
         return f"{reason} while {where}; free space there (df -h) and run the command again"
     return f"{paths}: {reason} (check the path and its permissions)"
+
+
+_NO_MEMORY = re.compile(r"can't allocate memory|out of memory|Unable to allocate", re.IGNORECASE)
+
+
+def out_of_memory_line(e: Exception) -> str | None:
+    """One line for a request larger than the machine's memory (host or GPU), or None for any other error.
+
+    torch reports a failed host allocation as a RuntimeError naming its allocator, a GPU's as
+    ``torch.OutOfMemoryError``; numpy raises MemoryError. None of them is a bug: the work asked is too big here.
+    """
+    text = str(e)
+    if not isinstance(e, MemoryError) and not (isinstance(e, RuntimeError) and _NO_MEMORY.search(text)):
+        return None
+    size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGTPE]iB)", text)
+    asked = ""
+    if size:
+        asked = f" (an allocation of {int(size[1]) / 2**30:.1f} GiB)" if size[1] else f" (an allocation of {size[2]})"
+    return (f"out of memory{asked}: ask for less (a smaller --batch, --batch-size, --input-size or --img-size) or "
+            "run where there is more memory")
 
 
 def _internal_error(e: Exception, debug: bool) -> NoReturn:
