@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
 # Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 an internal error (a bug),
 # 130 interrupted after a checkpoint.
 CHECK_FAILED_EXIT = 1
 USAGE_EXIT = 2
 INTERNAL_ERROR_EXIT = 3
+ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk or quota: the user's to fix, even where the error names no file (a library writing its own)."""
 
 
 class LeapkitError(Exception):

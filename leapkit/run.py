@@ -108,7 +108,7 @@ def check_writable(run_dir: Path, overwrite: bool) -> None:
         raise RunError(
             f"{run_dir} already holds files; pass --resume to continue it, --overwrite to replace it, or --out NEW_DIR"
         )
-    if not run_dir.is_dir() or not is_run(run_dir):
+    if not is_run(run_dir):
         raise RunError(
             f"{run_dir} is not a leapkit run (no leapkit {CONFIG} with {METRICS} or checkpoints/), so --overwrite "
             f"will not delete it; pass --out NEW_DIR or remove the folder yourself"

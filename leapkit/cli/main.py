@@ -6,7 +6,6 @@ soon as it is imported (``typer.testing.CliRunner().invoke(app, [...])`` works o
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -18,10 +17,7 @@ import typer
 
 from leapkit import __version__
 from leapkit.cli import bench, calibrate, distill, eval, export, flops, plan, profiles, report
-from leapkit.errors import INTERNAL_ERROR_EXIT, USAGE_EXIT, Interrupted, LeapkitError
-
-ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-"""A full disk or quota: the user's to fix even where the error names no file (a library writing its own)."""
+from leapkit.errors import INTERNAL_ERROR_EXIT, ROOM_ERRNOS, USAGE_EXIT, Interrupted, LeapkitError
 
 INTERRUPTED_EXIT = Interrupted.exit_code
 # click's error base class, wherever this typer takes click from (its own copy since 0.2x, the click package before).

@@ -16,7 +16,6 @@ misses its threshold is kept, marked ``failed`` in manifest.json, and the export
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -63,7 +62,7 @@ from leapkit.deploy.plan import ExportPlan, export_student, resolve_precisions, 
 from leapkit.deploy.progress import Steps
 from leapkit.deploy.request import ExportRequest
 from leapkit.deploy.trt_build import build_engine, engines_wanted, timing_cache_name
-from leapkit.errors import CheckFailed, ExportError, Interrupted, ModelError, RunError
+from leapkit.errors import ROOM_ERRNOS, CheckFailed, ExportError, Interrupted, ModelError, RunError
 from leapkit.host import cpu_bf16, import_cudart
 from leapkit.models import normalization
 from leapkit.paths import require_writable
@@ -195,25 +194,18 @@ def export_plan(plan: ExportPlan) -> ExportResult:
         with Steps(plan.total_steps, plan.request.progress) as steps, quiet_exporters():
             manifest = _Export(plan, student, tmp, steps).run()
             manifest.save(tmp / MANIFEST)
-    except KeyboardInterrupt:
+    except BaseException as e:  # the partial export goes; the old one, if any, is untouched
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         before = "is as it was" if final.exists() else "was not made"
-        raise Interrupted(f"export for {plan.profile.name} interrupted: nothing was replaced ({final} {before}); "
-                          f"run the export again to finish it") from None
-    except OSError as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        before = "is as it was" if final.exists() else "was not made"
-        raise ExportError(
-            f"the export for {plan.profile.name} ran out of space in {final.parent} ({e.strerror}): nothing was "
-            f"replaced ({final} {before}); free space there (df -h {final.parent}) and export again"
-        ) from e
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(f"export for {plan.profile.name} interrupted: nothing was replaced ({final} {before}); "
+                              f"run the export again to finish it") from None
+        if isinstance(e, OSError) and e.errno in ROOM_ERRNOS:
+            raise ExportError(
+                f"the export for {plan.profile.name} ran out of space in {final.parent} ({e.strerror}): nothing was "
+                f"replaced ({final} {before}); free space there (df -h {final.parent}) and export again"
+            ) from e
         raise
     swap_in(tmp, final)
     point_latest(final)
